@@ -1,0 +1,1 @@
+"""mithril-build: reproducible, measured builds of confidential AI servers."""

@@ -1,0 +1,153 @@
+"""Pydantic models of mithril.yaml. Every error names the file, the field and the reason."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import BadInput
+
+CONFIG_FILE = "mithril.yaml"
+Platform = Literal["qemu", "azure-trusted-launch", "azure-cvm"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OsConfig(Strict):
+    """The Mithril OS image (mkosi)."""
+
+    release: Literal["bookworm"] = "bookworm"
+    kernel_package: str = "linux-image-cloud-amd64"
+    k3s: bool = Field(False, description="install k3s (binary and airgap images pinned in mithril.lock)")
+    nvidia: bool = Field(False, description="NVIDIA driver and container toolkit from Debian non-free")
+    tpm2_tools: bool = Field(False, description="install tpm2-tools in the image")
+    extra_packages: tuple[str, ...] = ()
+
+
+class AppDiskConfig(Strict):
+    """The dm-verity application disk."""
+
+    ingress_port: int = Field(443, ge=1, le=65535)
+    app_port: int = Field(8000, ge=1, le=65535)
+    attestation_port: int = Field(8400, ge=1, le=65535)
+    namespace: str = Field("mithril", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class ModelConfig(Strict):
+    """A model served by Triton; `repo` and `revision` are resolved to a commit in mithril.lock."""
+
+    repo: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+    family: Literal["llama", "gpt"]
+    revision: str = "main"
+    backend: Literal["tensorrt-engine", "pytorch"] = "tensorrt-engine"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    tensor_parallel: int = Field(1, ge=1, le=8)
+    max_batch_size: int = Field(8, ge=1)
+    max_input_len: int = Field(2048, ge=1)
+    max_seq_len: int = Field(4096, ge=1)
+    allow_patterns: tuple[str, ...] = ("*.json", "*.model", "*.safetensors", "tokenizer*")
+
+
+class AzureConfig(Strict):
+    """Azure deployment settings; credentials come from azure-identity's default chain only."""
+
+    subscription_id: str | None = None
+    resource_group: str = "mithril"
+    location: str = "eastus"
+    vm_size: str = "Standard_NC24ads_A100_v4"
+    security_type: Literal["TrustedLaunch", "ConfidentialVM"] = "TrustedLaunch"
+    secure_boot: bool = False
+    vtpm: bool = True
+    disk_sku: str = "Premium_LRS"
+    tags: dict[str, str] = {}
+
+
+class Profile(Strict):
+    platform: Platform = "qemu"
+    mode: Literal["production", "debug"] = "production"
+    app: Literal["demo", "llm"] = "demo"
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _llm_needs_model(self):
+        if self.app == "llm" and not self.model:
+            raise ValueError("app 'llm' needs a model")
+        return self
+
+
+class Config(Strict):
+    project: str = Field("mithril", pattern=r"^[a-z0-9][-a-z0-9]*$")
+    default_profile: str = "demo"
+    seed: uuid.UUID = Field(description="fixed seed for disk/partition UUIDs and verity salts")
+    source_date_epoch: int = Field(ge=0, description="timestamp written into every output")
+    profiles: dict[str, Profile]
+    os: OsConfig = OsConfig()
+    appdisk: AppDiskConfig = AppDiskConfig()
+    models: dict[str, ModelConfig] = {}
+    azure: AzureConfig = AzureConfig()
+
+    @field_validator("profiles")
+    @classmethod
+    def _some_profile(cls, v):
+        if not v:
+            raise ValueError("at least one profile is needed")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self):
+        if self.default_profile not in self.profiles:
+            raise ValueError(f"default_profile {self.default_profile!r} is not one of profiles: "
+                             + ", ".join(sorted(self.profiles)))
+        for name, p in self.profiles.items():
+            if p.model and p.model not in self.models:
+                raise ValueError(f"profiles.{name}.model {p.model!r} is not defined under models")
+        return self
+
+    def profile(self, name: str | None, model: str | None = None, where: str = CONFIG_FILE) -> tuple[str, Profile]:
+        """The named (or default) profile, with --model applied."""
+        name = name or self.default_profile
+        if name not in self.profiles:
+            raise BadInput(where, f"unknown profile {name!r}", "choose one of: " + ", ".join(sorted(self.profiles)))
+        p = self.profiles[name]
+        if model:
+            if model not in self.models:
+                raise BadInput(where, f"--model {model!r} is not defined under models",
+                               "known models: " + (", ".join(sorted(self.models)) or "none"))
+            p = p.model_copy(update={"model": model, "app": "llm"})
+        return name, p
+
+
+def _error_line(path: Path, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "missing":
+        msg = "required key is missing"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{loc}: {msg}{more}"
+
+
+def load(path: Path) -> Config:
+    where = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(where, "not found", "run `mithril-build init` or pass --project DIR") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise BadInput(where, f"not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise BadInput(where, "must be a YAML mapping")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise BadInput(where, _error_line(path, e)) from None

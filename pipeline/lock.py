@@ -1,0 +1,196 @@
+"""mithril.lock: every external input pinned by digest, and the content-addressed input store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import log
+from .errors import BadInput, ToolFailed
+
+LOCK_FILE = "mithril.lock"
+HEX64 = r"^[0-9a-f]{64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FilePin(_Strict):
+    """A file fetched by URL (or read from a path in the checkout) and pinned by sha256."""
+
+    url: str | None = None
+    path: str | None = None
+    sha256: str | None = Field(None, pattern=HEX64)
+    size: int | None = None
+
+
+class ImagePin(_Strict):
+    """A container image: `ref` is human-readable, `digest` the pin (null = not resolved yet)."""
+
+    ref: str
+    digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    archive: FilePin | None = None  # docker-archive of the image, when fetched/exported
+
+    @property
+    def pinned_ref(self) -> str:
+        name = self.ref.split("@")[0]
+        return f"{name.rsplit(':', 1)[0] if ':' in name.split('/')[-1] else name}@{self.digest}"
+
+
+class ModelFile(_Strict):
+    size: int | None = None
+    sha256: str | None = Field(None, pattern=HEX64)  # LFS files
+    git_sha1: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")  # other files
+
+
+class ModelPin(_Strict):
+    repo: str
+    revision: str = "main"
+    commit: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
+    files: dict[str, ModelFile] = {}
+
+
+class Lock(_Strict):
+    version: int = 1
+    debian: dict[str, Any] = {}
+    tools: dict[str, str] = {}
+    files: dict[str, FilePin] = {}
+    images: dict[str, ImagePin] = {}
+    models: dict[str, ModelPin] = {}
+    packages: dict[str, dict[str, str]] = {}
+
+    def file(self, name: str, locked: bool = True) -> FilePin:
+        pin = self.files.get(name)
+        if pin is None:
+            raise BadInput(LOCK_FILE, f"files.{name}: no such entry", "add it and run `mithril-build lock`")
+        if not pin.sha256:
+            raise BadInput(LOCK_FILE, f"files.{name}.sha256: not pinned",
+                           "run `mithril-build lock` where the source is reachable")
+        return pin
+
+    def image(self, name: str, locked: bool) -> ImagePin:
+        pin = self.images.get(name)
+        if pin is None:
+            raise BadInput(LOCK_FILE, f"images.{name}: no such entry", "add it and run `mithril-build lock`")
+        if not pin.digest and locked:
+            raise BadInput(LOCK_FILE, f"images.{name}.digest: {pin.ref} is not resolved to a digest (--locked)",
+                           "run `mithril-build lock` where the registry is reachable")
+        if ":latest" in pin.ref:
+            raise BadInput(LOCK_FILE, f"images.{name}.ref: ':latest' is not allowed", "pin a version tag")
+        return pin
+
+    def entry(self, section: str, name: str) -> dict:
+        """The canonical JSON of one entry, for stage cache keys."""
+        value = getattr(self, section).get(name)
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def load(path: Path) -> Lock:
+    where = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.exists() else {}
+    except yaml.YAMLError as e:
+        raise BadInput(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise BadInput(where, "must be a YAML mapping")
+    try:
+        return Lock.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise BadInput(where, f"{loc}: {msg}") from None
+
+
+def dump(lock: Lock, path: Path) -> None:
+    """Write the lock atomically, sorted, with a header."""
+    text = "# mithril.lock: every external input pinned by digest. Refresh with `mithril-build lock`.\n"
+    text += yaml.safe_dump(lock.model_dump(mode="json", exclude_none=True), sort_keys=True, width=120)
+    atomic_write(path, text.encode())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def sha256_file(path: Path, progress: bool = False) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        bar = log.progress(os.fstat(f.fileno()).st_size, f"sha256 {path.name}") if progress else None
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            if bar:
+                bar.update(len(chunk))
+        if bar:
+            bar.close()
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, what: str) -> None:
+    """Fetch url to dest atomically, with a progress bar."""
+    if not re.match(r"^https?://", url):
+        raise BadInput(LOCK_FILE, f"{what}.url: only http(s) URLs are supported, got {url!r}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download.")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, os.fdopen(fd, "wb") as f:
+            bar = log.progress(int(resp.headers.get("Content-Length") or 0) or None, f"fetch {what}")
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+            bar.close()
+        os.replace(tmp, dest)
+    except OSError as e:
+        os.unlink(tmp) if os.path.exists(tmp) else None
+        raise ToolFailed(f"{what}: cannot fetch {url}: {getattr(e, 'reason', e)}") from None
+
+
+class InputStore:
+    """Pinned files, fetched once into <cache>/inputs/sha256/<hex>, re-verified on every use."""
+
+    def __init__(self, root: Path, lock: Lock, project: Path):
+        self.root, self.lock, self.project = root, lock, project
+
+    def path(self, name: str) -> Path:
+        pin = self.lock.file(name)
+        return self.pinned(pin, f"files.{name}")
+
+    def pinned(self, pin: FilePin, what: str) -> Path:
+        if pin.path:
+            src = (self.project / pin.path).resolve()
+            if not src.is_relative_to(self.project.resolve()):
+                raise BadInput(LOCK_FILE, f"{what}.path: {pin.path!r} points outside the project")
+            if not src.is_file():
+                raise BadInput(LOCK_FILE, f"{what}.path: {pin.path} does not exist")
+            target = src
+        else:
+            if not pin.url:
+                raise BadInput(LOCK_FILE, f"{what}: needs `url` or `path`")
+            target = self.root / "sha256" / pin.sha256
+            if not target.exists():
+                download(pin.url, target, what)
+        actual = sha256_file(target)
+        if actual != pin.sha256:
+            if not pin.path:
+                target.unlink()  # never keep a wrong file in the content-addressed store
+            raise BadInput(LOCK_FILE, f"{what}.sha256: expected {pin.sha256}, the fetched file has {actual}",
+                           "the source changed or the pin is wrong; re-pin only if you trust the new file")
+        return target

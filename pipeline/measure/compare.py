@@ -1,0 +1,138 @@
+"""Compare observed PCR values with measurements.json (v1); shared by the boot check and
+`attest verify`.
+
+measurements.json: {"version": 1, "platform", "mode": "production|debug",
+"pcrs": {"4": {"expected": [hex, ...], "policy": "enforce"|"warn"}, ...},
+"application_disk": {"roothash": hex}, ...}. `expected` is an allow-list: any listed value passes.
+PCR 15 is listed as its value after the zero sentinel; with the attestation server's TLS root CA
+the verifier replays one more extend (see `pcr15_with_ca`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import BadInput
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+POLICIES = ("enforce", "warn")
+
+
+@dataclass(frozen=True)
+class Measurements:
+    path: str
+    platform: str
+    mode: str
+    pcrs: dict[int, tuple[tuple[str, ...], str]]  # index -> (expected values, policy)
+    app_roothash: str | None
+
+
+@dataclass(frozen=True)
+class Row:
+    check: str  # "PCR 4", "signature", "nonce", ...
+    expected: str
+    actual: str
+    policy: str  # enforce | warn | info
+    result: str  # ok | MISMATCH | warn | missing
+
+    @property
+    def failed(self) -> bool:
+        return self.policy == "enforce" and self.result not in ("ok",)
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_measurements(raw: object, where: str) -> Measurements:
+    if not isinstance(raw, dict):
+        raise BadInput(where, "must be a JSON object")
+    if raw.get("version") != 1:
+        raise BadInput(where, f"version: expected 1, got {raw.get('version')!r}",
+                       "rebuild with `mithril-build measurements`")
+    mode = raw.get("mode")
+    if mode not in ("production", "debug"):
+        raise BadInput(where, f"mode: expected 'production' or 'debug', got {mode!r}")
+    pcrs_raw = raw.get("pcrs")
+    if not isinstance(pcrs_raw, dict) or not pcrs_raw:
+        raise BadInput(where, "pcrs: expected a non-empty object of PCR index -> {expected, policy}")
+    pcrs: dict[int, tuple[tuple[str, ...], str]] = {}
+    for key, entry in pcrs_raw.items():
+        field = f"pcrs.{key}"
+        if not (isinstance(key, str) and key.isdigit() and 0 <= int(key) <= 23):
+            raise BadInput(where, f"{field}: PCR index must be 0..23")
+        if not isinstance(entry, dict):
+            raise BadInput(where, f"{field}: expected an object with 'expected' and 'policy'")
+        policy = entry.get("policy", "enforce")
+        if policy not in POLICIES:
+            raise BadInput(where, f"{field}.policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+        expected = entry.get("expected")
+        if isinstance(expected, str):
+            expected = [expected]
+        if not isinstance(expected, list) or not expected:
+            raise BadInput(where, f"{field}.expected: expected a non-empty list of sha256 hex values")
+        for i, value in enumerate(expected):
+            if not isinstance(value, str) or not HEX64.match(value.lower()):
+                raise BadInput(where, f"{field}.expected[{i}]: not 64 hex digits")
+        pcrs[int(key)] = (tuple(v.lower() for v in expected), policy)
+    roothash = (raw.get("application_disk") or {}).get("roothash") if isinstance(
+        raw.get("application_disk"), (dict, type(None))) else None
+    if roothash is not None and (not isinstance(roothash, str) or not HEX64.match(roothash.lower())):
+        raise BadInput(where, "application_disk.roothash: not 64 hex digits")
+    return Measurements(where, str(raw.get("platform", "")), mode, dict(sorted(pcrs.items())),
+                        roothash.lower() if roothash else None)
+
+
+def load_measurements(path: Path) -> Measurements:
+    where = str(path)
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BadInput(where, "not found", "run `mithril-build measurements` first") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(where, f"cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise BadInput(where, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    return parse_measurements(raw, where)
+
+
+def extend(old: bytes, digest: bytes) -> bytes:
+    return hashlib.sha256(old + digest).digest()
+
+
+def pcr15_with_ca(expected: tuple[str, ...], ca_pem: bytes) -> tuple[str, ...]:
+    """PCR 15 after the attestation server extended sha256(its TLS root CA PEM)."""
+    ca = hashlib.sha256(ca_pem).digest()
+    return tuple(extend(bytes.fromhex(v), ca).hex() for v in expected)
+
+
+def compare_pcrs(m: Measurements, actual: dict[int, str], ca_pem: bytes | None = None) -> list[Row]:
+    """One row per PCR in the measurements; `actual` maps index -> lower-case hex (sha256 bank)."""
+    rows = []
+    for index, (expected, policy) in m.pcrs.items():
+        if index == 15 and ca_pem is not None:
+            expected = pcr15_with_ca(expected, ca_pem)
+        got = actual.get(index)
+        if got is None:
+            result = "missing"
+        elif got.lower() in expected:
+            result = "ok"
+        else:
+            result = "MISMATCH" if policy == "enforce" else "warn"
+        rows.append(Row(f"PCR {index}", " | ".join(expected), got or "-", policy, result))
+    return rows
+
+
+def format_table(rows: list[Row], width: int = 16) -> str:
+    """A plain-text table; long hex values are shortened to `width` characters (0 = full)."""
+    def short(v: str) -> str:
+        parts = [p if not width or len(p) <= width else p[:width] + "…" for p in v.split(" | ")]
+        return " | ".join(parts)
+
+    cells = [("CHECK", "EXPECTED", "ACTUAL", "POLICY", "RESULT")]
+    cells += [(r.check, short(r.expected), short(r.actual), r.policy, r.result) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(5)).rstrip() for c in cells)

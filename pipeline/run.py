@@ -1,0 +1,165 @@
+"""The one place external programs are run (through `sh`).
+
+Every call logs its command line (redacted) when verbose, captures stderr, and turns a
+failure into ToolFailed (exit 3) with the tail of the program's stderr. Secrets
+registered with `add_secret` and SAS signatures / HF tokens never reach a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import sh
+
+from . import log
+from .errors import ToolFailed
+
+verbose = False
+_secrets: set[str] = set()
+_PATTERNS = [
+    (re.compile(r"([?&](?:sig|se|st|skoid|sktid|sks|skv|skt|ske)=)[^&\s\"']+"), r"\1REDACTED"),
+    (re.compile(r"\bhf_[A-Za-z0-9]{8,}\b"), "hf_REDACTED"),
+]
+# mkosi needs Debian's Python (with pefile) first on PATH: see ENVIRONMENT.md.
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def add_secret(value: str | None) -> None:
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, "***")
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+
+def cmdline(argv: Sequence[str | os.PathLike]) -> str:
+    return redact(shlex.join(str(a) for a in argv))
+
+
+def _env(env: Mapping[str, str] | None, extra_env: Mapping[str, str] | None) -> dict[str, str]:
+    base = dict(os.environ if env is None else env)
+    base.update(extra_env or {})
+    return base
+
+
+def which(program: str, path: str | None = None) -> str | None:
+    import shutil
+
+    return shutil.which(program, path=path or os.environ.get("PATH", "") + ":" + SYSTEM_PATH)
+
+
+def run(
+    argv: Sequence[str | os.PathLike],
+    *,
+    cwd: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    stdout: IO | None = None,
+    timeout: float | None = None,
+    ok: Sequence[int] = (0,),
+) -> Completed:
+    """Run argv[0] with arguments; return its output or raise ToolFailed."""
+    args = [str(a) for a in argv]
+    environ = _env(env, extra_env)
+    exe = args[0] if "/" in args[0] else which(args[0], environ.get("PATH"))
+    if exe is None:
+        raise ToolFailed(f"{args[0]}: program not found (run scripts/setup.sh to install the tools)")
+    if verbose:
+        log.info("$ " + cmdline(args))
+    kwargs = dict(_cwd=str(cwd) if cwd else None, _env=environ, _ok_code=list(ok),
+                  _timeout=timeout, _return_cmd=True, _tty_out=False)
+    if input is not None:
+        kwargs["_in"] = input
+    if stdout is not None:
+        kwargs["_out"] = stdout
+    try:
+        proc = sh.Command(exe)(*args[1:], **kwargs)
+    except sh.ErrorReturnCode as e:
+        tail = redact(e.stderr.decode(errors="replace").strip() or e.stdout.decode(errors="replace").strip())
+        tail = "\n".join(tail.splitlines()[-15:])
+        raise ToolFailed(f"{cmdline(args)} exited with status {e.exit_code}\n{tail}") from None
+    except sh.TimeoutException:
+        raise ToolFailed(f"{cmdline(args)} did not finish within {timeout} s") from None
+    out = proc.stdout if stdout is None else b""
+    return Completed(tuple(args), proc.exit_code, out or b"", proc.stderr or b"")
+
+
+class Background:
+    """A long-running program (swtpm, QEMU) with its output in a file; always stop() it."""
+
+    def __init__(self, argv: Sequence[str | os.PathLike], output: Path, *, cwd=None,
+                 extra_env: Mapping[str, str] | None = None):
+        args = [str(a) for a in argv]
+        exe = which(args[0])
+        if exe is None:
+            raise ToolFailed(f"{args[0]}: program not found (run scripts/setup.sh to install the tools)")
+        if verbose:
+            log.info("$ " + cmdline(args) + " &")
+        self.argv = args
+        self.output = output
+        self._file = open(output, "wb")
+        self._proc = sh.Command(exe)(
+            *args[1:], _bg=True, _bg_exc=False, _out=self._file, _err_to_out=True,
+            _cwd=str(cwd) if cwd else None, _env=_env(None, extra_env), _ok_code=list(range(256)),
+            _new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def returncode(self) -> int | None:
+        return None if self.alive() else self._proc.exit_code
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            self._proc.wait(timeout=timeout)
+        except sh.TimeoutException:
+            return None
+        except sh.ErrorReturnCode:  # killed by a signal
+            pass
+        return self._proc.exit_code
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.alive():
+            try:
+                self._proc.terminate()
+                if self.wait(grace) is None:
+                    self._proc.kill()
+                    self.wait(grace)
+            except (ProcessLookupError, OSError):
+                pass
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,261 @@
+"""The application disk: a staged tree (manifests, images, setup.d/run.d, model repository)
+turned into a squashfs + dm-verity GPT disk, byte-for-byte reproducibly.
+
+systemd-repart 254 draws a random verity salt, so the squashfs, the hash tree (salt and UUID
+derived from the seed) and the partition UUIDs (the roothash halves) are made here, and
+systemd-repart only assembles the GPT disk from those blocks (CopyBlocks=).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import uuid
+from pathlib import Path
+
+import jinja2
+
+from .. import log
+from ..archive import Entry, deb_member, validate_tar
+from ..errors import BadInput
+from ..graph import Context, Stage, StageResult, tool_version
+from ..measure import gpt, verity
+from ..oci import image_archive
+from ..run import run
+
+SOURCE = "appdisk"
+DISK = "application_disk.raw"
+RECORD = "appdisk.json"
+BLOCK = 4096
+DEMO_IMAGE = "localhost/mithril-demo"
+LLM_IMAGES = ("caddy", "attestation-server", "triton")  # lock image names the llm app needs
+
+
+def components(ctx: Context) -> list[str]:
+    return ["app", "caddy", "attestation-server"] if ctx.profile.app == "llm" else ["app"]
+
+
+def lock_images(ctx: Context) -> list[str]:
+    return list(LLM_IMAGES) if ctx.profile.app == "llm" else []
+
+
+class AppDisk(Stage):
+    name = "appdisk"
+    version = 1
+    deps = ("model",)
+
+    def key_inputs(self, ctx: Context) -> dict:
+        lock = {f"images.{n}": ctx.lock.entry("images", n) for n in lock_images(ctx)}
+        if ctx.profile.app == "demo":
+            lock["files.busybox-static"] = ctx.lock.entry("files", "busybox-static")
+        return {
+            "files": ctx.checkout_digests(SOURCE),
+            "config": {"appdisk": ctx.config.appdisk.model_dump(mode="json"), "app": ctx.profile.app,
+                       "model": ctx.profile.model, "k3s": ctx.config.os.k3s,
+                       "seed": str(ctx.seed), "source_date_epoch": ctx.source_date_epoch},
+            "lock": lock,
+            "tools": {"mksquashfs": tool_version("mksquashfs", "-version"),
+                      "systemd-repart": tool_version("systemd-repart", "--version")},
+        }
+
+    def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix="appdisk-work-") as work:
+            work = Path(work)
+            tree = work / "tree"
+            with log.step("Staging the application tree", "Staged the application tree"):
+                images = stage_tree(ctx, tree, deps.get("model"))
+                files = file_manifest(tree)
+            with log.step("Making the squashfs and dm-verity images", "Made squashfs and verity"):
+                data = make_squashfs(ctx, tree, work / "data.img")
+                params, root, hash_img = make_verity(ctx, data, work / "hash.img")
+            with log.step("Assembling the GPT disk with systemd-repart", "Assembled the disk"):
+                layout = assemble(ctx, work, data, hash_img, root, out / DISK)
+        record = {
+            "roothash": root.hex(),
+            "disk": layout,
+            "verity": {"data_block_size": params.data_block_size, "hash_block_size": params.hash_block_size,
+                       "data_blocks": params.data_blocks, "salt": params.salt.hex(),
+                       "uuid": str(uuid.UUID(bytes=params.uuid)), "algorithm": params.algorithm},
+            "images": images,
+            "files": files,
+        }
+        (out / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return {"roothash": root.hex()}
+
+
+def _render(env: jinja2.Environment, rel: str, values: dict) -> str:
+    try:
+        return env.get_template(rel).render(values)
+    except jinja2.TemplateSyntaxError as e:
+        raise BadInput(f"{SOURCE}/{rel}", f"template syntax error at line {e.lineno}: {e.message}") from None
+    except jinja2.UndefinedError as e:
+        raise BadInput(f"{SOURCE}/{rel}", f"template uses an undefined value: {e.message}") from None
+
+
+def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict]:
+    src = ctx.root / SOURCE
+    if not src.is_dir():
+        raise BadInput(str(src), "folder missing", "run `mithril-build init` to get a starter project")
+    check_source_links(src)
+    tree.mkdir()
+    images, refs = build_images(ctx, tree / "images")
+    cfg = ctx.config.appdisk
+    values = {"namespace": cfg.namespace, "ingress_port": cfg.ingress_port, "app_port": cfg.app_port,
+              "attestation_port": cfg.attestation_port, "app": ctx.profile.app, "components": components(ctx),
+              "images": refs, "model": ctx.profile.model, "triton": None,
+              "model_host_path": "/run/mithril/model"}
+    if model is not None:
+        from .model_engine import triton_manifest_values  # only with a model selected
+
+        values["triton"] = triton_manifest_values(ctx, model.record)
+        shutil.copytree(model.dir / "model_repository", tree / "model", symlinks=True)
+        shutil.copy2(model.dir / "engine.json", tree / "model" / "engine.json")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(src), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    values["caddyfile"] = _render(env, "Caddyfile.j2", values) if (src / "Caddyfile.j2").exists() else ""
+    for folder, dest in (("manifests", "manifests"), ("networkpolicies", "manifests/networkpolicies")):
+        for path in sorted((src / folder).glob("*.j2")):
+            text = _render(env, f"{folder}/{path.name}", values)
+            if text.strip():  # a template that renders empty does not apply to this app
+                target = tree / dest / path.name.removesuffix(".j2")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text.strip() + "\n")
+    for folder in ("setup.d", "run.d"):
+        if not (src / folder / "main").is_file():
+            raise BadInput(f"{SOURCE}/{folder}/main", "missing", "every app disk needs setup.d/main and run.d/main")
+        shutil.copytree(src / folder, tree / folder, symlinks=True)
+    normalise(tree)
+    return images
+
+
+def check_source_links(src: Path) -> None:
+    """Symlinks in appdisk/ must stay inside it."""
+    top = src.resolve()
+    for p in src.rglob("*"):
+        if p.is_symlink() and not (p.parent.resolve() / os.readlink(p)).resolve().is_relative_to(top):
+            raise BadInput(str(p.relative_to(src.parent)), f"symlink escapes {SOURCE}/ (-> {os.readlink(p)})")
+
+
+def build_images(ctx: Context, dest: Path) -> tuple[list[dict], dict[str, str]]:
+    """Image archives for the disk: the demo image (built here) or the pinned images of the lock."""
+    dest.mkdir(parents=True)
+    images, refs = [], {}
+    if ctx.profile.app == "demo":
+        data, digest = demo_image(ctx)
+        (dest / "app.tar").write_bytes(data)
+        refs["app"] = f"{DEMO_IMAGE}:1"
+        images.append({"name": "app", "ref": refs["app"], "manifest_digest": digest,
+                       "sha256": hashlib.sha256(data).hexdigest()})
+    for name in lock_images(ctx):
+        pin = ctx.lock.image(name, ctx.locked)
+        if not pin.digest:
+            raise BadInput("mithril.lock", f"images.{name}.digest: {pin.ref} is not resolved to a digest",
+                           "run `mithril-build lock` where the registry is reachable")
+        if pin.archive is None:
+            raise BadInput("mithril.lock", f"images.{name}.archive: no archive of {pin.ref} is pinned",
+                           "run `mithril-build lock` where the registry is reachable")
+        path = ctx.store.pinned(pin.archive, f"images.{name}.archive")
+        validate_tar(path, f"mithril.lock: images.{name}.archive ({path.name})")
+        target = dest / f"{'app' if name == 'triton' else name}.tar"
+        shutil.copyfile(path, target)
+        refs["app" if name == "triton" else name] = pin.pinned_ref
+        images.append({"name": name, "ref": pin.pinned_ref, "sha256": pin.archive.sha256})
+    return images, refs
+
+
+def demo_image(ctx: Context) -> tuple[bytes, str]:
+    """A static web server image from Debian's busybox-static .deb (pinned in the lock)."""
+    deb = ctx.store.path("busybox-static")
+    busybox = deb_member(deb, "./bin/busybox")
+    www = (ctx.root / SOURCE / "www")
+    rootfs = [Entry("bin", 0o755), Entry("bin/busybox", 0o755, busybox), Entry("bin/sh", 0o777, target="busybox"),
+              Entry("etc", 0o755), Entry("etc/passwd", 0o644, b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"),
+              Entry("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n"), Entry("www", 0o755)]
+    for p in sorted(www.rglob("*")) if www.is_dir() else []:
+        rel = "www/" + p.relative_to(www).as_posix()
+        rootfs.append(Entry(rel, 0o755) if p.is_dir() else Entry(rel, 0o644, p.read_bytes()))
+    port = ctx.config.appdisk.app_port
+    return image_archive(DEMO_IMAGE, "1", rootfs, mtime=ctx.source_date_epoch, exposed_ports=[port],
+                         user="65534:65534", entrypoint=["/bin/busybox", "httpd", "-f", "-p", str(port), "-h", "/www"])
+
+
+def normalise(tree: Path) -> None:
+    """Fixed permissions: 0755 for folders and executables, 0644 for everything else."""
+    for p in [tree, *tree.rglob("*")]:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or os.stat(p).st_mode & stat.S_IXUSR
+        os.chmod(p, 0o755 if executable else 0o644)
+
+
+def file_manifest(tree: Path) -> list[dict]:
+    """Per-file manifest of the disk content: path, mode, size, sha256 (symlinks: target)."""
+    out = []
+    for p in sorted(tree.rglob("*")):
+        rel = p.relative_to(tree).as_posix()
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            out.append({"path": rel, "mode": "0777", "size": 0, "target": os.readlink(p)})
+        elif stat.S_ISREG(st.st_mode):
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            out.append({"path": rel, "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size, "sha256": h.hexdigest()})
+    return out
+
+
+def make_squashfs(ctx: Context, tree: Path, image: Path) -> Path:
+    """mksquashfs (reproducible with SOURCE_DATE_EPOCH), padded to whole verity blocks."""
+    run(["mksquashfs", tree, image, "-noappend", "-all-root", "-no-xattrs", "-comp", "zstd", "-quiet",
+         "-no-progress", "-processors", str(os.cpu_count() or 1)],
+        extra_env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)})
+    size = image.stat().st_size
+    os.truncate(image, -(-size // BLOCK) * BLOCK)
+    return image
+
+
+def make_verity(ctx: Context, data: Path, out: Path) -> tuple[verity.Params, bytes, Path]:
+    salt, vuuid = verity.salt_and_uuid(ctx.seed)
+    params = verity.Params(data.stat().st_size // BLOCK, salt, vuuid, BLOCK, BLOCK)
+    with open(data, "rb") as f:
+        bar = log.progress(data.stat().st_size, "verity tree")
+        root, image = verity.build_tree(f, 0, params, bar.update)
+        bar.close()
+    out.write_bytes(image)
+    return params, root, out
+
+
+def split_roothash(root: bytes) -> tuple[uuid.UUID, uuid.UUID]:
+    """Partition UUIDs are the roothash halves (data = first 128 bits), as systemd does."""
+    return uuid.UUID(bytes=root[:16]), uuid.UUID(bytes=root[16:32])
+
+
+def assemble(ctx: Context, work: Path, data: Path, hash_img: Path, root: bytes, disk: Path) -> dict:
+    data_uuid, hash_uuid = split_roothash(root)
+    defs = work / "repart.d"
+    defs.mkdir()
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ctx.root / SOURCE / "repart.d"),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    values = {"data_uuid": data_uuid, "hash_uuid": hash_uuid, "data_image": data, "hash_image": hash_img,
+              "data_size": data.stat().st_size, "hash_size": -(-hash_img.stat().st_size // BLOCK) * BLOCK}
+    for tpl in sorted((ctx.root / SOURCE / "repart.d").glob("*.conf.j2")):
+        (defs / tpl.name.removesuffix(".j2")).write_text(_render(env, tpl.name, values))
+    run(["systemd-repart", "--offline=yes", f"--seed={ctx.seed}", "--empty=create", "--size=auto",
+         "--dry-run=no", "--no-pager", f"--definitions={defs}", "--json=off", disk],
+        extra_env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch), "SYSTEMD_LOG_LEVEL": "warning"})
+    table = gpt.read_table(disk)
+    parts = []
+    for p in table.partitions:
+        parts.append({"label": p.label, "uuid": str(p.uuid), "type": str(p.type_uuid),
+                      "offset": p.offset, "size": p.size})
+    want = {"app": str(data_uuid), "app-verity": str(hash_uuid)}
+    got = {p["label"]: p["uuid"] for p in parts}
+    if any(got.get(k) != v for k, v in want.items()):
+        raise BadInput(f"{SOURCE}/repart.d", f"the assembled disk's partitions {got} are not {want}",
+                       "keep the labels app / app-verity and the UUID= lines")
+    return {"uuid": str(table.disk_uuid), "size": disk.stat().st_size, "partitions": parts}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine (run as root): system tools from
+# bookworm + bookworm-backports (see shared/ENVIRONMENT.md), Azurite, and this package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+backports=/etc/apt/sources.list.d/bookworm-backports.sources
+if [ ! -f "$backports" ]; then
+  cat > "$backports" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+
+need_apt=0
+for tool in mkosi systemd-repart veritysetup mksquashfs qemu-system-x86_64 swtpm tpm2_quote \
+            qemu-img pesign sbverify mcopy podman skopeo; do
+  command -v "$tool" >/dev/null 2>&1 || need_apt=1
+done
+[ -f /usr/lib/systemd/ukify ] || need_apt=1
+[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need_apt=1
+if [ "$need_apt" = 1 ]; then
+  apt-get update -q
+  # mkosi 24 and systemd 254 come from backports; --no-install-recommends keeps out ~120 unrelated packages.
+  apt-get install -y -q --no-install-recommends -t bookworm-backports \
+    mkosi systemd systemd-boot systemd-boot-efi systemd-container dosfstools mtools \
+    squashfs-tools erofs-utils cryptsetup-bin bubblewrap zstd cpio kmod fdisk python3-pefile \
+    uidmap debian-archive-keyring udev
+  apt-get install -y -q --no-install-recommends \
+    qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools pesign sbsigntool \
+    binutils podman skopeo runc dpkg-dev
+fi
+
+# Azurite: the local stand-in for Azure blob storage (tests start it themselves).
+if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+  mkdir -p .tools
+  npm install --silent --prefix .tools azurite@3.35.0 >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test,azure,provenance]'
