@@ -37,6 +37,8 @@ class AppDiskConfig(Strict):
     app_port: int = Field(8000, ge=1, le=65535)
     attestation_port: int = Field(8400, ge=1, le=65535)
     namespace: str = Field("mithril", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    extra_images: tuple[str, ...] = Field(
+        (), description="names under `images` in mithril.lock whose archives go on the disk too (your own images)")
 
 
 class ModelConfig(Strict):

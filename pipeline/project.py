@@ -45,7 +45,7 @@ def init(directory: Path, force: bool) -> list[str]:
     directory = directory.resolve()
     if directory == REPO:
         raise BadInput(str(directory), "this is mithril-build's own checkout", "choose another folder")
-    missing = [n for n in STARTER if not (REPO / n).exists()]
+    missing = [n for n in ("mithril.yaml", "mithril.lock", "appdisk") if not (REPO / n).exists()]
     if missing:
         raise BadInput(str(REPO), f"starter files missing: {', '.join(missing)}", "reinstall mithril-build from a checkout")
     clash = [n for n in STARTER if (directory / n).exists()]
@@ -55,6 +55,8 @@ def init(directory: Path, force: bool) -> list[str]:
     written = []
     for n in STARTER:
         src, dst = REPO / n, directory / n
+        if not src.exists():
+            continue
         if src.is_dir():
             shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:

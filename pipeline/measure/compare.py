@@ -78,8 +78,8 @@ def parse_measurements(raw: object, where: str) -> Measurements:
             if not isinstance(value, str) or not HEX64.match(value.lower()):
                 raise BadInput(where, f"{field}.expected[{i}]: not 64 hex digits")
         pcrs[int(key)] = (tuple(v.lower() for v in expected), policy)
-    roothash = (raw.get("application_disk") or {}).get("roothash") if isinstance(
-        raw.get("application_disk"), (dict, type(None))) else None
+    app = raw.get("application_disk")
+    roothash = app.get("roothash") if isinstance(app, dict) else None
     if roothash is not None and (not isinstance(roothash, str) or not HEX64.match(roothash.lower())):
         raise BadInput(where, "application_disk.roothash: not 64 hex digits")
     return Measurements(where, str(raw.get("platform", "")), mode, dict(sorted(pcrs.items())),

@@ -40,7 +40,7 @@ def components(ctx: Context) -> list[str]:
 
 
 def lock_images(ctx: Context) -> list[str]:
-    return list(LLM_IMAGES) if ctx.profile.app == "llm" else []
+    return (list(LLM_IMAGES) if ctx.profile.app == "llm" else []) + list(ctx.config.appdisk.extra_images)
 
 
 class AppDisk(Stage):
@@ -152,18 +152,16 @@ def build_images(ctx: Context, dest: Path) -> tuple[list[dict], dict[str, str]]:
                        "sha256": hashlib.sha256(data).hexdigest()})
     for name in lock_images(ctx):
         pin = ctx.lock.image(name, ctx.locked)
-        if not pin.digest:
-            raise BadInput("mithril.lock", f"images.{name}.digest: {pin.ref} is not resolved to a digest",
-                           "run `mithril-build lock` where the registry is reachable")
-        if pin.archive is None:
+        if pin.archive is None or not pin.archive.sha256:
             raise BadInput("mithril.lock", f"images.{name}.archive: no archive of {pin.ref} is pinned",
                            "run `mithril-build lock` where the registry is reachable")
         path = ctx.store.pinned(pin.archive, f"images.{name}.archive")
         validate_tar(path, f"mithril.lock: images.{name}.archive ({path.name})")
         target = dest / f"{'app' if name == 'triton' else name}.tar"
         shutil.copyfile(path, target)
-        refs["app" if name == "triton" else name] = pin.pinned_ref
-        images.append({"name": name, "ref": pin.pinned_ref, "sha256": pin.archive.sha256})
+        ref = pin.pinned_ref if pin.digest else pin.ref  # unpinned refs are refused under --locked
+        refs["app" if name == "triton" else name] = ref
+        images.append({"name": name, "ref": ref, "sha256": pin.archive.sha256})
     return images, refs
 
 

@@ -1,0 +1,36 @@
+"""Shared test helpers. Tests choose --locked/--unlocked themselves, so $CI must not decide."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.pop("CI", None)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mb(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run the mithril-build CLI in a subprocess; returns the completed process (text)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def need(*tools: str) -> None:
+    """Skip the calling test when a system tool is missing (run scripts/setup.sh to install them)."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin:/sbin:/bin"
+    missing = [t for t in tools if not (shutil.which(t, path=path) or Path(t).exists())]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (installed by scripts/setup.sh)")
+
+
+def new_project(dest: Path) -> Path:
+    """A starter project made by `mithril-build init`."""
+    res = mb("init", dest)
+    assert res.returncode == 0, res.stderr
+    return dest
