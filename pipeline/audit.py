@@ -104,11 +104,16 @@ def compare_manifests(a: list[dict], b: list[dict]) -> list[dict]:
     return rows
 
 
-def _os_files(folder: Path) -> list[dict] | None:
-    """Per-file manifest of the OS root, when the build recorded one (os.json `files`)."""
-    data = _load_json(folder / "os.json") or {}
-    files = data.get("files")
-    return files if isinstance(files, list) else None
+def os_differences(a: Path, b: Path) -> list[str]:
+    """What differs inside two OS disks / UKIs (the OS stage's helpers: GPT, ESP, squashfs root)."""
+    from .stages.os_image import diff_disks, diff_ukis
+
+    lines = []
+    if (a / "os_disk.raw").is_file() and (b / "os_disk.raw").is_file():
+        lines += diff_disks(a / "os_disk.raw", b / "os_disk.raw")
+    if (a / "uki.efi").is_file() and (b / "uki.efi").is_file():
+        lines += diff_ukis(a / "uki.efi", b / "uki.efi")
+    return lines
 
 
 def compare(a: Path, b: Path) -> dict:
@@ -123,12 +128,12 @@ def compare(a: Path, b: Path) -> dict:
     report: dict = {"a": str(a), "b": str(b), "artifacts": rows,
                     "measurements": compare_measurements(_load_json(a / "measurements.json"),
                                                          _load_json(b / "measurements.json")),
-                    "disk_files": {}, "notes": []}
+                    "disk_files": {}, "os_differences": [], "corrupt": [], "notes": []}
     # Each folder should agree with its own SHA256SUMS; a folder that does not is corrupt.
     for side, folder, digests in (("A", a, da), ("B", b, db)):
         for rel, want in read_sums(folder / SUMS).items():
             if rel in digests and digests[rel] != want:
-                report["notes"].append(f"{side}: {rel} does not match its {SUMS} entry")
+                report["corrupt"].append(f"{side}: {rel} does not match its {SUMS} entry")
     if differ & {"application_disk.raw", "appdisk.json"}:
         ja, jb = _load_json(a / "appdisk.json") or {}, _load_json(b / "appdisk.json") or {}
         if "files" in ja and "files" in jb:
@@ -136,21 +141,17 @@ def compare(a: Path, b: Path) -> dict:
         else:
             report["notes"].append("appdisk.json has no per-file manifest on one side")
     if differ & {"os_disk.raw", "uki.efi"}:
-        fa, fb = _os_files(a), _os_files(b)
-        if fa is not None and fb is not None:
-            report["disk_files"]["os_disk.raw"] = compare_manifests(fa, fb)
+        try:
+            report["os_differences"] = os_differences(a, b)
+        except (MithrilError, ValueError, OSError) as e:  # a diagnosis, not the verdict
+            report["notes"].append(f"could not look inside the OS disks: {e}")
+    both = sorted(d for d in differ if d in da and d in db)
+    if both:
+        if which("diffoscope"):
+            report["notes"] += [f"for a byte-level explanation: diffoscope {a / d} {b / d}" for d in both[:3]]
         else:
-            report["notes"].append("no per-file manifest of the OS root (os.json `files`) to compare")
-    if differ:
-        tool = which("diffoscope")
-        disks = [d for d in ("application_disk.raw", "os_disk.raw") if d in differ and d in da and d in db]
-        for d in disks[:1] if tool else []:
-            report["notes"].append(f"for a byte-level explanation: diffoscope {a / d} {b / d}")
-        if not tool:
             report["notes"].append("install diffoscope (apt-get install diffoscope) for a byte-level explanation")
-    report["match"] = not differ and all(r["match"] for r in report["measurements"]) and not report["notes"] \
-        or (not differ and all(r["match"] for r in report["measurements"])
-            and not any("SHA256SUMS" in n for n in report["notes"]))
+    report["match"] = not differ and not report["corrupt"] and all(m["match"] for m in report["measurements"])
     return report
 
 
@@ -174,8 +175,13 @@ def format_report(report: dict, label_a: str = "A", label_b: str = "B") -> str:
         lines.extend(f"  {f['change']:<24} {f['path']}" for f in files[:50])
         if len(files) > 50:
             lines.append(f"  … and {len(files) - 50} more (--json lists all)")
-    if report["notes"]:
+    if report["os_differences"]:
         lines.append("")
+        lines.append("what differs inside the OS disk / UKI:")
+        lines.extend(f"  {line}" for line in report["os_differences"][:60])
+    if report["corrupt"] or report["notes"]:
+        lines.append("")
+        lines.extend(f"CORRUPT: {n}" for n in report["corrupt"])
         lines.extend(f"note: {n}" for n in report["notes"])
     lines.append("")
     lines.append("ALL MATCH" if report["match"] else "DIFFERENCES FOUND")

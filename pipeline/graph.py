@@ -8,8 +8,6 @@ the store, and a cache hit re-checks every output digest before it is reused.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -18,17 +16,16 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from . import log
+from .cache import Cache, output_digests, publish, write_sha256sums
 from .config import Config, Profile
-from .errors import BadInput, MithrilError
-from .lock import InputStore, Lock, atomic_write, sha256_file
+from .errors import BadInput
+from .lock import InputStore, Lock, sha256_file
 
-RECORD = "_record.json"
 SKIP_DIRS = {"__pycache__", ".pytest_cache"}
 
 
@@ -123,90 +120,12 @@ class Stage:
         raise NotImplementedError
 
 
-def output_digests(folder: Path) -> dict[str, str]:
-    return {k: v for k, v in tree_digests(folder, ".").items() if k != RECORD}
-
-
 @dataclass
 class Plan:
     stage: Stage
     key: str | None  # None when a dependency is not built yet
     hit: StageResult | None
     reason: str
-
-
-@dataclass
-class Cache:
-    root: Path
-    _lockfile: Any = field(default=None, repr=False)
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.root / "stages" / stage
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """One mithril-build at a time per cache; stale temp folders of killed runs are removed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lf:
-            try:
-                fcntl.flock(lf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info(f"waiting for another mithril-build using {self.root}")
-                fcntl.flock(lf, fcntl.LOCK_EX)
-            shutil.rmtree(self.root / "tmp", ignore_errors=True)
-            yield
-
-    def lookup(self, stage: str, key: str, verify: bool = True) -> StageResult | None:
-        folder = self.stage_dir(stage) / key
-        rec_path = folder / RECORD
-        if not rec_path.is_file():
-            return None
-        try:
-            record = json.loads(rec_path.read_text())
-        except ValueError:
-            record = None
-        if not record or record.get("key") != key:
-            self._discard(folder, "its record is unreadable")
-            return None
-        if verify:
-            actual = output_digests(folder)
-            if actual != record["outputs"]:
-                bad = sorted(k for k in set(actual) | set(record["outputs"])
-                             if actual.get(k) != record["outputs"].get(k))
-                self._discard(folder, "outputs changed since they were stored: " + ", ".join(bad[:5]))
-                return None
-        return StageResult(folder, record)
-
-    def _discard(self, folder: Path, why: str) -> None:
-        log.warn(f"discarding cached {folder.parent.name} result {folder.name[:12]}: {why}")
-        shutil.rmtree(folder, ignore_errors=True)
-
-    def new_tmp(self, stage: str) -> Path:
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        path = self.root / "tmp" / f"{stage}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
-        return path
-
-    def store(self, stage: str, key: str, tmp: Path, record: dict) -> StageResult:
-        """Write the record last, then rename the finished folder into place."""
-        atomic_write(tmp / RECORD, json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
-        final = self.stage_dir(stage) / key
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        return StageResult(final, record)
-
-    def remember(self, stage: str, profile: str, key_fields: dict) -> None:
-        atomic_write(self.stage_dir(stage) / f"last-{profile}.json",
-                     json.dumps(key_fields, indent=1, sort_keys=True).encode())
-
-    def last(self, stage: str, profile: str) -> dict | None:
-        path = self.stage_dir(stage) / f"last-{profile}.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
 
 
 def explain_diff(old: Any, new: Any, path: str = "") -> list[str]:
@@ -319,43 +238,3 @@ class Orchestrator:
         record = {"stage": stage.name, "key": key, "inputs": fields, "outputs": outputs,
                   **extra, "build_seconds": round(time.monotonic() - start, 1)}
         return self.cache.store(stage.name, key, tmp, record)
-
-
-RECORDS = "records"  # out/<profile>/records/<stage>.json (appdisk.json and os.json are outputs)
-UNSUMMED = {"SHA256SUMS", "boot-serial.log", "deployment.json"}
-
-
-def publish(result: StageResult, stage: str, out_dir: Path) -> None:
-    """Hard-link (or copy) a stage's outputs into out/<profile>/, each file replaced atomically;
-    files the previous build of this stage published and this one does not are removed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rec_path = out_dir / RECORDS / f"{stage}.json"
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        for old in set(json.loads(rec_path.read_text())["outputs"]) - set(result.outputs):
-            (out_dir / old).unlink(missing_ok=True)
-    for rel in result.outputs:
-        src, dst = result.dir / rel, out_dir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if src.is_symlink():
-            os.symlink(os.readlink(src), tmp)
-        else:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    atomic_write(rec_path, json.dumps(result.record, indent=2, sort_keys=True).encode() + b"\n")
-
-
-def write_sha256sums(out_dir: Path) -> None:
-    """SHA256SUMS of the published artifacts (stage records and logs excluded), sorted by path."""
-    lines = []
-    for path in sorted(out_dir.rglob("*")):
-        rel = path.relative_to(out_dir).as_posix()
-        if (path.is_file() and not path.name.startswith(".") and rel not in UNSUMMED
-                and not rel.startswith(RECORDS + "/")):
-            lines.append(f"{sha256_file(path)}  {rel}\n")
-    atomic_write(out_dir / "SHA256SUMS", "".join(lines).encode())

@@ -17,8 +17,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import jinja2
-
 from .. import log
 from ..archive import Entry, deb_member, validate_tar
 from ..errors import BadInput
@@ -87,7 +85,9 @@ class AppDisk(Stage):
         return {"roothash": root.hex()}
 
 
-def _render(env: jinja2.Environment, rel: str, values: dict) -> str:
+def _render(env, rel: str, values: dict) -> str:
+    import jinja2
+
     try:
         return env.get_template(rel).render(values)
     except jinja2.TemplateSyntaxError as e:
@@ -114,6 +114,8 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
         values["triton"] = triton_manifest_values(ctx, model.record)
         shutil.copytree(model.dir / "model_repository", tree / "model", symlinks=True)
         shutil.copy2(model.dir / "engine.json", tree / "model" / "engine.json")
+    import jinja2
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(src), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     values["caddyfile"] = _render(env, "Caddyfile.j2", values) if (src / "Caddyfile.j2").exists() else ""
@@ -125,9 +127,14 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text.strip() + "\n")
     for folder in ("setup.d", "run.d"):
-        if not (src / folder / "main").is_file():
+        if not any((src / folder / n).is_file() for n in ("main", "main.j2")):
             raise BadInput(f"{SOURCE}/{folder}/main", "missing", "every app disk needs setup.d/main and run.d/main")
         shutil.copytree(src / folder, tree / folder, symlinks=True)
+        for tpl in sorted((tree / folder).rglob("*.j2")):  # entry points may be templates too
+            rel = tpl.relative_to(tree).as_posix()
+            tpl.with_suffix("").write_text(_render(env, rel, values))
+            os.chmod(tpl.with_suffix(""), os.stat(tpl).st_mode)
+            tpl.unlink()
     normalise(tree)
     return images
 
@@ -237,6 +244,8 @@ def assemble(ctx: Context, work: Path, data: Path, hash_img: Path, root: bytes, 
     data_uuid, hash_uuid = split_roothash(root)
     defs = work / "repart.d"
     defs.mkdir()
+    import jinja2
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(ctx.root / SOURCE / "repart.d"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     values = {"data_uuid": data_uuid, "hash_uuid": hash_uuid, "data_image": data, "hash_image": hash_img,

@@ -1,0 +1,148 @@
+"""Predict every PCR of a boot from the built artifacts alone: the OS disk image (its ESP's
+UKI), the application disk's roothash and the platform file. Produces the measurements.json
+(v1) and eventlog.json documents; `explain` renders one PCR's events for people.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BadInput
+from . import pcr04, pcr11, pcr12_13, pcr15
+from .fat import open_esp
+from .pcr import Event, Simulator, replay
+from .pe import PeImage, kernel, stub_version
+from .platform import Platform
+
+VERSION = 1
+NOT_PREDICTED_9 = ("PCR 9 (the kernel EFI stub's initrd / load-options measurements) is not predicted: "
+                   "what the bookworm 6.1 kernel measures there has not been confirmed on a boot")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    measurements: dict
+    eventlog: dict
+    uki: bytes = field(repr=False)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def predict(os_disk: Path, roothash: str, platform: Platform, mode: str, *, phases: tuple[str, ...] = (),
+            platform_file: bytes = b"", digests: dict[str, str] | None = None) -> Prediction:
+    """measurements.json and eventlog.json for booting `os_disk` on `platform`.
+
+    `digests` may carry already known sha256 of input files by name (e.g. from the OS stage's
+    record); "os_disk.raw" is hashed here only when it is not given.
+    """
+    if mode not in ("production", "debug"):
+        raise BadInput("profile", f"mode: expected production or debug, got {mode!r}")
+    try:
+        root = bytes.fromhex(roothash)
+    except (ValueError, TypeError):
+        raise BadInput("appdisk.json", f"roothash: not hex: {roothash!r}") from None
+    with open_esp(os_disk) as esp:
+        files = esp.walk()
+        pcr12_13.check_esp(files, esp.where)
+        uki_bytes = esp.read(pcr12_13.UKI_PATH)
+    uki = PeImage(uki_bytes, f"{os_disk}: {pcr12_13.UKI_PATH}")
+    linux = kernel(uki)
+    stub_major, stub_full = stub_version(uki)
+
+    sim = Simulator()
+    pcr04.predict(sim, platform.firmware_events(), uki, linux)
+    pcr11.predict(sim, uki, stub_major, phases)
+    pcr12_13.predict(sim, files, str(os_disk))
+    pcr15.predict(sim, root)
+
+    pcrs: dict[str, dict] = {}
+    notes: dict[str, str] = {"9": NOT_PREDICTED_9}
+    for index, fw in sorted(platform.firmware_pcrs.items()):
+        if fw.values:
+            pcrs[str(index)] = {"expected": sorted({v.value for v in fw.values}), "policy": fw.policy}
+        else:
+            notes[str(index)] = (f"firmware PCR {index}: no known-good value recorded for platform "
+                                 f"{platform.name!r} yet ({fw.note or 'see its platform file'})")
+    for index in sorted(sim.values):
+        pcrs[str(index)] = {"expected": [sim.value(index).hex()], "policy": "enforce"}
+
+    known = dict(digests or {})
+    inputs = {
+        "os_disk.raw": known.get("os_disk.raw") or _sha256_file(os_disk),
+        "uki.efi": hashlib.sha256(uki_bytes).hexdigest(),
+        f"measurements/platforms/{platform.name}.yaml": hashlib.sha256(platform_file).hexdigest(),
+    }
+    inputs.update({k: v for k, v in known.items() if k not in inputs})
+    events = [e.as_json() for e in sim.events]
+    eventlog = {"version": VERSION, "platform": platform.name, "mode": mode, "events": events}
+    measurements = {
+        "version": VERSION,
+        "platform": platform.name,
+        "mode": mode,
+        "pcrs": dict(sorted(pcrs.items(), key=lambda kv: int(kv[0]))),
+        "not_predicted": dict(sorted(notes.items(), key=lambda kv: int(kv[0]))),
+        "application_disk": {"roothash": root.hex()},
+        "uki": {
+            "authenticode": uki.authenticode().hex(),
+            "kernel_authenticode": linux.authenticode().hex(),
+            "stub": f"systemd-stub {stub_full}",
+            "pcr11_sections": [s for s in pcr11.measured_sections(stub_major) if uki.section_data(s)],
+            "pcr11_phases": list(phases),
+        },
+        "inputs": dict(sorted(inputs.items())),
+        "outputs": {"eventlog.json": hashlib.sha256(dumps(eventlog)).hexdigest()},
+    }
+    return Prediction(measurements, eventlog, uki_bytes)
+
+
+def dumps(doc: dict) -> bytes:
+    """The one serialisation of measurements.json / eventlog.json: sorted keys, 2-space indent."""
+    return json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(str(path), "not found", "run `mithril-build measurements` first") from None
+    except (OSError, ValueError) as e:
+        raise BadInput(str(path), f"cannot read: {e}") from None
+
+
+def explain(pcr: int, folder: Path) -> str:
+    """The predicted events of one PCR, with the running value, from measurements.json and
+    eventlog.json in `folder` (out/<profile>)."""
+    m = _load(folder / "measurements.json")
+    log = _load(folder / "eventlog.json")
+    try:
+        events = [Event(**e) for e in log["events"] if e["pcr"] == pcr]
+    except (KeyError, TypeError) as e:
+        raise BadInput(str(folder / "eventlog.json"), f"events: malformed ({e})") from None
+    entry = m.get("pcrs", {}).get(str(pcr))
+    lines = [f"PCR {pcr} — platform {m.get('platform')}, mode {m.get('mode')}"]
+    if entry is None:
+        lines.append("  not in measurements.json: " + m.get("not_predicted", {}).get(str(pcr), "not measured"))
+        return "\n".join(lines)
+    value = bytes(32)
+    for i, e in enumerate(events, 1):
+        value = replay([e], pcr, value)
+        lines.append(f"  {i:2}. {e.type:<34} {e.digest}  {e.description}")
+        lines.append(f"      {'':<34} -> {value.hex()}")
+    if not events:
+        lines.append("  (no events: the PCR stays at its reset value)" if pcr >= 4
+                     else "  (firmware PCR: values come from the platform file)")
+    lines.append(f"  expected ({entry['policy']}): " + ", ".join(entry["expected"]))
+    if events and value.hex() not in entry["expected"]:
+        lines.append("  WARNING: the event log does not replay to the expected value")
+    if pcr == 15:
+        lines.append("  verifiers then replay the attestation server's extend of sha256(its TLS root CA PEM)")
+    return "\n".join(lines)

@@ -1,0 +1,334 @@
+"""Azure: upload out/<profile>/ disks as managed disks and launch a Trusted Launch / Confidential VM.
+
+Not a cached stage: a command group (`mithril-build azure vhd|deploy|destroy`) working on the
+published outputs. Request bodies are plain dicts (the REST shapes), built by small pure
+functions so tests can compare them with golden files. Names derive from the project, the
+profile and the disk digests, so `deploy` is idempotent and `destroy` finds what it made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import log
+from ..azure_vhd import FOOTER_SIZE, disk_footer
+from ..config import CONFIG_FILE, Config
+from ..errors import BadInput, ToolFailed
+from ..lock import atomic_write, sha256_file
+
+DISKS = {"os": "os_disk.raw", "app": "application_disk.raw"}
+MEASUREMENTS = "measurements.json"
+DEPLOYMENT = "deployment.json"
+GRANT_SECONDS = 24 * 3600
+VNET_PREFIX, SUBNET_PREFIX = "10.42.0.0/16", "10.42.0.0/24"
+# The disk security type an uploaded OS disk needs for each VM security type.
+DISK_SECURITY = {"TrustedLaunch": "TrustedLaunch",
+                 "ConfidentialVM": "ConfidentialVM_VMGuestStateOnlyEncryptedWithPlatformKey"}
+UPLOAD_STATES = {"ReadyToUpload", "ActiveUpload"}
+DONE_TAG = "mithril-upload"
+
+
+@dataclass(frozen=True)
+class Disk:
+    role: str          # "os" or "app"
+    path: Path
+    sha256: str
+    size: int          # padded to 1 MiB; the VHD data part
+    footer: bytes
+
+    @property
+    def upload_size(self) -> int:
+        return self.size + FOOTER_SIZE
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything a deployment is derived from: config, profile and the built outputs."""
+
+    config: Config
+    profile: str
+    out_dir: Path
+    disks: tuple[Disk, ...]
+    measurements_sha256: str
+
+    @property
+    def az(self):
+        return self.config.azure
+
+    @property
+    def names(self) -> dict[str, str]:
+        prefix = f"{self.config.project}-{self.profile}"
+        d = {x.role: x.sha256 for x in self.disks}
+        vm = f"{prefix}-{hashlib.sha256((d['os'] + d['app']).encode()).hexdigest()[:10]}"
+        return {"os_disk": f"{prefix}-os-{d['os'][:12]}", "app_disk": f"{prefix}-app-{d['app'][:12]}",
+                "vnet": f"{prefix}-vnet", "subnet": "default", "nsg": f"{prefix}-nsg",
+                "public_ip": f"{vm}-ip", "nic": f"{vm}-nic", "vm": vm}
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {**self.az.tags, "mithril-project": self.config.project, "mithril-profile": self.profile}
+
+
+def load_target(config: Config, profile: str, out_dir: Path) -> Target:
+    """Read the built outputs (bad input if missing); digests are computed from the files."""
+    missing = [n for n in (*DISKS.values(), MEASUREMENTS) if not (out_dir / n).is_file()]
+    if missing:
+        raise BadInput(str(out_dir / missing[0]), "not found",
+                       f"build the profile first: mithril-build all --profile {profile}")
+    disks = []
+    for role, name in DISKS.items():
+        path = out_dir / name
+        sha = sha256_file(path, progress=True)
+        size, footer = disk_footer(path, sha, config.source_date_epoch)
+        disks.append(Disk(role, path, sha, size, footer))
+    return Target(config, profile, out_dir, tuple(disks), sha256_file(out_dir / MEASUREMENTS))
+
+
+# ---- resource ids and request bodies (pure) ---------------------------------------------------
+
+def resource_id(sub: str, rg: str, provider: str, kind: str, name: str) -> str:
+    return f"/subscriptions/{sub}/resourceGroups/{rg}/providers/{provider}/{kind}/{name}"
+
+
+def ids(t: Target, sub: str) -> dict[str, str]:
+    n, rg = t.names, t.az.resource_group
+    c = lambda kind, name: resource_id(sub, rg, "Microsoft.Compute", kind, name)  # noqa: E731
+    net = lambda kind, name: resource_id(sub, rg, "Microsoft.Network", kind, name)  # noqa: E731
+    return {"os_disk": c("disks", n["os_disk"]), "app_disk": c("disks", n["app_disk"]),
+            "vm": c("virtualMachines", n["vm"]), "vnet": net("virtualNetworks", n["vnet"]),
+            "subnet": net("virtualNetworks", n["vnet"]) + f"/subnets/{n['subnet']}",
+            "nsg": net("networkSecurityGroups", n["nsg"]), "public_ip": net("publicIPAddresses", n["public_ip"]),
+            "nic": net("networkInterfaces", n["nic"])}
+
+
+def disk_body(t: Target, disk: Disk) -> dict:
+    props: dict = {"creationData": {"createOption": "Upload", "uploadSizeBytes": disk.upload_size}}
+    if disk.role == "os":
+        props.update({"osType": "Linux", "hyperVGeneration": "V2",
+                      "securityProfile": {"securityType": DISK_SECURITY[t.az.security_type]}})
+    return {"location": t.az.location, "tags": {**t.tags, "mithril-sha256": disk.sha256},
+            "sku": {"name": t.az.disk_sku}, "properties": props}
+
+
+def grant_body() -> dict:
+    return {"access": "Write", "durationInSeconds": GRANT_SECONDS}
+
+
+def _rule(name, priority, access, protocol, port) -> dict:
+    return {"name": name, "properties": {
+        "priority": priority, "direction": "Inbound", "access": access, "protocol": protocol,
+        "sourceAddressPrefix": "*", "sourcePortRange": "*",
+        "destinationAddressPrefix": "*", "destinationPortRange": port}}
+
+
+def nsg_body(t: Target) -> dict:
+    # Azure's default rules also allow VNet and load-balancer traffic in; the explicit deny at
+    # the lowest priority overrides them, so HTTPS is the only way in.
+    return {"location": t.az.location, "tags": t.tags, "properties": {"securityRules": [
+        _rule("allow-https-in", 100, "Allow", "Tcp", "443"),
+        _rule("deny-all-in", 4096, "Deny", "*", "*")]}}
+
+
+def vnet_body(t: Target, i: dict) -> dict:
+    return {"location": t.az.location, "tags": t.tags, "properties": {
+        "addressSpace": {"addressPrefixes": [VNET_PREFIX]},
+        "subnets": [{"name": t.names["subnet"], "properties": {
+            "addressPrefix": SUBNET_PREFIX, "networkSecurityGroup": {"id": i["nsg"]}}}]}}
+
+
+def public_ip_body(t: Target) -> dict:
+    return {"location": t.az.location, "tags": t.tags, "sku": {"name": "Standard"},
+            "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}}
+
+
+def nic_body(t: Target, i: dict) -> dict:
+    return {"location": t.az.location, "tags": t.tags, "properties": {
+        "ipConfigurations": [{"name": "ipconfig1", "properties": {
+            "subnet": {"id": i["subnet"]}, "privateIPAllocationMethod": "Dynamic",
+            "publicIPAddress": {"id": i["public_ip"]}}}],
+        "networkSecurityGroup": {"id": i["nsg"]}}}
+
+
+def vm_body(t: Target, i: dict) -> dict:
+    os_disk: dict = {"id": i["os_disk"]}
+    if t.az.security_type == "ConfidentialVM":
+        os_disk["securityProfile"] = {"securityEncryptionType": "VMGuestStateOnly"}
+    return {"location": t.az.location, "tags": t.tags, "properties": {
+        "hardwareProfile": {"vmSize": t.az.vm_size},
+        "storageProfile": {
+            "osDisk": {"osType": "Linux", "createOption": "Attach", "managedDisk": os_disk},
+            "dataDisks": [{"lun": 0, "createOption": "Attach", "managedDisk": {"id": i["app_disk"]}}]},
+        "securityProfile": {"securityType": t.az.security_type,
+                            "uefiSettings": {"secureBootEnabled": t.az.secure_boot, "vTpmEnabled": t.az.vtpm}},
+        "networkProfile": {"networkInterfaces": [{"id": i["nic"], "properties": {"primary": True}}]},
+        "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}}}}
+
+
+def plan(t: Target) -> dict:
+    """What deploy would create, without touching Azure (`azure deploy --dry-run`)."""
+    sub = t.az.subscription_id or "<subscription_id>"
+    i = ids(t, sub)
+    disks = {d.role: {"name": t.names[f"{d.role}_disk"], "file": d.path.name, "sha256": d.sha256,
+                      "raw_size": d.path.stat().st_size, "upload_size": d.upload_size,
+                      "body": disk_body(t, d)} for d in t.disks}
+    return {"profile": t.profile, "subscription_id": sub, "resource_group": t.az.resource_group,
+            "location": t.az.location, "names": t.names, "ids": i, "disks": disks,
+            "network": {"nsg": nsg_body(t), "vnet": vnet_body(t, i), "public_ip": public_ip_body(t),
+                        "nic": nic_body(t, i)},
+            "vm": vm_body(t, i), "measurements_sha256": t.measurements_sha256}
+
+
+# ---- talking to Azure ---------------------------------------------------------------------------
+
+@dataclass
+class Clients:
+    compute: object
+    network: object
+    resources: object
+
+
+def clients(t: Target, credential=None, **kwargs) -> Clients:
+    """SDK clients; credentials come only from azure-identity's default chain."""
+    if not t.az.subscription_id:
+        raise BadInput(CONFIG_FILE, "azure.subscription_id is not set", "add it under `azure:` in mithril.yaml")
+    try:
+        from azure.mgmt.compute import ComputeManagementClient
+        from azure.mgmt.network import NetworkManagementClient
+        from azure.mgmt.resource.resources import ResourceManagementClient
+    except ImportError:
+        raise ToolFailed("the Azure SDK is not installed: pip install 'mithril-build[azure]'") from None
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    sub = t.az.subscription_id
+    return Clients(ComputeManagementClient(credential, sub, **kwargs), NetworkManagementClient(credential, sub, **kwargs),
+                   ResourceManagementClient(credential, sub, **kwargs))
+
+
+def _azure_error(what: str, e: Exception) -> ToolFailed:
+    code = getattr(getattr(e, "error", None), "code", None) or getattr(e, "status_code", "") or type(e).__name__
+    message = getattr(getattr(e, "error", None), "message", None) or str(e).splitlines()[0]
+    return ToolFailed(f"{what} failed: {code}: {message}")
+
+
+def _get(op, *args):
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return op(*args)
+    except ResourceNotFoundError:
+        return None
+
+
+def _ensure_disk(t: Target, c: Clients, disk: Disk, upload, workers: int) -> dict:
+    from ..run import add_secret
+
+    rg, name = t.az.resource_group, t.names[f"{disk.role}_disk"]
+    existing = _get(c.compute.disks.get, rg, name)
+    state = str(existing.disk_state) if existing is not None else None
+    tags = dict(existing.tags or {}) if existing is not None else {}
+    if existing is not None and state not in UPLOAD_STATES:
+        if tags.get(DONE_TAG) == "complete" and tags.get("mithril-sha256") == disk.sha256:
+            log.info(f"{disk.role} disk {name}: already uploaded")
+            return {"name": name, "uploaded": False}
+        # A revoked, unfinished upload cannot take writes again: start over.
+        log.warn(f"{disk.role} disk {name} holds an unfinished upload ({state}); recreating it")
+        c.compute.disks.begin_delete(rg, name).result()
+        existing = None
+    if existing is None:
+        with log.step(f"Creating {disk.role} disk {name} ({disk.upload_size} bytes)"):
+            try:
+                c.compute.disks.begin_create_or_update(rg, name, disk_body(t, disk)).result()
+            except Exception as e:
+                raise _azure_error(f"creating disk {name}", e) from None
+    access = c.compute.disks.begin_grant_access(rg, name, grant_body()).result()
+    sas = access.access_sas
+    add_secret(sas)
+    try:
+        with log.step(f"Uploading {disk.path.name} to {name}"):
+            stats = upload(sas, disk.path, disk.size, disk.footer, name=f"{disk.role} disk", workers=workers)
+    finally:
+        # Always revoke: a write SAS must not outlive the upload, whatever happened.
+        c.compute.disks.begin_revoke_access(rg, name).result()
+    c.compute.disks.begin_update(rg, name, {"tags": {**disk_body(t, disk)["tags"], DONE_TAG: "complete"}}).result()
+    return {"name": name, "uploaded": True, "stats": stats.as_dict()}
+
+
+def deploy(t: Target, credential=None, upload=None, workers: int = 4, **client_kwargs) -> dict:
+    """Upload both disks, create the network and the VM, write deployment.json; return it."""
+    from ..azure_upload import upload_disk
+
+    c = clients(t, credential, **client_kwargs)
+    upload = upload or upload_disk
+    i, n, rg, loc = ids(t, t.az.subscription_id), t.names, t.az.resource_group, t.az.location
+    with log.step(f"Deploying profile {t.profile} to {rg} ({loc})"):
+        c.resources.resource_groups.create_or_update(rg, {"location": loc, "tags": t.tags})
+        uploads = {d.role: _ensure_disk(t, c, d, upload, workers) for d in t.disks}
+        with log.step("Creating network (NSG: TCP 443 in only, VNet, public IP, NIC)"):
+            try:
+                c.network.network_security_groups.begin_create_or_update(rg, n["nsg"], nsg_body(t)).result()
+                c.network.virtual_networks.begin_create_or_update(rg, n["vnet"], vnet_body(t, i)).result()
+                c.network.public_ip_addresses.begin_create_or_update(rg, n["public_ip"], public_ip_body(t)).result()
+                c.network.network_interfaces.begin_create_or_update(rg, n["nic"], nic_body(t, i)).result()
+            except Exception as e:
+                raise _azure_error("creating the network", e) from None
+        with log.step(f"Creating VM {n['vm']} ({t.az.vm_size}, {t.az.security_type})"):
+            try:
+                c.compute.virtual_machines.begin_create_or_update(rg, n["vm"], vm_body(t, i)).result()
+            except Exception as e:
+                err = _azure_error(f"creating VM {n['vm']}", e)
+                raise ToolFailed(f"{err}; the disks are uploaded and their access revoked. Fix the cause and "
+                                 "run `azure deploy` again, or `azure destroy` to remove everything") from None
+        ip = c.network.public_ip_addresses.get(rg, n["public_ip"]).ip_address
+    record = {
+        "version": 1, "profile": t.profile, "subscription_id": t.az.subscription_id, "resource_group": rg,
+        "location": loc, "vm_size": t.az.vm_size, "security_type": t.az.security_type,
+        "secure_boot": t.az.secure_boot, "vtpm": t.az.vtpm, "names": n, "resources": i, "public_ip": ip,
+        "disks": {d.role: {"file": d.path.name, "sha256": d.sha256, "upload_size": d.upload_size} for d in t.disks},
+        "measurements_sha256": t.measurements_sha256,
+    }
+    atomic_write(t.out_dir / DEPLOYMENT, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    return {**record, "uploads": uploads}
+
+
+def destroy(config: Config, profile: str, out_dir: Path, credential=None, **client_kwargs) -> list[str]:
+    """Delete what deploy made (names from deployment.json, else derived from the current disks).
+
+    The resource group stays: it may hold other things. Missing resources are skipped."""
+    record_path = out_dir / DEPLOYMENT
+    if record_path.is_file():
+        try:
+            names = json.loads(record_path.read_text())["names"]
+        except (ValueError, KeyError):
+            raise BadInput(str(record_path), "not a deployment record (no `names`)", "delete it and retry") from None
+        t = Target(config, profile, out_dir, (), "")
+    else:
+        t = load_target(config, profile, out_dir)
+        names = t.names
+    c = clients(t, credential, **client_kwargs)
+    rg = config.azure.resource_group
+    deleted = []
+    steps = [("vm", c.compute.virtual_machines), ("nic", c.network.network_interfaces),
+             ("public_ip", c.network.public_ip_addresses), ("vnet", c.network.virtual_networks),
+             ("nsg", c.network.network_security_groups), ("os_disk", c.compute.disks),
+             ("app_disk", c.compute.disks)]
+    with log.step(f"Removing the {profile} deployment from {rg}"):
+        for key, ops in steps:
+            name = names[key]
+            found = _get(ops.get, rg, name)
+            if found is None:
+                continue
+            if key.endswith("_disk") and str(found.disk_state) == "ActiveUpload":
+                ops.begin_revoke_access(rg, name).result()  # a disk with a live SAS cannot be deleted
+            try:
+                ops.begin_delete(rg, name).result()
+            except Exception as e:
+                raise _azure_error(f"deleting {name}", e) from None
+            log.info(f"deleted {name}")
+            deleted.append(name)
+    record_path.unlink(missing_ok=True)
+    return deleted

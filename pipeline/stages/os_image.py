@@ -1,0 +1,503 @@
+"""The OS image: Mithril OS built with mkosi from the templates in `mkosi/`, byte-for-byte reproducibly.
+
+mkosi 24.3 builds a directory tree, kernel and initrd (all reproducible). systemd-repart 254 would
+draw a random verity salt, so this stage makes the rest itself: the squashfs root (mksquashfs with
+SOURCE_DATE_EPOCH), the dm-verity tree (salt and UUID from the seed, `measure/verity.py`), the UKI
+(ukify with the image's own systemd-stub, `roothash=` on the command line) and the GPT disk
+(systemd-repart `CopyBlocks=`, partition UUIDs = the roothash halves, an ESP holding only the UKI).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import uuid
+from pathlib import Path
+
+import jinja2
+
+from .. import log
+from ..errors import BadInput, ToolFailed, VerificationFailed
+from ..graph import Context, Stage, StageResult, canonical, tool_version, tree_digests
+from ..lock import LOCK_FILE, sha256_file
+from ..measure import gpt, verity
+from ..run import SYSTEM_PATH, run
+
+SOURCE = "mkosi"
+DISK, UKI, PACKAGES, RECORD = "os_disk.raw", "uki.efi", "packages.json", "os.json"
+BLOCK = 4096
+UKIFY = "/usr/lib/systemd/ukify"
+STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+LOCK_PACKAGES = "os"  # mithril.lock `packages.os`: {name: version} of the last accepted build
+K3S_PINS = ("k3s", "k3s-airgap-images")
+MIB = 1 << 20
+
+
+# ---------------------------------------------------------------- templates
+
+def template_vars(ctx: Context) -> dict:
+    osc = ctx.config.os
+    components = ["main", "contrib", "non-free", "non-free-firmware"] if osc.nvidia else ["main"]
+    return {
+        "os": osc.model_dump(mode="json"),
+        "mode": ctx.profile.mode,
+        "platform": ctx.profile.platform,
+        "sde": ctx.source_date_epoch,
+        "k3s": osc.k3s,
+        "ingress_ports": [ctx.config.appdisk.ingress_port],
+        "components": components,
+        "airgap_name": _airgap_name(ctx) if osc.k3s else "",
+    }
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=True, lstrip_blocks=True, autoescape=False)
+
+
+def _render_one(src: Path, rel: str, variables: dict) -> bytes:
+    where = f"{SOURCE}/{rel}"
+    try:
+        return _env().from_string(src.read_text()).render(**variables).encode()
+    except jinja2.TemplateSyntaxError as e:
+        raise BadInput(where, f"template syntax error at line {e.lineno}: {e.message}") from None
+    except jinja2.UndefinedError as e:
+        raise BadInput(where, f"template uses an unknown variable: {e.message}",
+                       "variables: " + ", ".join(sorted(variables))) from None
+
+
+def render_tree(src: Path, variables: dict, dest: Path | None, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Render every `*.j2` below src (dropping `.j2`), copy other files; return {relpath: sha256}.
+
+    With dest=None nothing is written (used to check templates and build cache keys)."""
+    digests = {}
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src).as_posix()
+        if path.is_dir() or rel.split("/")[0] in skip or "__pycache__" in rel:
+            continue
+        mode = 0o755 if os.stat(path).st_mode & stat.S_IXUSR else 0o644
+        if path.suffix == ".j2":
+            rel, data = rel[:-3], _render_one(path, rel, variables)
+        else:
+            data = path.read_bytes()
+        digests[rel] = hashlib.sha256(data).hexdigest() + ("+x" if mode == 0o755 else "")
+        if dest is not None:
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+            os.chmod(out, mode)
+    return digests
+
+
+def render_config(ctx: Context, dest: Path | None) -> dict[str, str]:
+    """The mkosi configuration (without repart.d/ and k3s/, which are rendered later)."""
+    src = ctx.root / SOURCE
+    if not (src / "mkosi.conf.j2").is_file():
+        raise BadInput(f"{SOURCE}/mkosi.conf.j2", "not found", "the mkosi/ folder of the checkout is incomplete")
+    variables = template_vars(ctx)
+    digests = render_tree(src, variables, dest, skip=("repart.d", "k3s", "README.md"))
+    if ctx.config.os.k3s:  # the k3s unit and tmpfiles rule join the image's extra tree
+        extra = render_tree(src / "k3s", variables, dest / "mkosi.extra" if dest else None)
+        digests.update({f"k3s/{k}": v for k, v in extra.items()})
+    # repart definitions: syntax-checked now, rendered once the roothash is known
+    for path in sorted((src / "repart.d").glob("*.j2")):
+        try:
+            _env().parse(path.read_text())
+        except jinja2.TemplateSyntaxError as e:
+            raise BadInput(f"{SOURCE}/repart.d/{path.name}",
+                           f"template syntax error at line {e.lineno}: {e.message}") from None
+    return digests
+
+
+# ---------------------------------------------------------------- k3s pins
+
+def _k3s_pins(ctx: Context) -> dict:
+    pins = {}
+    for name in K3S_PINS:
+        pin = ctx.lock.files.get(name)
+        if pin is None or not pin.sha256:
+            state = "no such entry" if pin is None else "has no sha256"
+            raise BadInput(LOCK_FILE, f"files.{name}: {state}, but mithril.yaml os.k3s is true",
+                           f"pin files.{name} (url + sha256) with `mithril-build lock` or set os.k3s: false")
+        pins[name] = pin.model_dump(mode="json")
+    return pins
+
+
+def _airgap_name(ctx: Context) -> str:
+    pin = ctx.lock.files.get("k3s-airgap-images")
+    base = (pin.url or pin.path or "") if pin else ""
+    m = re.search(r"\.tar(\.(gz|zst|lz4))?$", base)
+    return "k3s-airgap-images" + (m.group(0) if m else ".tar")
+
+
+# ---------------------------------------------------------------- kernel command line
+
+def kernel_cmdline(mode: str, roothash: str) -> str:
+    """roothash= makes the initrd open /dev/mapper/root with dm-verity; /var is a tmpfs."""
+    args = [f"roothash={roothash}", "root=/dev/mapper/root", "ro", "systemd.volatile=state"]
+    if mode == "production":
+        args += ["rd.shell=0", "rd.emergency=reboot", "systemd.debug_shell=0", "panic=10", "quiet"]
+    else:
+        args += ["console=ttyS0,115200", "systemd.show_status=yes"]
+    return " ".join(args)
+
+
+def mkosi_argv(config_dir: Path, output_dir: Path, workspace: Path, package_cache: Path) -> list[str]:
+    return ["mkosi", "--directory", str(config_dir), "--output-dir", str(output_dir),
+            "--workspace-dir", str(workspace), "--package-cache-dir", str(package_cache), "--force", "build"]
+
+
+def tool_env(ctx: Context) -> dict[str, str]:
+    # Debian's python3 (with pefile) first on PATH; fixed timestamps and umask-independent tools.
+    return {"PATH": SYSTEM_PATH, "SOURCE_DATE_EPOCH": str(ctx.source_date_epoch), "TZ": "UTC", "LC_ALL": "C.UTF-8"}
+
+
+# ---------------------------------------------------------------- PE helpers
+
+def pe_sections(path: Path) -> dict[str, bytes]:
+    """{section name: content[:VirtualSize]} of a PE file."""
+    import pefile
+
+    try:
+        pe = pefile.PE(str(path), fast_load=True)
+    except pefile.PEFormatError as e:
+        raise BadInput(str(path), f"not a PE file: {e}") from None
+    out = {}
+    for s in pe.sections:
+        name = s.Name.rstrip(b"\0").decode(errors="replace")
+        out[name] = s.get_data()[:s.Misc_VirtualSize]
+    pe.close()
+    return out
+
+
+def stub_version(sections: dict[str, bytes]) -> str:
+    """systemd-stub version from `.sdmagic` ("#### LoaderInfo: systemd-stub 252.39-1~deb12u1 ####")."""
+    m = re.search(rb"LoaderInfo: systemd-stub ([^\s#]+)", sections.get(".sdmagic", b""))
+    return m.group(1).decode() if m else "unknown"
+
+
+# ---------------------------------------------------------------- packages
+
+def package_versions(manifest: Path) -> dict[str, str]:
+    """{name: version} from mkosi's JSON manifest (arch-qualified when not amd64/all)."""
+    data = json.loads(manifest.read_text())
+    out = {}
+    for p in data.get("packages", []):
+        name = p["name"] if p.get("architecture") in (None, "amd64", "all") else f"{p['name']}:{p['architecture']}"
+        out[name] = p["version"]
+    return dict(sorted(out.items()))
+
+
+def package_diff(pinned: dict[str, str], built: dict[str, str]) -> list[str]:
+    lines = []
+    for name in sorted(set(pinned) | set(built)):
+        old, new = pinned.get(name), built.get(name)
+        if old == new:
+            continue
+        lines.append(f"+ {name} {new}" if old is None else f"- {name} {old}" if new is None
+                     else f"~ {name} {old} -> {new}")
+    return lines
+
+
+def check_packages(ctx: Context, built: dict[str, str]) -> None:
+    pinned = ctx.lock.packages.get(LOCK_PACKAGES)
+    if pinned is None:
+        if ctx.locked:
+            raise BadInput(LOCK_FILE, f"packages.{LOCK_PACKAGES}: not recorded (--locked)",
+                           "run `mithril-build lock` to record the package versions of this build")
+        return
+    diff = package_diff(pinned, built)
+    if not diff:
+        return
+    shown = "; ".join(diff[:20]) + (f"; (+{len(diff) - 20} more)" if len(diff) > 20 else "")
+    if ctx.locked:
+        raise VerificationFailed(f"{LOCK_FILE}: packages.{LOCK_PACKAGES} differs from the packages "
+                                 f"that went into the image ({len(diff)} changes): {shown}")
+    log.warn(f"package versions drifted from {LOCK_FILE} packages.{LOCK_PACKAGES}: {shown}")
+
+
+# ---------------------------------------------------------------- the stage
+
+class OsImage(Stage):
+    name = "os"
+    version = 1
+    deps = ()
+
+    def key_inputs(self, ctx: Context) -> dict:
+        lock: dict = {"debian": ctx.lock.debian}
+        if ctx.config.os.k3s:
+            lock["files"] = _k3s_pins(ctx)
+        if ctx.locked:  # the drift check is part of a locked build's result
+            lock["packages"] = ctx.lock.packages.get(LOCK_PACKAGES)
+        return {
+            "rendered": render_config(ctx, None),  # templates x config values, exactly as mkosi sees them
+            "repart": ctx.checkout_digests(f"{SOURCE}/repart.d"),
+            "config": {"os": ctx.config.os.model_dump(mode="json"), "mode": ctx.profile.mode,
+                       "platform": ctx.profile.platform, "seed": str(ctx.seed),
+                       "source_date_epoch": ctx.source_date_epoch},
+            "lock": lock,
+            "tools": {t: tool_version(*argv) for t, argv in {
+                "mkosi": ("mkosi", "--version"), "systemd-repart": ("systemd-repart", "--version"),
+                "mksquashfs": ("mksquashfs", "-version"), "ukify": (UKIFY, "--version"),
+                "mkfs.vfat": ("mkfs.vfat", "--help"), "mtools": ("mcopy", "--version")}.items()},
+        }
+
+    def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
+        package_cache = ctx.cache_dir / "mkosi-packages"  # warm builds reuse the .debs
+        package_cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="mithril-os-", dir=ctx.cache_dir) as tmp:
+            return build_image(ctx, Path(tmp), out, package_cache)
+
+
+def build_image(ctx: Context, work: Path, out: Path, package_cache: Path) -> dict:
+    env = tool_env(ctx)
+    cfg, mk_out, ws = work / "config", work / "mkosi-out", work / "workspace"
+    ws.mkdir(parents=True)
+    render_config(ctx, cfg)
+    if ctx.config.os.k3s:
+        _install_k3s(ctx, cfg)
+
+    with log.step("Running mkosi (packages, kernel, initrd)", "mkosi finished"):
+        run(mkosi_argv(cfg, mk_out, ws, package_cache), extra_env=env, timeout=3 * 3600)
+    tree = mk_out / "image"
+    for name in ("image.vmlinuz", "image.initrd", "image.manifest"):
+        if not (mk_out / name).is_file():
+            raise ToolFailed(f"mkosi did not produce {name} (is a kernel in os.kernel_package?)")
+    kvers = sorted(p.name for p in (tree / "usr/lib/modules").iterdir())
+    if len(kvers) != 1:
+        raise ToolFailed(f"expected one kernel in the image, found {kvers or 'none'}")
+    if not (tree / STUB).is_file():
+        raise ToolFailed(f"the image has no systemd-stub at /{STUB} (package systemd-boot-efi)")
+
+    packages = package_versions(mk_out / "image.manifest")
+    check_packages(ctx, packages)
+    (out / PACKAGES).write_bytes(json.dumps({"packages": packages}, indent=1, sort_keys=True).encode() + b"\n")
+
+    # Keep the stub and os-release for the UKI; the ESP content mkosi left in the tree is not root.
+    stub, osrel = work / "stub.efi", work / "os-release"
+    shutil.copyfile(tree / STUB, stub)
+    shutil.copyfile(tree / "usr/lib/os-release", osrel)
+    for d in ("efi", "boot"):
+        if (tree / d).is_dir():
+            for child in (tree / d).iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+    squash = work / "root.squashfs"
+    with log.step("Making the squashfs root", "Made the squashfs root"):
+        run(["mksquashfs", tree, squash, "-noappend", "-comp", "zstd", "-Xcompression-level", "15",
+             "-b", "1M", "-processors", str(os.cpu_count() or 1), "-no-progress", "-quiet"], extra_env=env)
+    size = squash.stat().st_size
+    if size % BLOCK:  # mksquashfs pads to 4 KiB, so this only guards the assumption
+        with open(squash, "ab") as f:
+            f.write(bytes(BLOCK - size % BLOCK))
+        size = squash.stat().st_size
+
+    with log.step("Computing dm-verity for the root", "Computed dm-verity"):
+        salt, vuuid = verity.salt_and_uuid(ctx.seed)
+        params = verity.Params(size // BLOCK, salt, vuuid, BLOCK, BLOCK)
+        bar = log.progress(size, "verity")
+        with open(squash, "rb") as f:
+            root, image = verity.build_tree(f, 0, params, progress=bar.update)
+        bar.close()
+        (work / "root.verity").write_bytes(image)
+    roothash = root.hex()
+
+    cmdline = kernel_cmdline(ctx.profile.mode, roothash)
+    uki = out / UKI
+    with log.step("Building the UKI (ukify, the image's systemd-stub)", "Built the UKI"):
+        # The 252 stub expects a NUL-terminated command line.
+        (work / "cmdline").write_bytes(cmdline.encode() + b"\0")
+        run([UKIFY, "build", "--linux", mk_out / "image.vmlinuz", "--initrd", mk_out / "image.initrd",
+             "--cmdline", f"@{work / 'cmdline'}", "--os-release", f"@{osrel}", "--stub", stub,
+             "--uname", kvers[0], "--efi-arch", "x64", "--output", uki], extra_env=env)
+    sections = pe_sections(uki)
+    if roothash.encode() not in sections.get(".cmdline", b""):
+        raise VerificationFailed(f"{UKI}: .cmdline does not carry roothash={roothash}")
+
+    with log.step("Assembling the GPT disk (systemd-repart)", "Assembled the OS disk"):
+        shutil.copyfile(uki, work / "uki.efi")
+        esp_size = -(-(uki.stat().st_size * 11 // 10 + 8 * MIB) // MIB) * MIB
+        defs = work / "repart.d"
+        variables = {"esp_size": esp_size, "root_uuid": str(uuid.UUID(roothash[:32])),
+                     "verity_uuid": str(uuid.UUID(roothash[32:]))}
+        render_tree(ctx.root / SOURCE / "repart.d", variables, defs)
+        disk = out / DISK
+        run(["systemd-repart", "--offline=yes", "--empty=create", "--size=auto", "--dry-run=no",
+             f"--seed={ctx.seed}", f"--definitions={defs}", f"--root={work}", "--no-pager", disk],
+            extra_env=env)
+    table = gpt.read_table(disk)
+    parts = check_disk(disk, table, squash, work / "root.verity", roothash)
+
+    record = {
+        "roothash": roothash,
+        "cmdline": cmdline,
+        "mode": ctx.profile.mode,
+        "platform": ctx.profile.platform,
+        "kernel": {"version": kvers[0], "package": ctx.config.os.kernel_package},
+        "stub": {"version": stub_version(sections), "sha256": sha256_file(stub)},
+        "uki": {"sha256": sha256_file(uki), "size": uki.stat().st_size,
+                "sections": {n: hashlib.sha256(d).hexdigest() for n, d in sections.items()}},
+        "disk": {"sha256": sha256_file(disk), "size": disk.stat().st_size,
+                 "disk_uuid": str(table.disk_uuid), "partitions": parts},
+        "verity": {"data_blocks": params.data_blocks, "block_size": BLOCK, "salt": salt.hex(),
+                   "uuid": str(uuid.UUID(bytes=vuuid))},
+        "packages": {"file": PACKAGES, "count": len(packages), "sha256": sha256_file(out / PACKAGES)},
+    }
+    (out / RECORD).write_bytes(json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
+    return {"roothash": roothash, "kernel": kvers[0], "stub_version": record["stub"]["version"],
+            "packages_sha256": record["packages"]["sha256"]}
+
+
+def check_disk(disk: Path, table: gpt.Table, squash: Path, hashimg: Path, roothash: str) -> list[dict]:
+    """The disk holds ESP, root, root-verity with the expected UUIDs and bytes; return the table."""
+    labels = [p.label for p in table.partitions]
+    if sorted(labels) != ["ESP", "root", "root-verity"] and len(table.partitions) != 3:
+        raise VerificationFailed(f"{DISK}: unexpected partitions {labels}")
+    parts = []
+    with open(disk, "rb") as f:
+        for p in table.partitions:
+            f.seek(p.offset)
+            h = hashlib.sha256()
+            remaining = p.size
+            while remaining:
+                chunk = f.read(min(remaining, 4 * MIB))
+                h.update(chunk)
+                remaining -= len(chunk)
+            parts.append({"number": p.number, "label": p.label, "type": str(p.type_uuid), "uuid": str(p.uuid),
+                          "offset": p.offset, "size": p.size, "sha256": h.hexdigest()})
+    by_label = {p.label: p for p in table.partitions}
+    for label, src, want_uuid in (("root", squash, roothash[:32]), ("root-verity", hashimg, roothash[32:])):
+        p = by_label.get(label)
+        if p is None or p.uuid.hex != want_uuid:
+            raise VerificationFailed(f"{DISK}: partition {label!r} missing or its UUID is not the roothash half")
+        with open(disk, "rb") as f:
+            f.seek(p.offset)
+            if hashlib.sha256(f.read(src.stat().st_size)).digest() != _sha(src):
+                raise VerificationFailed(f"{DISK}: partition {label!r} does not hold the expected blocks")
+    return parts
+
+
+def _sha(path: Path) -> bytes:
+    return bytes.fromhex(sha256_file(path))
+
+
+def _install_k3s(ctx: Context, cfg: Path) -> None:
+    """The pinned k3s binary and airgap images join the extra tree (fetched once, sha256-checked)."""
+    extra = cfg / "mkosi.extra"
+    binary = extra / "usr/local/bin/k3s"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ctx.store.path("k3s"), binary)
+    os.chmod(binary, 0o755)
+    images = extra / "usr/lib/mithril/k3s" / _airgap_name(ctx)
+    images.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ctx.store.path("k3s-airgap-images"), images)
+    os.chmod(images, 0o644)
+
+
+# ---------------------------------------------------------------- comparing two builds
+
+def diff_ukis(a: Path, b: Path) -> list[str]:
+    """Names of the PE sections that differ between two UKIs (empty when byte-identical)."""
+    if sha256_file(a) == sha256_file(b):
+        return []
+    sa, sb = pe_sections(a), pe_sections(b)
+    out = [f"{UKI}: section {n} differs" for n in sorted(set(sa) | set(sb)) if sa.get(n) != sb.get(n)]
+    return out or [f"{UKI}: headers differ (sections are identical)"]
+
+
+def diff_disks(a: Path, b: Path, scratch: Path | None = None) -> list[str]:
+    """What differs between two OS disks: partition table, then partition by partition, and
+    inside the squashfs root and the ESP file by file. Empty when byte-identical."""
+    if sha256_file(a) == sha256_file(b):
+        return []
+    ta, tb = gpt.read_table(a), gpt.read_table(b)
+    out = []
+    if ta.disk_uuid != tb.disk_uuid:
+        out.append(f"disk UUID {ta.disk_uuid} != {tb.disk_uuid}")
+    pa, pb = {p.label: p for p in ta.partitions}, {p.label: p for p in tb.partitions}
+    for label in sorted(set(pa) | set(pb)):
+        x, y = pa.get(label), pb.get(label)
+        if x is None or y is None:
+            out.append(f"partition {label}: only in {'b' if x is None else 'a'}")
+            continue
+        if (x.uuid, x.size, x.type_uuid) != (y.uuid, y.size, y.type_uuid):
+            out.append(f"partition {label}: uuid/size/type {x.uuid}/{x.size} != {y.uuid}/{y.size}")
+        if _part_sha(a, x) == _part_sha(b, y):
+            continue
+        out.append(f"partition {label}: contents differ")
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            if label == "root":
+                out += [f"  root:{line}" for line in _diff_trees(*(
+                    _unsquash(d, p, Path(tmp) / n) for d, p, n in ((a, x, "a"), (b, y, "b"))))]
+            elif label == "ESP":
+                out += [f"  ESP:{line}" for line in _diff_trees(*(
+                    _esp_files(d, p, Path(tmp) / n) for d, p, n in ((a, x, "a"), (b, y, "b"))))]
+    if not out:
+        out.append("disks differ outside the partitions (GPT headers or padding)")
+    return out
+
+
+def _part_sha(disk: Path, p: gpt.Partition) -> str:
+    h = hashlib.sha256()
+    with open(disk, "rb") as f:
+        f.seek(p.offset)
+        remaining = p.size
+        while remaining:
+            chunk = f.read(min(remaining, 4 * MIB))
+            if not chunk:
+                break
+            h.update(chunk)
+            remaining -= len(chunk)
+    return h.hexdigest()
+
+
+def _unsquash(disk: Path, p: gpt.Partition, dest: Path) -> dict[str, str]:
+    listing = run(["unsquashfs", "-o", str(p.offset), "-lln", disk]).text.splitlines()
+    run(["unsquashfs", "-o", str(p.offset), "-no-progress", "-d", dest, disk])
+    digests = tree_digests(dest, ".")
+    # the listing carries modes, owners and mtimes, which file digests do not
+    for line in listing:
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].startswith("squashfs-root"):
+            digests["meta:" + parts[5].split(" -> ")[0]] = " ".join(parts[:5])
+    return digests
+
+
+def _esp_files(disk: Path, p: gpt.Partition, dest: Path) -> dict[str, str]:
+    image = f"{disk}@@{p.offset}"
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    dest.mkdir(parents=True)
+    out = {"listing": hashlib.sha256(run(["mdir", "-i", image, "-/", "::"], extra_env=env).stdout).hexdigest()}
+    run(["mcopy", "-i", image, "-s", "-n", "-m", "::/", str(dest)], extra_env=env)
+    out.update(tree_digests(dest, "."))
+    return out
+
+
+def _diff_trees(x: dict[str, str], y: dict[str, str]) -> list[str]:
+    lines = []
+    for k in sorted(set(x) | set(y)):
+        if x.get(k) != y.get(k):
+            lines.append(f" {k}: " + ("only in b" if k not in x else "only in a" if k not in y else "differs"))
+    return lines[:200] or [" (no file-level difference found)"]
+
+
+def esp_files(disk: Path) -> list[str]:
+    """Paths of the files on the ESP (read from the disk file with mtools, no mounting)."""
+    table = gpt.read_table(disk)
+    esp = table.by_type(gpt.ESP_TYPE)
+    if len(esp) != 1:
+        raise VerificationFailed(f"{disk}: expected one ESP, found {len(esp)}")
+    out = run(["mdir", "-i", f"{disk}@@{esp[0].offset}", "-/", "-b", "::"],
+              extra_env={"MTOOLS_SKIP_CHECK": "1"}).text
+    # `mdir -b` lists directories too (with a trailing slash)
+    return sorted(line.strip().removeprefix("::") for line in out.splitlines()
+                  if line.strip() and not line.strip().endswith("/"))
+
+
+__all__ = ["OsImage", "diff_disks", "diff_ukis", "esp_files", "kernel_cmdline", "package_diff",
+           "pe_sections", "render_config", "stub_version", "canonical"]
