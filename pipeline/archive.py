@@ -16,7 +16,7 @@ from .errors import BadInput
 
 def check_member_name(name: str, where: str) -> str:
     """Reject absolute paths and `..` components; return the normalised relative name."""
-    if name.startswith("/") or name.startswith("\\"):
+    if name.startswith(("/", "\\")):
         raise BadInput(where, f"archive member {name!r} has an absolute path")
     norm = posixpath.normpath(name)
     if norm == ".." or norm.startswith("../") or "/../" in f"/{name}/":

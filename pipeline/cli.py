@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from . import log
 from .errors import MithrilError
 
 STAGE_HELP = {
@@ -153,10 +152,13 @@ def init(directory, force):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @project_options
 def lock_(ctx, check, as_json):
-    """Write/refresh mithril.lock: pin what can be resolved from here, report the rest."""
+    """Write/refresh mithril.lock: pin what can be resolved from here, report the rest.
+
+    With --model, (re)resolve that model's revision to a commit and record every file's digest."""
     from .orchestrate import refresh_lock
 
-    report = refresh_lock(ctx, check=check)
+    report = refresh_lock(ctx, check=check, models=[ctx.profile.model] if ctx.profile.model and
+                          ctx.profile.model != ctx.config.profiles[ctx.profile_name].model else None)
     emit(report, as_json, "\n".join(f"{r['entry']:<40} {r['state']}" for r in report["entries"]))
     if check and report["unpinned"]:
         sys.exit(1)
@@ -240,7 +242,8 @@ def compare(a, b, as_json):
 
     Also compares measurements.json PCR by PCR and names the files that differ inside the disks.
     Exit 0 when all match, 1 on differences, 2 on bad input."""
-    from .audit import compare as do_compare, format_report
+    from .audit import compare as do_compare
+    from .audit import format_report
 
     report = do_compare(a, b)
     emit(report, as_json, format_report(report))
@@ -261,7 +264,8 @@ def audit(against, repo, cache_dir, keep, as_json):
     """Rebuild a release from its recorded commit and lock (--locked) and compare with it.
 
     Exit 0 when everything matches, 1 on differences, 2 when it could not be rebuilt."""
-    from .audit import audit as do_audit, format_report
+    from .audit import audit as do_audit
+    from .audit import format_report
 
     report = do_audit(against, repo, cache_dir, keep)
     emit(report, as_json, format_report(report, "expected", "rebuilt")

@@ -57,15 +57,87 @@ def clean(ctx: Context, everything: bool, outputs: bool) -> list[str]:
     return done or ["nothing to clean"]
 
 
-def refresh_lock(ctx: Context, check: bool = False) -> dict:
-    """Report (and where possible resolve) every lock entry. Placeholder until all resolvers land."""
-    entries, unpinned = [], 0
+def refresh_lock(ctx: Context, check: bool = False, models: list[str] | None = None) -> dict:
+    """Report every lock entry and, unless `check`, pin what can be resolved from here:
+    unpinned files (fetched, trust on first use), image digests (registry), models (Hub commit and
+    file digests), the OS package versions of the last build, the mkosi version."""
+    import json
+    import tempfile
+
+    from . import lock as lk
+    from .errors import MithrilError
+    from .graph import tool_version
+
+    data = ctx.lock.model_dump(mode="json", exclude_none=True)
+    entries: list[dict] = []
+
+    def note(entry: str, state: str) -> None:
+        entries.append({"entry": entry, "state": state})
+
+    def attempt(entry: str, fn) -> None:
+        if check:
+            return note(entry, "unresolved")
+        try:
+            note(entry, fn())
+        except MithrilError as e:
+            note(entry, "unresolved: " + str(e).splitlines()[0])
+
     for name, pin in sorted(ctx.lock.files.items()):
-        ok = bool(pin.sha256)
-        unpinned += not ok
-        entries.append({"entry": f"files.{name}", "state": "pinned" if ok else "unresolved"})
+        if pin.sha256:
+            note(f"files.{name}", "pinned")
+        elif pin.url:
+            def fetch(name=name, pin=pin):
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = lk.Path(tmp) / "f"
+                    lk.download(pin.url, path, f"files.{name}")
+                    data["files"][name].update(sha256=lk.sha256_file(path), size=path.stat().st_size)
+                return "pinned now (trust on first use: check the source)"
+            attempt(f"files.{name}", fetch)
+        else:
+            note(f"files.{name}", "unresolved: needs url or path")
+
     for name, pin in sorted(ctx.lock.images.items()):
-        ok = bool(pin.digest)
-        unpinned += not ok
-        entries.append({"entry": f"images.{name}", "state": f"pinned {pin.digest[:19]}…" if ok else "unresolved"})
+        if pin.digest:
+            note(f"images.{name}", f"pinned {pin.digest}")
+            continue
+
+        def resolve(name=name, pin=pin):
+            from .container import resolve_image_digest
+
+            data["images"][name]["digest"] = resolve_image_digest(pin.ref)
+            return f"pinned now {data['images'][name]['digest']}"
+        attempt(f"images.{name}", resolve)
+
+    wanted = models if models is not None else sorted(
+        {p.model for p in ctx.config.profiles.values() if p.model} | ({ctx.profile.model} - {None}))
+    for name in wanted:
+        pin = ctx.lock.models.get(name)
+        if pin and pin.commit and pin.files and not models:
+            note(f"models.{name}", f"pinned {pin.repo}@{pin.commit[:12]} ({len(pin.files)} files)")
+            continue
+
+        def resolve_model(name=name):
+            from .hf import hub_token, resolve_model_lock
+
+            m = ctx.config.models[name]
+            data.setdefault("models", {})[name] = resolve_model_lock(m.repo, m.revision, hub_token(),
+                                                                     m.allow_patterns)
+            return f"pinned now {m.repo}@{data['models'][name]['commit'][:12]}"
+        attempt(f"models.{name}", resolve_model)
+
+    packages = ctx.out_dir / "packages.json"
+    if packages.is_file() and not check:
+        data.setdefault("packages", {})["os"] = json.loads(packages.read_text())["packages"]
+        note("packages.os", f"recorded from {packages.relative_to(ctx.root)}")
+    else:
+        note("packages.os", "recorded" if ctx.lock.packages.get("os") else "unresolved: build `os` first")
+    mkosi = tool_version("mkosi", "--version").removeprefix("mkosi ").strip()
+    if not check and mkosi != "missing":
+        data.setdefault("tools", {})["mkosi"] = mkosi
+
+    unpinned = sum(e["state"].startswith("unresolved") for e in entries)
+    if not check:
+        new = lk.Lock.model_validate(data)
+        if new != ctx.lock:
+            lk.dump(new, ctx.root / lk.LOCK_FILE)
     return {"entries": entries, "unpinned": unpinned}

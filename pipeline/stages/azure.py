@@ -8,6 +8,7 @@ profile and the disk digests, so `deploy` is idempotent and `destroy` finds what
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -210,9 +211,22 @@ def clients(t: Target, credential=None, **kwargs) -> Clients:
 
 
 def _azure_error(what: str, e: Exception) -> ToolFailed:
-    code = getattr(getattr(e, "error", None), "code", None) or getattr(e, "status_code", "") or type(e).__name__
-    message = getattr(getattr(e, "error", None), "message", None) or str(e).splitlines()[0]
+    err = getattr(e, "error", None)
+    code = getattr(err, "code", None) or getattr(e, "status_code", None) or type(e).__name__
+    message = getattr(err, "message", None) or (str(e).splitlines() or [""])[0]
     return ToolFailed(f"{what} failed: {code}: {message}")
+
+
+@contextlib.contextmanager
+def _azure(what: str, hint: str = ""):
+    """Turn an Azure SDK error into ToolFailed (exit 3) naming what we were doing."""
+    from azure.core.exceptions import AzureError
+
+    try:
+        yield
+    except AzureError as e:
+        err = _azure_error(what, e)
+        raise ToolFailed(f"{err}{hint}") from None
 
 
 def _get(op, *args):
@@ -228,7 +242,8 @@ def _ensure_disk(t: Target, c: Clients, disk: Disk, upload, workers: int) -> dic
     from ..run import add_secret
 
     rg, name = t.az.resource_group, t.names[f"{disk.role}_disk"]
-    existing = _get(c.compute.disks.get, rg, name)
+    with _azure(f"reading disk {name}"):
+        existing = _get(c.compute.disks.get, rg, name)
     state = str(existing.disk_state) if existing is not None else None
     tags = dict(existing.tags or {}) if existing is not None else {}
     if existing is not None and state not in UPLOAD_STATES:
@@ -237,24 +252,28 @@ def _ensure_disk(t: Target, c: Clients, disk: Disk, upload, workers: int) -> dic
             return {"name": name, "uploaded": False}
         # A revoked, unfinished upload cannot take writes again: start over.
         log.warn(f"{disk.role} disk {name} holds an unfinished upload ({state}); recreating it")
-        c.compute.disks.begin_delete(rg, name).result()
+        with _azure(f"deleting disk {name}"):
+            c.compute.disks.begin_delete(rg, name).result()
         existing = None
     if existing is None:
         with log.step(f"Creating {disk.role} disk {name} ({disk.upload_size} bytes)"):
-            try:
+            with _azure(f"creating disk {name}"):
                 c.compute.disks.begin_create_or_update(rg, name, disk_body(t, disk)).result()
-            except Exception as e:
-                raise _azure_error(f"creating disk {name}", e) from None
-    access = c.compute.disks.begin_grant_access(rg, name, grant_body()).result()
-    sas = access.access_sas
+    with _azure(f"granting write access to disk {name}"):
+        sas = c.compute.disks.begin_grant_access(rg, name, grant_body()).result().access_sas
     add_secret(sas)
     try:
-        with log.step(f"Uploading {disk.path.name} to {name}"):
+        with log.step(f"Uploading {disk.path.name} to {name}"), _azure(f"uploading to disk {name}"):
             stats = upload(sas, disk.path, disk.size, disk.footer, name=f"{disk.role} disk", workers=workers)
     finally:
         # Always revoke: a write SAS must not outlive the upload, whatever happened.
-        c.compute.disks.begin_revoke_access(rg, name).result()
-    c.compute.disks.begin_update(rg, name, {"tags": {**disk_body(t, disk)["tags"], DONE_TAG: "complete"}}).result()
+        try:
+            with _azure(f"revoking access to disk {name}"):
+                c.compute.disks.begin_revoke_access(rg, name).result()
+        except ToolFailed as e:
+            log.warn(f"{e} (revoke it in the portal or run `azure destroy`)")
+    with _azure(f"tagging disk {name}"):
+        c.compute.disks.begin_update(rg, name, {"tags": {**disk_body(t, disk)["tags"], DONE_TAG: "complete"}}).result()
     return {"name": name, "uploaded": True, "stats": stats.as_dict()}
 
 
@@ -266,24 +285,21 @@ def deploy(t: Target, credential=None, upload=None, workers: int = 4, **client_k
     upload = upload or upload_disk
     i, n, rg, loc = ids(t, t.az.subscription_id), t.names, t.az.resource_group, t.az.location
     with log.step(f"Deploying profile {t.profile} to {rg} ({loc})"):
-        c.resources.resource_groups.create_or_update(rg, {"location": loc, "tags": t.tags})
+        with _azure(f"creating resource group {rg}"):
+            c.resources.resource_groups.create_or_update(rg, {"location": loc, "tags": t.tags})
         uploads = {d.role: _ensure_disk(t, c, d, upload, workers) for d in t.disks}
         with log.step("Creating network (NSG: TCP 443 in only, VNet, public IP, NIC)"):
-            try:
+            with _azure("creating the network"):
                 c.network.network_security_groups.begin_create_or_update(rg, n["nsg"], nsg_body(t)).result()
                 c.network.virtual_networks.begin_create_or_update(rg, n["vnet"], vnet_body(t, i)).result()
                 c.network.public_ip_addresses.begin_create_or_update(rg, n["public_ip"], public_ip_body(t)).result()
                 c.network.network_interfaces.begin_create_or_update(rg, n["nic"], nic_body(t, i)).result()
-            except Exception as e:
-                raise _azure_error("creating the network", e) from None
         with log.step(f"Creating VM {n['vm']} ({t.az.vm_size}, {t.az.security_type})"):
-            try:
+            with _azure(f"creating VM {n['vm']}", "; the disks are uploaded and their access revoked. Fix the cause "
+                        "and run `azure deploy` again, or `azure destroy` to remove everything"):
                 c.compute.virtual_machines.begin_create_or_update(rg, n["vm"], vm_body(t, i)).result()
-            except Exception as e:
-                err = _azure_error(f"creating VM {n['vm']}", e)
-                raise ToolFailed(f"{err}; the disks are uploaded and their access revoked. Fix the cause and "
-                                 "run `azure deploy` again, or `azure destroy` to remove everything") from None
-        ip = c.network.public_ip_addresses.get(rg, n["public_ip"]).ip_address
+        with _azure("reading the public IP"):
+            ip = c.network.public_ip_addresses.get(rg, n["public_ip"]).ip_address
     record = {
         "version": 1, "profile": t.profile, "subscription_id": t.az.subscription_id, "resource_group": rg,
         "location": loc, "vm_size": t.az.vm_size, "security_type": t.az.security_type,
@@ -319,15 +335,13 @@ def destroy(config: Config, profile: str, out_dir: Path, credential=None, **clie
     with log.step(f"Removing the {profile} deployment from {rg}"):
         for key, ops in steps:
             name = names[key]
-            found = _get(ops.get, rg, name)
-            if found is None:
-                continue
-            if key.endswith("_disk") and str(found.disk_state) == "ActiveUpload":
-                ops.begin_revoke_access(rg, name).result()  # a disk with a live SAS cannot be deleted
-            try:
+            with _azure(f"deleting {name}"):
+                found = _get(ops.get, rg, name)
+                if found is None:
+                    continue
+                if key.endswith("_disk") and str(found.disk_state) in ("ActiveUpload", "ActiveSAS"):
+                    ops.begin_revoke_access(rg, name).result()  # a disk with a live SAS cannot be deleted
                 ops.begin_delete(rg, name).result()
-            except Exception as e:
-                raise _azure_error(f"deleting {name}", e) from None
             log.info(f"deleted {name}")
             deleted.append(name)
     record_path.unlink(missing_ok=True)

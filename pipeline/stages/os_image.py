@@ -355,8 +355,8 @@ def build_image(ctx: Context, work: Path, out: Path, package_cache: Path) -> dic
 
 def check_disk(disk: Path, table: gpt.Table, squash: Path, hashimg: Path, roothash: str) -> list[dict]:
     """The disk holds ESP, root, root-verity with the expected UUIDs and bytes; return the table."""
-    labels = [p.label for p in table.partitions]
-    if sorted(labels) != ["ESP", "root", "root-verity"] and len(table.partitions) != 3:
+    labels = sorted(p.label for p in table.partitions)
+    if labels != ["esp", "root", "root-verity"]:
         raise VerificationFailed(f"{DISK}: unexpected partitions {labels}")
     parts = []
     with open(disk, "rb") as f:
@@ -434,7 +434,7 @@ def diff_disks(a: Path, b: Path, scratch: Path | None = None) -> list[str]:
             if label == "root":
                 out += [f"  root:{line}" for line in _diff_trees(*(
                     _unsquash(d, p, Path(tmp) / n) for d, p, n in ((a, x, "a"), (b, y, "b"))))]
-            elif label == "ESP":
+            elif label == "esp":
                 out += [f"  ESP:{line}" for line in _diff_trees(*(
                     _esp_files(d, p, Path(tmp) / n) for d, p, n in ((a, x, "a"), (b, y, "b"))))]
     if not out:

@@ -24,3 +24,15 @@ def demo_build(demo_project: Path) -> Path:
     if res.returncode != 0:
         pytest.fail(f"mithril-build all failed (exit {res.returncode}):\n{res.stderr[-4000:]}")
     return demo_project / "out" / "demo"
+
+
+@pytest.fixture(scope="session")
+def demo_rebuild(tmp_path_factory, demo_build: Path) -> Path:
+    """A second, independent clean build of the demo profile (its own project copy and empty cache,
+    so also an empty mkosi package cache); returns its out/demo. Reproducibility tests compare it
+    with `demo_build` byte for byte — share it rather than building a third time."""
+    project = new_project(tmp_path_factory.mktemp("demo-again") / "project")
+    res = mb("all", "--project", project, "--unlocked", timeout=3600)
+    if res.returncode != 0:
+        pytest.fail(f"second mithril-build all failed (exit {res.returncode}):\n{res.stderr[-4000:]}")
+    return project / "out" / "demo"

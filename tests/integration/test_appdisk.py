@@ -254,3 +254,21 @@ def test_bad_input(case, warm_cache, tmp_path):
     assert "Traceback" not in res.stderr
     assert not (project / "out").exists()
     assert _cache_state(warm_cache) == before
+
+
+def test_plan_status_clean_and_lock_check(tmp_path):
+    project = new_project(tmp_path / "p")
+    cache = tmp_path / "cache"
+    rows = json.loads(mb("plan", "--project", project, "--cache-dir", cache, "--json", "appdisk").stdout)
+    assert rows[0]["stage"] == "appdisk" and rows[0]["reason"] == "never built for this profile"
+    assert build(project, cache).returncode == 0
+    status = json.loads(mb("status", "--project", project, "--cache-dir", cache, "--json").stdout)
+    assert {s["stage"]: s["state"] for s in status["stages"]}["appdisk"] == "cached"
+    check = mb("lock", "--check", "--project", project, "--cache-dir", cache, "--json")
+    report = json.loads(check.stdout)
+    assert {"entry": "files.busybox-static", "state": "pinned"} in report["entries"]
+    assert check.returncode == (1 if report["unpinned"] else 0)
+    res = mb("clean", "--project", project, "--cache-dir", cache)
+    assert res.returncode == 0 and "removed" in res.stdout
+    assert not list(cache.glob("stages/appdisk/*/_record.json"))
+    assert (cache / "inputs").exists()  # pinned downloads survive a plain clean

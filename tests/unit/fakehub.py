@@ -14,7 +14,7 @@ import re
 import httpx2
 import huggingface_hub
 
-LFS_MIN = 64  # files at least this big are "LFS" files here (the Hub uses its own rule)
+LFS_MIN = 1024  # files at least this big are "LFS" files here (the Hub uses its own rule)
 
 
 def git_sha1(data: bytes) -> str:
@@ -29,6 +29,7 @@ class FakeHub:
         self.served: dict[str, bytes] = {}  # path -> bytes served instead (corruption)
         self.cut_once: set[str] = set()  # paths whose first GET stops half-way
         self.down = False
+        self.failing: set[str] = set()  # paths that answer 500 (a run that dies part-way)
 
     # what the lock should say
     def entry(self, path: str) -> dict:
@@ -76,6 +77,8 @@ class FakeHub:
         m = re.fullmatch(rf"/{re.escape(self.repo)}/resolve/([^/]+)/(.+)", path)
         if m and self._rev_ok(m.group(1)) and m.group(2) in self.files:
             rel = m.group(2)
+            if rel in self.failing and request.method == "GET":
+                return httpx2.Response(500, json={"error": "fake hub failure"})
             data = self.served.get(rel, self.files[rel])
             real = self.files[rel]
             etag = hashlib.sha256(real).hexdigest() if len(real) >= LFS_MIN else git_sha1(real)
@@ -98,7 +101,7 @@ class FakeHub:
 
                 def stream():
                     yield half
-                    raise httpx2.ReadError("connection reset by fake hub", request=request)
+                    raise httpx2.RemoteProtocolError("peer closed connection without sending complete message body")
                 return httpx2.Response(status, headers=headers, content=stream())
             return httpx2.Response(status, headers=headers, content=body)
         return httpx2.Response(404, headers={"X-Error-Code": "EntryNotFound"}, json={"error": "not found"})

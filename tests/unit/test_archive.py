@@ -7,8 +7,8 @@ import pytest
 from pipeline.archive import Entry, deterministic_tar, validate_tar
 from pipeline.errors import BadInput
 from pipeline.oci import image_archive
-from tests.conftest import need
 from pipeline.run import run
+from tests.conftest import need
 
 
 def _tar(path, *members):

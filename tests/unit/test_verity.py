@@ -25,7 +25,8 @@ def test_tree_is_byte_identical_with_veritysetup(tmp_path, blocks, bs):
     data = tmp_path / "data"
     data.write_bytes(os.urandom(blocks * bs))
     p = params(blocks, bs)
-    root, image = verity.build_tree(open(data, "rb"), 0, p)
+    with open(data, "rb") as f:
+        root, image = verity.build_tree(f, 0, p)
     out = run(["veritysetup", "format", f"--data-block-size={bs}", f"--hash-block-size={bs}",
                f"--salt={p.salt.hex()}", f"--uuid={uuid.UUID(bytes=p.uuid)}", data, tmp_path / "hash"]).text
     assert f"Root hash:      \t{root.hex()}" in out

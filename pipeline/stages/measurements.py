@@ -1,0 +1,99 @@
+"""The measurements stage: predict every PCR from the built OS disk (the UKI on its ESP), the
+app disk's roothash and the platform file; write measurements.json (schema v1, validated
+against measurements/schema/measurements.v1.json) and eventlog.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+
+from .. import log
+from ..errors import BadInput
+from ..graph import Context, Stage, StageResult
+from ..measure import gpt, platform, predict
+
+SCHEMA = Path("measurements") / "schema" / "measurements.v1.json"
+OUTPUTS = ("measurements.json", "eventlog.json")
+PACKAGED_SCHEMA = Path(__file__).resolve().parent.parent.parent / SCHEMA  # the checkout's copy
+
+
+def schema_path(root: Path) -> Path:
+    return root / SCHEMA if (root / SCHEMA).is_file() else PACKAGED_SCHEMA
+
+
+def validate(doc: dict, root: Path) -> None:
+    """Raise BadInput naming the field when `doc` does not follow measurements.v1.json."""
+    path = schema_path(root)
+    schema = json.loads(path.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        field = ".".join(str(p) for p in e.path) or "(top level)"
+        raise BadInput("measurements.json", f"{field}: {e.message} (schema {path})")
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(str(path), f"cannot read: {e}") from None
+
+
+def _check_app_disk(disk: Path, roothash: str) -> None:
+    """The app disk's partition UUIDs are the roothash halves (systemd's convention)."""
+    uuids = sorted(p.uuid.hex for p in gpt.read_table(disk).partitions)
+    if sorted((roothash[:32], roothash[32:])) != uuids:
+        raise BadInput(str(disk), f"partition UUIDs {uuids} are not the halves of roothash {roothash}",
+                       "appdisk.json and application_disk.raw come from different builds")
+
+
+class Measurements(Stage):
+    name = "measurements"
+    version = 1
+    deps = ("os", "appdisk")
+
+    def key_inputs(self, ctx: Context) -> dict:
+        return {
+            "platform": ctx.profile.platform,
+            "mode": ctx.profile.mode,
+            "platform_file": ctx.checkout_digests(str(platform.path_for(Path("."), ctx.profile.platform))),
+            "schema": ctx.checkout_digests(str(SCHEMA)),
+        }
+
+    def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
+        for dep in self.deps:
+            if dep not in deps:
+                raise BadInput("mithril.yaml", f"measurements need the {dep} stage, which is not enabled")
+        os_dir, app_dir = deps["os"].dir, deps["appdisk"].dir
+        plat = platform.load(ctx.root, ctx.profile.platform)
+        os_record = _json(os_dir / "os.json")
+        if os_record.get("mode", ctx.profile.mode) != ctx.profile.mode:
+            raise BadInput(str(os_dir / "os.json"), f"mode: the OS image is {os_record['mode']!r}, the profile "
+                           f"says {ctx.profile.mode!r}", "rebuild the os stage for this profile")
+        phases = tuple(os_record.get("pcr11_phases", ()))  # the image masks systemd-pcrphase by default
+        roothash = _json(app_dir / "appdisk.json").get("roothash")
+        if not isinstance(roothash, str) or len(roothash) != 64:
+            raise BadInput(str(app_dir / "appdisk.json"), "roothash: missing or not 64 hex digits")
+        _check_app_disk(app_dir / "application_disk.raw", roothash)
+
+        digests = {f"os/{k}": v for k, v in deps["os"].outputs.items() if k in ("os_disk.raw", "uki.efi", "os.json")}
+        digests |= {f"appdisk/{k}": v for k, v in deps["appdisk"].outputs.items()
+                    if k in ("application_disk.raw", "appdisk.json")}
+        digests["os_disk.raw"] = deps["os"].outputs["os_disk.raw"]  # already verified by the cache
+        with log.step("Predicting PCRs", "Predicted PCRs"):
+            result = predict.predict(os_dir / "os_disk.raw", roothash, plat, ctx.profile.mode, phases=phases,
+                                     platform_file=platform.path_for(ctx.root, plat.name).read_bytes(),
+                                     digests=digests)
+        uki_copy = os_dir / "uki.efi"
+        if uki_copy.is_file() and uki_copy.read_bytes() != result.uki:
+            raise BadInput(str(uki_copy), "differs from the UKI on the OS disk's ESP",
+                           "os_disk.raw and uki.efi come from different builds")
+        validate(result.measurements, ctx.root)
+        (out / "measurements.json").write_bytes(predict.dumps(result.measurements))
+        (out / "eventlog.json").write_bytes(predict.dumps(result.eventlog))
+        pcrs = result.measurements["pcrs"]
+        return {"platform": plat.name, "mode": ctx.profile.mode,
+                "pcrs": {k: v["expected"][0] for k, v in pcrs.items() if len(v["expected"]) == 1}}
