@@ -6,7 +6,13 @@ from pathlib import Path
 
 from .errors import BadInput
 from .measure.compare import load_measurements
-from .measure.quote import QuoteReport, parse_pcr_file, parse_quote, pcr_digest, verify_quote
+from .measure.quote import (
+    QuoteReport,
+    parse_pcr_file,
+    parse_quote,
+    pcr_digest,
+    verify_quote,
+)
 
 
 def read_file(path: Path, option: str) -> bytes:

@@ -156,7 +156,9 @@ def compare(a: Path, b: Path) -> dict:
 
 
 def format_report(report: dict, label_a: str = "A", label_b: str = "B") -> str:
-    short = lambda h: (h or "-")[:16]  # noqa: E731
+    def short(h: str | None) -> str:
+        return (h or "-")[:16]
+
     width = max([len(r["artifact"]) for r in report["artifacts"]] + [8])
     lines = [f"{'artifact':<{width}}  {label_a:<16}  {label_b:<16}  result"]
     for r in report["artifacts"]:
@@ -231,7 +233,8 @@ def audit(against: str, repo: Path, cache_dir: Path | None = None, keep: bool = 
         clone = work / "src"
         with log.step(f"Cloning commit {commit[:12]}", "Cloned the source"):
             try:
-                run(["git", "clone", "--quiet", "--no-checkout", repo, clone])
+                top = run(["git", "-C", repo, "rev-parse", "--show-toplevel"]).text.strip()
+                run(["git", "clone", "--quiet", "--no-checkout", top, clone])
                 run(["git", "-C", clone, "checkout", "--quiet", "--detach", commit])
             except ToolFailed as e:
                 raise CouldNotBuild(f"cannot check out {commit} from {repo}: {e}") from None

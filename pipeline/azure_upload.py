@@ -101,7 +101,11 @@ class Uploader:
 
     def _send(self, data: bytes, offset: int) -> None:
         """One Put Page, retried with exponential backoff on transient failures."""
-        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
 
         n = len(data)
         # Never rely on the service to reject an oversized or unaligned page (Azurite accepts them).
@@ -118,10 +122,12 @@ class Uploader:
                 why = type(e).__name__
             except HttpResponseError as e:
                 if e.status_code not in RETRY_STATUS:
+                    code = getattr(e, "error_code", None)
+                    code = getattr(code, "value", code) or e.reason or ""
                     hint = (" (write access was revoked or the SAS expired; run deploy again to resume)"
                             if e.status_code == 403 else "")
                     raise ToolFailed(f"upload of {self.name} failed at offset {offset}: HTTP {e.status_code} "
-                                     f"{getattr(e, 'error_code', None) or e.reason or ''}{hint}") from None
+                                     f"{code}{hint}") from None
                 why = f"HTTP {e.status_code}"
             if attempt + 1 == self.attempts:
                 raise ToolFailed(f"upload of {self.name} failed at offset {offset} after {self.attempts} "
@@ -129,6 +135,14 @@ class Uploader:
             with self._lock:
                 self.stats.retries += 1
             time.sleep(self.backoff * 2 ** attempt)
+
+    def _put(self, data: bytes, offset: int, present: bool) -> None:
+        """Send a chunk unless the blob already holds exactly these bytes (resume)."""
+        if present and self._matches(data, offset):
+            with self._lock:
+                self.stats.skipped_present += len(data)
+            return
+        self._send(data, offset)
 
     def _remote_ranges(self) -> list[tuple[int, int]]:
         ranges = [(r.start, r.end + 1) for r in self.blob.list_page_ranges() if not getattr(r, "cleared", False)]
@@ -161,17 +175,12 @@ class Uploader:
                                 bar.update(n)
                             continue
                         nonzero.append((off, off + n))
-                        if _covered(remote, off, n) and self._matches(data, off):
-                            self.stats.skipped_present += n
-                            if bar:
-                                bar.update(n)
-                            continue
                         while len(pending) >= 2 * self.workers:
                             done, _ = wait(pending, return_when=FIRST_COMPLETED)
                             for f in done:
                                 pending.remove(f)
                                 f.result()
-                        fut = pool.submit(self._send, data, off)
+                        fut = pool.submit(self._put, data, off, _covered(remote, off, n))
                         if bar:
                             fut.add_done_callback(lambda f, n=n: f.cancelled() or f.exception() or bar.update(n))
                         pending.append(fut)

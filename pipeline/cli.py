@@ -82,8 +82,48 @@ def _stage_command(name: str, group=None, command_name: str | None = None):
 
 
 for _name in STAGE_HELP:
-    if _name != "provenance":  # a group: see below
+    if _name not in ("provenance", "measurements", "model"):  # a group / own options: see below
         _stage_command(_name)
+
+
+@cli.command("measurements", help=STAGE_HELP["measurements"] + " Builds what it depends on first; cached "
+             "results are reused.")
+@click.option("--explain", is_flag=False, flag_value="cache", default=None, metavar="[PCR]",
+              help="With a PCR index: print that PCR's predicted events, step by step. "
+                   "Alone: say why each stage is not a cache hit.")
+@click.option("--force", is_flag=True, help="Rebuild even when a cached result exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print measurements.json (with --explain PCR: its events).")
+@project_options
+def measurements_(ctx, explain, force, as_json):
+    from .measure.predict import explain as explain_pcr
+    from .measure.predict import pcr_events
+    from .orchestrate import build
+
+    pcr = None
+    if explain not in (None, "cache"):
+        if not (explain.isdigit() and int(explain) <= 23):
+            raise click.BadParameter(f"{explain!r} is not a PCR index 0..23", param_hint="--explain")
+        pcr = int(explain)
+    build(ctx, ["measurements"], explain=explain == "cache", force=force)
+    if pcr is not None:
+        emit(pcr_events(pcr, ctx.out_dir), as_json, explain_pcr(pcr, ctx.out_dir))
+    elif as_json:
+        click.echo((ctx.out_dir / "measurements.json").read_text(), nl=False)
+
+
+@cli.command("model", help=STAGE_HELP["model"] + " Builds what it depends on first; cached results are reused.")
+@click.option("--explain", is_flag=True, help="Say why each stage is not a cache hit.")
+@click.option("--force", is_flag=True, help="Rebuild even when a cached result exists.")
+@click.option("--engine-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Import an engine built elsewhere (a folder with engine.json and engine/), verified "
+                   "against its engine.json and mithril.lock, instead of building one here.")
+@project_options
+def model_(ctx, explain, force, engine_dir):
+    from .orchestrate import build
+
+    if engine_dir is not None:  # read by the model stage (and part of its cache key)
+        os.environ["MITHRIL_ENGINE_DIR"] = str(engine_dir.resolve())
+    build(ctx, ["model"], explain=explain, force=force)
 
 
 @cli.command("all")
@@ -162,6 +202,34 @@ def lock_(ctx, check, as_json):
     emit(report, as_json, "\n".join(f"{r['entry']:<40} {r['state']}" for r in report["entries"]))
     if check and report["unpinned"]:
         sys.exit(1)
+
+
+@cli.command("measure-disk")
+@click.argument("os_disk", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--roothash", required=True, help="The application disk's dm-verity root hash (64 hex digits).")
+@click.option("--platform", "platform_name", default="qemu", show_default=True,
+              help="A platform file under measurements/platforms/ of the project (or of mithril-build).")
+@click.option("--mode", type=click.Choice(["production", "debug"]), default="production", show_default=True)
+@click.option("--phase", "phases", multiple=True, help="A systemd-pcrphase word the image extends into PCR 11 "
+              "(repeat, in order); none when the image masks systemd-pcrphase.")
+@click.option("--project", type=click.Path(path_type=Path, file_okay=False), help="Project with the platform files.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True,
+              help="Folder for measurements.json and eventlog.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print measurements.json.")
+def measure_disk(os_disk, roothash, platform_name, mode, phases, project, output, as_json):
+    """Predict the PCRs of an OS disk image (no root): measurements.json and eventlog.json."""
+    from .project import REPO, find_root
+    from .stages.measurements import measure_disk as measure
+
+    try:
+        root = find_root(project)
+    except MithrilError:
+        if project is not None:
+            raise
+        root = REPO
+    data = measure(os_disk, roothash, platform_name, mode, root, output, tuple(phases))
+    emit(data, as_json, "\n".join(f"PCR {k:>2}  {v['policy']:<7} {' | '.join(v['expected'])}"
+                                    for k, v in sorted(data["pcrs"].items(), key=lambda kv: int(kv[0]))))
 
 
 @cli.command("verify-disk")
@@ -304,6 +372,56 @@ def boot_(ctx, platform, timeout, accel, as_json):
         sys.exit(1)
 
 
+@cli.command("record-platform")
+@click.option("--platform", "platform_name", required=True,
+              help="Platform file to write: measurements/platforms/<PLATFORM>.yaml.")
+@click.option("--from-serial", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read the PCRs from a serial console log of a Mithril OS boot.")
+@click.option("--from-quote", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read the PCRs from a quote (tpm2_quote -m) together with --pcrs.")
+@click.option("--pcrs", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --from-quote: the PCR values (tpm2_quote -o, or JSON/YAML).")
+@click.option("--signature", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --from-quote: check the quote's signature (needs --ak-pub).")
+@click.option("--ak-pub", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --signature: the AK public key (PEM or TPM2B_PUBLIC).")
+@click.option("--source", help="Where the values were observed (stored with them). Default: from the input.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Seconds to wait for the guest when booting.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+              help="When booting: auto tries KVM and falls back to TCG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@project_options
+def record_platform(ctx, platform_name, from_serial, from_quote, pcrs, signature, ak_pub, source, timeout,
+                    accel, as_json):
+    """Add the firmware PCR 0-3 values observed on a platform to its known-good lists.
+
+    Without --from-serial/--from-quote, boots out/<profile>'s disks under QEMU + OVMF + swtpm
+    (platform qemu only). Values already listed are not repeated; policies are left as they are."""
+    from . import record_platform as rp
+    from .boot import read_serial_log
+    from .errors import BadInput
+
+    if from_serial and from_quote:
+        raise BadInput("--from-serial/--from-quote", "give at most one of them")
+    if from_quote and not pcrs:
+        raise BadInput("--from-quote", "needs --pcrs (the PCR values tpm2_quote wrote with -o)")
+    if from_serial:
+        observed, default_source = read_serial_log(from_serial).pcrs, f"serial log {Path(from_serial).name}"
+    elif from_quote:
+        observed = rp.from_quote(from_quote, pcrs, signature, ak_pub)
+        default_source = f"quote {Path(from_quote).name}" + (" (signature checked)" if signature else "")
+    else:
+        if platform_name != "qemu":
+            raise BadInput("--platform", f"only 'qemu' can be booted here, not {platform_name!r}",
+                           "pass --from-serial or --from-quote with values from that platform")
+        observed, default_source = rp.from_boot(ctx.out_dir, timeout, accel)
+    result = rp.record(ctx.root, platform_name, observed, source or default_source)
+    emit(result, as_json, "\n".join(
+        [f"{result['file']} ({result['source']}, {result['date']}):"]
+        + [f"  PCR {r['pcr']} {r['value']} {r['state']} (policy {r['policy']})" for r in result["pcrs"]]))
+
+
 @cli.group("attest")
 def attest_group():
     """Verify TPM quotes against measurements.json."""
@@ -337,6 +455,85 @@ def attest_verify(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, a
          format_table(report.rows) + "\n" + ("QUOTE VERIFIED" if report.ok else "QUOTE VERIFICATION FAILED"))
     if not report.ok:
         sys.exit(1)
+
+
+@cli.group("azure")
+def azure_group():
+    """Azure: fixed VHDs, page-blob upload of the built disks, the vTPM GPU VM (see docs/azure.md).
+
+    Credentials come from azure-identity's default chain (environment, managed identity, az login)."""
+
+
+@azure_group.command("vhd")
+@click.argument("disk", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The VHD file to write (sparse: holes stay holes).")
+@click.option("--source-date-epoch", type=int, envvar="SOURCE_DATE_EPOCH",
+              help="Footer timestamp ($SOURCE_DATE_EPOCH). Default: source_date_epoch of the project's mithril.yaml.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def azure_vhd(disk, output, source_date_epoch, as_json):
+    """Write DISK as a fixed VHD (padded to 1 MiB, reproducible footer) for other upload tools."""
+    from .azure_vhd import write_vhd
+    from .errors import BadInput
+    from .lock import sha256_file
+
+    if not disk.is_file():
+        raise BadInput(str(disk), "disk image not found", "build it first or pass the right path")
+    if source_date_epoch is None:
+        from .config import load
+        from .project import find_root
+
+        try:
+            root = find_root(None)
+        except BadInput:
+            raise BadInput("--source-date-epoch", "not given and no mithril.yaml here or above",
+                           "pass --source-date-epoch or set $SOURCE_DATE_EPOCH") from None
+        source_date_epoch = load(root / "mithril.yaml").source_date_epoch
+    result = write_vhd(disk, output, sha256_file(disk, progress=True), source_date_epoch)
+    emit(result, as_json, f"wrote {output} ({result['vhd_size']} bytes, data {result['data_size']})")
+
+
+@azure_group.command("deploy")
+@click.option("--dry-run", is_flag=True, help="Print the plan (names, sizes, request bodies); touch nothing.")
+@click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True, help="Pages in flight.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan or deployment record as JSON.")
+@project_options
+def azure_deploy(ctx, dry_run, workers, as_json):
+    """Upload out/<profile>/ disks as managed disks and start the VM; writes deployment.json.
+
+    Re-running is idempotent: uploaded disks are reused, an interrupted upload resumes."""
+    from .stages import azure
+
+    t = azure.load_target(ctx.config, ctx.profile_name, ctx.out_dir)
+    if dry_run:
+        p = azure.plan(t)
+        lines = [f"subscription {p['subscription_id']}, resource group {p['resource_group']}, {p['location']}"]
+        lines += [f"  disk {d['name']}: {d['file']} -> upload {d['upload_size']} bytes" for d in p["disks"].values()]
+        lines += [f"  {k:<9} {v}" for k, v in p["names"].items() if not k.endswith("_disk")]
+        lines.append(f"  VM {t.az.vm_size}, {t.az.security_type}, vTPM {'on' if t.az.vtpm else 'off'}, "
+                     f"secure boot {'on' if t.az.secure_boot else 'off'}; inbound: TCP 443 only")
+        emit(p, as_json, "\n".join(lines))
+        return
+    record = azure.deploy(t, workers=workers)
+    emit(record, as_json, f"VM {record['names']['vm']} at {record['public_ip']} "
+                          f"(record: {ctx.out_dir / azure.DEPLOYMENT})")
+
+
+@azure_group.command("destroy")
+@click.option("--dry-run", is_flag=True, help="Print what would be deleted; touch nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deleted resource names as JSON.")
+@project_options
+def azure_destroy(ctx, dry_run, as_json):
+    """Delete the VM, network, public IP and disks of the profile's deployment (not the resource group)."""
+    from .stages import azure
+
+    if dry_run:
+        _, names = azure.destroy_names(ctx.config, ctx.profile_name, ctx.out_dir)
+        names = [v for k, v in names.items() if k != "subnet"]
+        emit(names, as_json, "\n".join(f"would delete {n}" for n in names))
+        return
+    deleted = azure.destroy(ctx.config, ctx.profile_name, ctx.out_dir)
+    emit(deleted, as_json, "\n".join(f"deleted {n}" for n in deleted) or "nothing to delete")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -54,20 +55,46 @@ class ModelConfig(Strict):
     max_input_len: int = Field(2048, ge=1)
     max_seq_len: int = Field(4096, ge=1)
     allow_patterns: tuple[str, ...] = ("*.json", "*.model", "*.safetensors", "tokenizer*")
+    # engine build (trtllm-build) and Triton serving options
+    gemm_plugin: Literal["auto", "disable", "float16", "bfloat16", "float32"] = "auto"
+    paged_kv_cache: bool = Field(True, description="paged KV cache (needed for inflight batching)")
+    inflight_batching: bool = Field(True, description="Triton gpt_model_type inflight_fused_batching (else V1)")
+    max_beam_width: int = Field(1, ge=1, le=8)
+    kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0, le=1)
+    image: str = Field("triton", description="name under `images` in mithril.lock of the Triton TRT-LLM image")
+    engine_dir: str | None = Field(None, description="import an engine built elsewhere (folder with engine.json)")
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if self.max_input_len >= self.max_seq_len:
+            raise ValueError(f"max_input_len ({self.max_input_len}) must be below max_seq_len ({self.max_seq_len})")
+        if self.inflight_batching and not self.paged_kv_cache:
+            raise ValueError("inflight_batching needs paged_kv_cache: true")
+        return self
 
 
 class AzureConfig(Strict):
     """Azure deployment settings; credentials come from azure-identity's default chain only."""
 
-    subscription_id: str | None = None
-    resource_group: str = "mithril"
-    location: str = "eastus"
-    vm_size: str = "Standard_NC24ads_A100_v4"
+    subscription_id: str | None = Field(None, pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$",
+                                        description="needed by `azure deploy`/`destroy`")
+    resource_group: str = Field("mithril", pattern=r"^[-\w.()]{1,90}$")
+    location: str = Field("eastus", pattern=r"^[a-z0-9]+$")
+    vm_size: str = Field("Standard_NC24ads_A100_v4", pattern=r"^Standard_\w+$")
     security_type: Literal["TrustedLaunch", "ConfidentialVM"] = "TrustedLaunch"
-    secure_boot: bool = False
+    secure_boot: bool = Field(False, description="off by default: the NVIDIA driver modules are not signed")
     vtpm: bool = True
-    disk_sku: str = "Premium_LRS"
+    disk_sku: Literal["Premium_LRS", "StandardSSD_LRS", "Standard_LRS", "Premium_ZRS", "StandardSSD_ZRS"] = "Premium_LRS"
     tags: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _confidential_size(self):
+        # Confidential VMs exist only in the SEV-SNP families (DCasv5/ECasv5, NCCadsH100v5 with a GPU).
+        if self.security_type == "ConfidentialVM" and not re.match(
+                r"^Standard_(DC|EC)\d+a\w*_v[56]$|^Standard_NCC\d+ads_H100_v5$", self.vm_size):
+            raise ValueError(f"security_type ConfidentialVM needs a confidential VM size (DCasv5/ECasv5, "
+                             f"NCCadsH100v5), not vm_size {self.vm_size}")
+        return self
 
 
 class Profile(Strict):

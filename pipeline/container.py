@@ -108,3 +108,60 @@ def symbolic(argv: list[str], mounts: list[Mount]) -> list[str]:
             a = a.replace(f"{m.source}:", f"${m.target.strip('/').upper().replace('/', '_')}:")
         out.append(a)
     return out
+
+
+MANIFEST_TYPES = ("application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, "
+                  "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+
+
+def split_ref(ref: str) -> tuple[str, str, str]:
+    """'nvcr.io/nvidia/tritonserver:26.02-trtllm-python-py3' -> (registry, repository, tag)."""
+    m = re.fullmatch(r"([a-z0-9.-]+(?::[0-9]+)?)/([a-z0-9._/-]+):([\w][\w.-]{0,127})", ref)
+    if not m or "." not in m.group(1):
+        raise BadInput("mithril.lock", f"images: {ref!r} is not a registry/repository:tag reference",
+                       "write e.g. nvcr.io/nvidia/tritonserver:26.02-trtllm-python-py3")
+    if m.group(3) == "latest":
+        raise BadInput("mithril.lock", f"images: {ref!r}: ':latest' is not allowed", "pin a version tag")
+    return m.group(1), m.group(2), m.group(3)
+
+
+def resolve_image_digest(ref: str, timeout: float = 30) -> str:
+    """The manifest (index) digest a registry serves for ref, via the registry HTTP API v2
+    (anonymous bearer token when the registry asks for one). Raises ToolFailed when unreachable."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    registry, repo, tag = split_ref(ref)
+    url = f"https://{registry}/v2/{repo}/manifests/{tag}"
+
+    def head(token: str | None):
+        req = urllib.request.Request(url, method="HEAD", headers={"Accept": MANIFEST_TYPES})
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        return urllib.request.urlopen(req, timeout=timeout)
+
+    try:
+        try:
+            resp = head(None)
+        except urllib.error.HTTPError as e:
+            challenge = e.headers.get("WWW-Authenticate", "") if e.code == 401 else ""
+            if not challenge.lower().startswith("bearer "):
+                raise
+            params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+            query = {"scope": f"repository:{repo}:pull"}
+            if "service" in params:
+                query["service"] = params["service"]
+            with urllib.request.urlopen(f"{params['realm']}?{urllib.parse.urlencode(query)}", timeout=timeout) as t:
+                body = json.load(t)
+            resp = head(body.get("token") or body.get("access_token"))
+        digest = resp.headers.get("Docker-Content-Digest", "")
+    except urllib.error.HTTPError as e:
+        raise ToolFailed(f"{ref}: registry answered HTTP {e.code} for {url}") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise ToolFailed(f"{ref}: cannot reach the registry {registry} ({getattr(e, 'reason', e)}); "
+                         "the image stays unresolved in mithril.lock") from None
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise ToolFailed(f"{ref}: the registry sent no usable Docker-Content-Digest header ({digest!r})")
+    return digest

@@ -69,7 +69,7 @@ def validate(stmt: dict) -> None:
     from in_toto_attestation.v1.statement import Statement
 
     if not isinstance(stmt, dict):
-        raise ValueError("the statement is not a JSON object")
+        raise ValueError("the statement is not a JSON object")  # noqa: TRY004 (callers expect ValueError)
     try:
         pb = json_format.ParseDict(stmt, statement_pb2.Statement())
         Statement.copy_from_pb(pb).validate()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 from . import run as runner
 from .errors import ToolFailed
@@ -31,7 +32,7 @@ class Swtpm:
     def tcti(self) -> str:
         return f"swtpm:path={self.socket}"
 
-    def start(self, timeout: float = 10.0) -> Swtpm:
+    def start(self, timeout: float = 10.0) -> Self:
         argv = ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.dir}"]
         if self.for_qemu:
             argv += ["--ctrl", f"type=unixio,path={self.socket}", "--terminate"]
@@ -68,7 +69,7 @@ class Swtpm:
             self._proc.stop()
             self._proc = None
 
-    def __enter__(self) -> Swtpm:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

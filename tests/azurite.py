@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -47,7 +47,11 @@ def azurite(workdir: Path):
 def page_blob_sas(endpoint: str, container: str, name: str, size: int) -> str:
     """Create an empty page blob of `size` bytes (what a managed disk in upload state is) and
     return a read/write SAS URL for it."""
-    from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
+    from azure.storage.blob import (
+        BlobSasPermissions,
+        BlobServiceClient,
+        generate_blob_sas,
+    )
 
     svc = BlobServiceClient(endpoint, credential={"account_name": ACCOUNT, "account_key": KEY})
     with contextlib.suppress(Exception):
@@ -55,5 +59,5 @@ def page_blob_sas(endpoint: str, container: str, name: str, size: int) -> str:
     svc.get_blob_client(container, name).create_page_blob(size)
     sas = generate_blob_sas(ACCOUNT, container, name, account_key=KEY,
                             permission=BlobSasPermissions(read=True, write=True),
-                            expiry=datetime.now(timezone.utc) + timedelta(hours=2))
+                            expiry=datetime.now(UTC) + timedelta(hours=2))
     return f"{endpoint}/{container}/{name}?{sas}"

@@ -161,3 +161,18 @@ def os_disk(work: Path, uki: bytes, name: str = "os_disk.raw", extra_files: dict
     disk = make_disk(work / name, esp)
     esp.unlink()
     return disk
+
+
+def app_disk(path: Path, roothash: str) -> Path:
+    """A stand-in application disk: two partitions whose UUIDs are the roothash halves."""
+    import uuid
+
+    need("sfdisk")
+    with open(path, "wb") as f:
+        f.truncate(4 << 20)
+    a, b = uuid.UUID(roothash[:32]), uuid.UUID(roothash[32:])
+    script = (f"label: gpt\nlabel-id: 11111111-2222-3333-4444-666666666666\nunit: sectors\n"
+              f"start=2048, size=2048, type={LINUX_TYPE}, uuid={a}, name=app\n"
+              f"start=4096, size=2048, type={LINUX_TYPE}, uuid={b}, name=app-verity\n")
+    run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", path], input=script.encode(), extra_env=ENV)
+    return path

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 ZERO = bytes(32)
 
 
-def sha256(data: bytes) -> bytes:
+def sha256(data) -> bytes:
     return hashlib.sha256(data).digest()
 
 

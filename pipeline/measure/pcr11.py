@@ -30,13 +30,16 @@ def measured_sections(stub_major: int, where: str = "UKI") -> tuple[str, ...]:
     return _V252 if stub_major == 252 else _V256 if stub_major >= 256 else _V253
 
 
+def present(uki: PeImage, stub_major: int) -> list[str]:
+    """The sections of this UKI that its stub measures, in order."""
+    return [n for n in measured_sections(stub_major, uki.where) if (s := uki.section(n)) and s.virtual_size]
+
+
 def predict(sim: Simulator, uki: PeImage, stub_major: int, phases: tuple[str, ...] = ()) -> bytes:
-    for name in measured_sections(stub_major, uki.where):
-        data = uki.section_data(name)
-        if not data:
-            continue
+    for name in present(uki, stub_major):
+        size = uki.section(name).virtual_size
         sim.measure(PCR, name.encode() + b"\0", "EV_IPL", f"systemd-stub {stub_major}: section name {name}")
-        sim.measure(PCR, data, "EV_IPL", f"systemd-stub {stub_major}: section {name} ({len(data)} bytes)")
+        sim.extend(PCR, uki.section_sha256(name), "EV_IPL", f"systemd-stub {stub_major}: section {name} ({size} bytes)")
     for phase in phases:
         sim.measure(PCR, phase.encode(), "systemd-pcrphase", f"boot phase {phase!r}")
     sim.touch(PCR)

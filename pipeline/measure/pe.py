@@ -33,7 +33,7 @@ class Section:
 class PeImage:
     """A parsed PE file held in memory. Raises BadInput for anything that is not a sane PE."""
 
-    def __init__(self, data: bytes, where: str):
+    def __init__(self, data: bytes | bytearray, where: str):
         self.data = data
         self.where = where
         try:
@@ -63,18 +63,26 @@ class PeImage:
         if self.cert_size and self.cert_offset + self.cert_size > len(data):
             raise BadInput(where, "attribute certificate table runs past the end of the file")
         self.sections = tuple(sections)
+        self._digests: dict[str, bytes] = {}
 
     def section(self, name: str) -> Section | None:
         found = [s for s in self.sections if s.name == name]
         return found[0] if found else None
 
-    def section_data(self, name: str) -> bytes | None:
-        """A section as the loader maps it: VirtualSize bytes, zero-filled past the raw data."""
+    def section_data(self, name: str) -> bytes | memoryview | None:
+        """A section as the loader maps it: VirtualSize bytes, zero-filled past the raw data
+        (a view into the file when no filling is needed: UKIs are large)."""
         s = self.section(name)
         if s is None:
             return None
-        raw = self.data[s.raw_offset:s.raw_offset + min(s.raw_size, s.virtual_size)]
-        return raw + bytes(s.virtual_size - len(raw))
+        raw = memoryview(self.data)[s.raw_offset:s.raw_offset + min(s.raw_size, s.virtual_size)]
+        return raw if len(raw) == s.virtual_size else bytes(raw) + bytes(s.virtual_size - len(raw))
+
+    def section_sha256(self, name: str) -> bytes:
+        """sha256 of section_data(name), computed once (PCR 9 and 11 both hash the initrd)."""
+        if name not in self._digests:
+            self._digests[name] = hashlib.sha256(self.section_data(name) or b"").digest()
+        return self._digests[name]
 
     def authenticode(self) -> bytes:
         """The Authenticode SHA-256 digest (as firmware measures it into PCR 4)."""
@@ -101,6 +109,7 @@ def stub_version(uki: PeImage) -> tuple[int, str]:
     if magic is None:
         raise BadInput(uki.where, "no .sdmagic section: not a UKI built on systemd-stub",
                        "build the UKI with ukify from systemd-boot-efi's linuxx64.efi.stub")
+    magic = bytes(magic)
     m = re.search(rb"systemd-stub ((\d+)[^ \0#]*)", magic)
     if not m:
         raise BadInput(uki.where, f".sdmagic does not name a systemd-stub version: {magic.rstrip(bytes(1))[:80]!r}")
@@ -112,4 +121,4 @@ def kernel(uki: PeImage) -> PeImage:
     data = uki.section_data(".linux")
     if not data:
         raise BadInput(uki.where, "no .linux section: not a UKI", "build the UKI with ukify")
-    return PeImage(data, f"{uki.where} (.linux)")
+    return PeImage(bytes(data), f"{uki.where} (.linux)")

@@ -11,15 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInput
-from . import pcr04, pcr11, pcr12_13, pcr15
+from . import pcr04, pcr09, pcr11, pcr12_13, pcr15
 from .fat import open_esp
 from .pcr import Event, Simulator, replay
 from .pe import PeImage, kernel, stub_version
 from .platform import Platform
 
 VERSION = 1
-NOT_PREDICTED_9 = ("PCR 9 (the kernel EFI stub's initrd / load-options measurements) is not predicted: "
-                   "what the bookworm 6.1 kernel measures there has not been confirmed on a boot")
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,14 @@ def _sha256_file(path: Path) -> str:
 
 
 def predict(os_disk: Path, roothash: str, platform: Platform, mode: str, *, phases: tuple[str, ...] = (),
-            platform_file: bytes = b"", digests: dict[str, str] | None = None) -> Prediction:
+            platform_file: bytes = b"", digests: dict[str, str] | None = None,
+            uki_copy: Path | None = None) -> Prediction:
     """measurements.json and eventlog.json for booting `os_disk` on `platform`.
 
     `digests` may carry already known sha256 of input files by name (e.g. from the OS stage's
-    record); "os_disk.raw" is hashed here only when it is not given.
+    record); "os_disk.raw" is hashed here only when it is not given, "uki.efi" only when no
+    `uki_copy` (the OS stage's separate uki.efi) was given: that copy must be byte-identical to
+    the UKI on the ESP.
     """
     if mode not in ("production", "debug"):
         raise BadInput("profile", f"mode: expected production or debug, got {mode!r}")
@@ -54,18 +55,32 @@ def predict(os_disk: Path, roothash: str, platform: Platform, mode: str, *, phas
         files = esp.walk()
         pcr12_13.check_esp(files, esp.where)
         uki_bytes = esp.read(pcr12_13.UKI_PATH)
+    known = dict(digests or {})
+    if uki_copy is not None:
+        try:
+            same = Path(uki_copy).read_bytes() == uki_bytes
+        except OSError as e:
+            raise BadInput(str(uki_copy), f"cannot read: {e.strerror}") from None
+        if not same:
+            raise BadInput(str(uki_copy), "differs from the UKI on the OS disk's ESP",
+                           "os_disk.raw and uki.efi come from different builds")
+    else:
+        known.pop("uki.efi", None)
     uki = PeImage(uki_bytes, f"{os_disk}: {pcr12_13.UKI_PATH}")
     linux = kernel(uki)
     stub_major, stub_full = stub_version(uki)
 
     sim = Simulator()
     pcr04.predict(sim, platform.firmware_events(), uki, linux)
+    why_not_9 = pcr09.unsupported(uki, stub_major)
+    if why_not_9 is None:
+        pcr09.predict(sim, uki)
     pcr11.predict(sim, uki, stub_major, phases)
     pcr12_13.predict(sim, files, str(os_disk))
     pcr15.predict(sim, root)
 
     pcrs: dict[str, dict] = {}
-    notes: dict[str, str] = {"9": NOT_PREDICTED_9}
+    notes: dict[str, str] = {"9": why_not_9} if why_not_9 else {}
     for index, fw in sorted(platform.firmware_pcrs.items()):
         if fw.values:
             pcrs[str(index)] = {"expected": sorted({v.value for v in fw.values}), "policy": fw.policy}
@@ -75,10 +90,9 @@ def predict(os_disk: Path, roothash: str, platform: Platform, mode: str, *, phas
     for index in sorted(sim.values):
         pcrs[str(index)] = {"expected": [sim.value(index).hex()], "policy": "enforce"}
 
-    known = dict(digests or {})
     inputs = {
         "os_disk.raw": known.get("os_disk.raw") or _sha256_file(os_disk),
-        "uki.efi": hashlib.sha256(uki_bytes).hexdigest(),
+        "uki.efi": known.get("uki.efi") or hashlib.sha256(uki_bytes).hexdigest(),
         f"measurements/platforms/{platform.name}.yaml": hashlib.sha256(platform_file).hexdigest(),
     }
     inputs.update({k: v for k, v in known.items() if k not in inputs})
@@ -95,7 +109,8 @@ def predict(os_disk: Path, roothash: str, platform: Platform, mode: str, *, phas
             "authenticode": uki.authenticode().hex(),
             "kernel_authenticode": linux.authenticode().hex(),
             "stub": f"systemd-stub {stub_full}",
-            "pcr11_sections": [s for s in pcr11.measured_sections(stub_major) if uki.section_data(s)],
+            "uname": bytes(uki.section_data(".uname") or b"").rstrip(b"\0\n").decode(errors="replace"),
+            "pcr11_sections": pcr11.present(uki, stub_major),
             "pcr11_phases": list(phases),
         },
         "inputs": dict(sorted(inputs.items())),
@@ -118,14 +133,22 @@ def _load(path: Path) -> dict:
         raise BadInput(str(path), f"cannot read: {e}") from None
 
 
+def pcr_events(pcr: int, folder: Path) -> list[dict]:
+    """The predicted events of one PCR from eventlog.json in `folder`."""
+    log = _load(folder / "eventlog.json")
+    try:
+        return [e for e in log["events"] if e["pcr"] == pcr]
+    except (KeyError, TypeError) as e:
+        raise BadInput(str(folder / "eventlog.json"), f"events: malformed ({e})") from None
+
+
 def explain(pcr: int, folder: Path) -> str:
     """The predicted events of one PCR, with the running value, from measurements.json and
     eventlog.json in `folder` (out/<profile>)."""
     m = _load(folder / "measurements.json")
-    log = _load(folder / "eventlog.json")
     try:
-        events = [Event(**e) for e in log["events"] if e["pcr"] == pcr]
-    except (KeyError, TypeError) as e:
+        events = [Event(**e) for e in pcr_events(pcr, folder)]
+    except TypeError as e:
         raise BadInput(str(folder / "eventlog.json"), f"events: malformed ({e})") from None
     entry = m.get("pcrs", {}).get(str(pcr))
     lines = [f"PCR {pcr} — platform {m.get('platform')}, mode {m.get('mode')}"]

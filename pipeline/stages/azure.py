@@ -96,8 +96,8 @@ def resource_id(sub: str, rg: str, provider: str, kind: str, name: str) -> str:
 
 def ids(t: Target, sub: str) -> dict[str, str]:
     n, rg = t.names, t.az.resource_group
-    c = lambda kind, name: resource_id(sub, rg, "Microsoft.Compute", kind, name)  # noqa: E731
-    net = lambda kind, name: resource_id(sub, rg, "Microsoft.Network", kind, name)  # noqa: E731
+    c = lambda kind, name: resource_id(sub, rg, "Microsoft.Compute", kind, name)
+    net = lambda kind, name: resource_id(sub, rg, "Microsoft.Network", kind, name)
     return {"os_disk": c("disks", n["os_disk"]), "app_disk": c("disks", n["app_disk"]),
             "vm": c("virtualMachines", n["vm"]), "vnet": net("virtualNetworks", n["vnet"]),
             "subnet": net("virtualNetworks", n["vnet"]) + f"/subnets/{n['subnet']}",
@@ -238,13 +238,18 @@ def _get(op, *args):
         return None
 
 
+def _disk_state(disk) -> str | None:
+    state = getattr(disk, "disk_state", None) if disk is not None else None
+    return getattr(state, "value", state)  # the SDK's str enum prints as "DiskState.X"
+
+
 def _ensure_disk(t: Target, c: Clients, disk: Disk, upload, workers: int) -> dict:
     from ..run import add_secret
 
     rg, name = t.az.resource_group, t.names[f"{disk.role}_disk"]
     with _azure(f"reading disk {name}"):
         existing = _get(c.compute.disks.get, rg, name)
-    state = str(existing.disk_state) if existing is not None else None
+    state = _disk_state(existing)
     tags = dict(existing.tags or {}) if existing is not None else {}
     if existing is not None and state not in UPLOAD_STATES:
         if tags.get(DONE_TAG) == "complete" and tags.get("mithril-sha256") == disk.sha256:
@@ -256,9 +261,8 @@ def _ensure_disk(t: Target, c: Clients, disk: Disk, upload, workers: int) -> dic
             c.compute.disks.begin_delete(rg, name).result()
         existing = None
     if existing is None:
-        with log.step(f"Creating {disk.role} disk {name} ({disk.upload_size} bytes)"):
-            with _azure(f"creating disk {name}"):
-                c.compute.disks.begin_create_or_update(rg, name, disk_body(t, disk)).result()
+        with log.step(f"Creating {disk.role} disk {name} ({disk.upload_size} bytes)"), _azure(f"creating disk {name}"):
+            c.compute.disks.begin_create_or_update(rg, name, disk_body(t, disk)).result()
     with _azure(f"granting write access to disk {name}"):
         sas = c.compute.disks.begin_grant_access(rg, name, grant_body()).result().access_sas
     add_secret(sas)
@@ -288,16 +292,17 @@ def deploy(t: Target, credential=None, upload=None, workers: int = 4, **client_k
         with _azure(f"creating resource group {rg}"):
             c.resources.resource_groups.create_or_update(rg, {"location": loc, "tags": t.tags})
         uploads = {d.role: _ensure_disk(t, c, d, upload, workers) for d in t.disks}
-        with log.step("Creating network (NSG: TCP 443 in only, VNet, public IP, NIC)"):
-            with _azure("creating the network"):
-                c.network.network_security_groups.begin_create_or_update(rg, n["nsg"], nsg_body(t)).result()
-                c.network.virtual_networks.begin_create_or_update(rg, n["vnet"], vnet_body(t, i)).result()
-                c.network.public_ip_addresses.begin_create_or_update(rg, n["public_ip"], public_ip_body(t)).result()
-                c.network.network_interfaces.begin_create_or_update(rg, n["nic"], nic_body(t, i)).result()
-        with log.step(f"Creating VM {n['vm']} ({t.az.vm_size}, {t.az.security_type})"):
-            with _azure(f"creating VM {n['vm']}", "; the disks are uploaded and their access revoked. Fix the cause "
-                        "and run `azure deploy` again, or `azure destroy` to remove everything"):
-                c.compute.virtual_machines.begin_create_or_update(rg, n["vm"], vm_body(t, i)).result()
+        net = c.network
+        with log.step("Creating network (NSG: TCP 443 in only, VNet, public IP, NIC)"), _azure("creating the network"):
+            net.network_security_groups.begin_create_or_update(rg, n["nsg"], nsg_body(t)).result()
+            net.virtual_networks.begin_create_or_update(rg, n["vnet"], vnet_body(t, i)).result()
+            net.public_ip_addresses.begin_create_or_update(rg, n["public_ip"], public_ip_body(t)).result()
+            net.network_interfaces.begin_create_or_update(rg, n["nic"], nic_body(t, i)).result()
+        after = ("; the disks are uploaded and their access revoked. Fix the cause and run `azure deploy` "
+                 "again, or `azure destroy` to remove everything")
+        with log.step(f"Creating VM {n['vm']} ({t.az.vm_size}, {t.az.security_type})"), \
+                _azure(f"creating VM {n['vm']}", after):
+            c.compute.virtual_machines.begin_create_or_update(rg, n["vm"], vm_body(t, i)).result()
         with _azure("reading the public IP"):
             ip = c.network.public_ip_addresses.get(rg, n["public_ip"]).ip_address
     record = {
@@ -311,20 +316,25 @@ def deploy(t: Target, credential=None, upload=None, workers: int = 4, **client_k
     return {**record, "uploads": uploads}
 
 
-def destroy(config: Config, profile: str, out_dir: Path, credential=None, **client_kwargs) -> list[str]:
-    """Delete what deploy made (names from deployment.json, else derived from the current disks).
-
-    The resource group stays: it may hold other things. Missing resources are skipped."""
+def destroy_names(config: Config, profile: str, out_dir: Path) -> tuple[Target, dict[str, str]]:
+    """The names destroy works on: from deployment.json, else derived from the current disks."""
     record_path = out_dir / DEPLOYMENT
     if record_path.is_file():
         try:
             names = json.loads(record_path.read_text())["names"]
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             raise BadInput(str(record_path), "not a deployment record (no `names`)", "delete it and retry") from None
-        t = Target(config, profile, out_dir, (), "")
-    else:
-        t = load_target(config, profile, out_dir)
-        names = t.names
+        return Target(config, profile, out_dir, (), ""), names
+    t = load_target(config, profile, out_dir)
+    return t, t.names
+
+
+def destroy(config: Config, profile: str, out_dir: Path, credential=None, **client_kwargs) -> list[str]:
+    """Delete what deploy made (names from deployment.json, else derived from the current disks).
+
+    The resource group stays: it may hold other things. Missing resources are skipped."""
+    t, names = destroy_names(config, profile, out_dir)
+    record_path = out_dir / DEPLOYMENT
     c = clients(t, credential, **client_kwargs)
     rg = config.azure.resource_group
     deleted = []
@@ -339,7 +349,7 @@ def destroy(config: Config, profile: str, out_dir: Path, credential=None, **clie
                 found = _get(ops.get, rg, name)
                 if found is None:
                     continue
-                if key.endswith("_disk") and str(found.disk_state) in ("ActiveUpload", "ActiveSAS"):
+                if key.endswith("_disk") and _disk_state(found) in ("ActiveUpload", "ActiveSAS"):
                     ops.begin_revoke_access(rg, name).result()  # a disk with a live SAS cannot be deleted
                 ops.begin_delete(rg, name).result()
             log.info(f"deleted {name}")

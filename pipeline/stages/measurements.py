@@ -79,21 +79,36 @@ class Measurements(Stage):
             raise BadInput(str(app_dir / "appdisk.json"), "roothash: missing or not 64 hex digits")
         _check_app_disk(app_dir / "application_disk.raw", roothash)
 
-        digests = {f"os/{k}": v for k, v in deps["os"].outputs.items() if k in ("os_disk.raw", "uki.efi", "os.json")}
-        digests |= {f"appdisk/{k}": v for k, v in deps["appdisk"].outputs.items()
-                    if k in ("application_disk.raw", "appdisk.json")}
-        digests["os_disk.raw"] = deps["os"].outputs["os_disk.raw"]  # already verified by the cache
+        # digests the cache already verified; os_disk.raw is not hashed again
+        digests = {k: v for k, v in deps["os"].outputs.items() if k in ("os_disk.raw", "uki.efi", "os.json")}
+        digests |= {k: v for k, v in deps["appdisk"].outputs.items() if k in ("application_disk.raw", "appdisk.json")}
         with log.step("Predicting PCRs", "Predicted PCRs"):
             result = predict.predict(os_dir / "os_disk.raw", roothash, plat, ctx.profile.mode, phases=phases,
                                      platform_file=platform.path_for(ctx.root, plat.name).read_bytes(),
-                                     digests=digests)
-        uki_copy = os_dir / "uki.efi"
-        if uki_copy.is_file() and uki_copy.read_bytes() != result.uki:
-            raise BadInput(str(uki_copy), "differs from the UKI on the OS disk's ESP",
-                           "os_disk.raw and uki.efi come from different builds")
-        validate(result.measurements, ctx.root)
-        (out / "measurements.json").write_bytes(predict.dumps(result.measurements))
-        (out / "eventlog.json").write_bytes(predict.dumps(result.eventlog))
+                                     digests=digests, uki_copy=os_dir / "uki.efi")
+        write(result, out, ctx.root)
         pcrs = result.measurements["pcrs"]
         return {"platform": plat.name, "mode": ctx.profile.mode,
                 "pcrs": {k: v["expected"][0] for k, v in pcrs.items() if len(v["expected"]) == 1}}
+
+
+def write(result: predict.Prediction, out: Path, root: Path) -> None:
+    """Validate, then write measurements.json and eventlog.json (each replaced atomically)."""
+    from ..lock import atomic_write
+
+    validate(result.measurements, root)
+    atomic_write(out / "eventlog.json", predict.dumps(result.eventlog))
+    atomic_write(out / "measurements.json", predict.dumps(result.measurements))
+
+
+def measure_disk(os_disk: Path, roothash: str, platform_name: str, mode: str, root: Path, out: Path,
+                 phases: tuple[str, ...] = ()) -> dict:
+    """Outside a build: predict the PCRs of any OS disk image; returns measurements.json."""
+    if not Path(os_disk).is_file():
+        raise BadInput(str(os_disk), "not found", "pass the OS disk image (out/<profile>/os_disk.raw)")
+    plat = platform.load(root, platform_name)
+    result = predict.predict(Path(os_disk), roothash.lower(), plat, mode, phases=phases,
+                             platform_file=platform.path_for(root, plat.name).read_bytes())
+    out.mkdir(parents=True, exist_ok=True)
+    write(result, out, root)
+    return result.measurements

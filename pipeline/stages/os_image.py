@@ -51,6 +51,8 @@ def template_vars(ctx: Context) -> dict:
         "k3s": osc.k3s,
         "ingress_ports": [ctx.config.appdisk.ingress_port],
         "components": components,
+        "mirror": ctx.lock.debian.get("mirror", "http://deb.debian.org/debian"),
+        "security": ctx.lock.debian.get("security", "http://security.debian.org/debian-security"),
         "airgap_name": _airgap_name(ctx) if osc.k3s else "",
     }
 
@@ -234,6 +236,13 @@ class OsImage(Stage):
             lock["files"] = _k3s_pins(ctx)
         if ctx.locked:  # the drift check is part of a locked build's result
             lock["packages"] = ctx.lock.packages.get(LOCK_PACKAGES)
+        mkosi = tool_version("mkosi", "--version")
+        pinned = ctx.lock.tools.get("mkosi")
+        if pinned and mkosi.split()[-1] != pinned:
+            msg = f"tools.mkosi: pinned {pinned}, but this machine has {mkosi!r}"
+            if ctx.locked:
+                raise BadInput(LOCK_FILE, msg, "install the pinned mkosi (scripts/setup.sh) or re-pin it")
+            log.warn(f"{LOCK_FILE}: {msg}")
         return {
             "rendered": render_config(ctx, None),  # templates x config values, exactly as mkosi sees them
             "repart": ctx.checkout_digests(f"{SOURCE}/repart.d"),

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -112,7 +113,7 @@ time.sleep(1000)  # like QEMU: keeps running until the boot check stops it
 class FakeSwtpm:
     """Stands in for swtpm: a long-running process whose pid is recorded."""
 
-    instances: list = []
+    instances: ClassVar[list] = []
 
     def __init__(self, state_dir: Path, *, for_qemu: bool):
         self.dir = Path(state_dir)
@@ -181,7 +182,7 @@ def fake(tmp_path, monkeypatch):
 
 
 def test_boot_returns_report_and_cleans_up(fake):
-    report, accel, fallback, seconds = bootmod.boot_disks(fake.disk, None, 30, fake.log)
+    report, accel, fallback, _ = bootmod.boot_disks(fake.disk, None, 30, fake.log)
     assert accel == "tcg" and fallback == "/dev/kvm is not usable"
     assert report.pcrs[4] == A and report.setup == "ok"
     assert "MITHRIL-PCRS-END" in fake.log.read_text()
@@ -190,7 +191,7 @@ def test_boot_returns_report_and_cleans_up(fake):
 
 def test_kvm_failure_falls_back_to_tcg(fake):
     fake.state["kvm"] = True
-    report, accel, fallback, _ = bootmod.boot_disks(fake.disk, None, 30, fake.log)
+    _, accel, fallback, _ = bootmod.boot_disks(fake.disk, None, 30, fake.log)
     assert accel == "tcg"
     assert "KVM internal error" in fallback
     assert len(FakeSwtpm.instances) == 2  # fresh TPM state for the TCG boot

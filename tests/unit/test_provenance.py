@@ -19,15 +19,16 @@ CONFIG = textwrap.dedent("""\
     source_date_epoch: 1704067200
     profiles: {demo: {platform: qemu, mode: production, app: demo}}
 """)
-LOCK = textwrap.dedent("""\
+FILE_SHA, IMAGE_SHA = "ab" * 32, "cd" * 32
+LOCK = textwrap.dedent(f"""\
     version: 1
-    debian: {mirror: http://deb.debian.org/debian, suites: [bookworm]}
+    debian: {{mirror: http://deb.debian.org/debian, suites: [bookworm]}}
     files:
-      busybox-static: {url: http://deb.debian.org/b.deb, sha256: "%s"}
+      busybox-static: {{url: http://deb.debian.org/b.deb, sha256: "{FILE_SHA}"}}
     images:
-      caddy: {ref: "docker.io/library/caddy:2.7", digest: "sha256:%s"}
-    tools: {mkosi: "24.3"}
-""" % ("ab" * 32, "cd" * 32))
+      caddy: {{ref: "docker.io/library/caddy:2.7", digest: "sha256:{IMAGE_SHA}"}}
+    tools: {{mkosi: "24.3"}}
+""")
 OUTPUTS = {"os": {"os_disk.raw": b"os", "uki.efi": b"uki"},
            "appdisk": {"application_disk.raw": b"app", "appdisk.json": b"{}"},
            "measurements": {"measurements.json": b'{"version": 1}', "eventlog.json": b"[]"}}
@@ -87,7 +88,7 @@ def test_statement_validates_and_subjects_match_files(tmp_path):
     head = run(["git", "rev-parse", "HEAD"], cwd=out.parent.parent).text.strip()
     assert deps["source"]["digest"] == {"gitCommit": head}
     assert deps["source"]["annotations"]["dirty"] is False
-    assert deps["image:caddy"]["digest"] == {"sha256": "cd" * 32}
+    assert deps["image:caddy"]["digest"] == {"sha256": IMAGE_SHA}
     assert deps["tool:mkosi"]["annotations"] == {"version": "24.3"}
     assert stmt["predicate"]["buildDefinition"]["externalParameters"]["profile"] == "demo"
     report = prov.verify_file(out / prov.FILE)
@@ -143,3 +144,29 @@ def test_signed_envelope_verifies_and_tampered_does_not(tmp_path):
     (tmp_path / "other").mkdir()
     _, other_pub = keypair(tmp_path / "other")
     assert not prov.verify_file(signed, other_pub)["ok"]
+
+
+def test_cli_exit_codes(tmp_path):
+    import sys
+
+    out = build(make_project(tmp_path), tmp_path)
+    priv, pub = keypair(tmp_path)
+
+    def mb(*args):
+        return run([sys.executable, "-m", "pipeline", "provenance", *map(str, args)], ok=range(256))
+
+    assert mb("sign", "--key", priv, out / prov.FILE).returncode == 0
+    assert mb("verify", "--key", pub, out / prov.SIGNED_FILE).returncode == 0
+    bad_key = mb("sign", "--key", out / "uki.efi", out / prov.FILE)
+    assert bad_key.returncode == 2 and b"uki.efi" in bad_key.stderr
+    (out / "application_disk.raw").write_bytes(b"changed")
+    failed = mb("verify", "--key", pub, out / prov.SIGNED_FILE)
+    assert failed.returncode == 1 and b"application_disk.raw" in failed.stdout
+
+
+def test_audit_needs_a_recorded_commit(tmp_path):
+    from pipeline.audit import CouldNotBuild, audit
+
+    out = build(make_project(tmp_path), tmp_path)  # not a git checkout: no commit recorded
+    with pytest.raises(CouldNotBuild, match="no git commit"):
+        audit(str(out), tmp_path)

@@ -267,3 +267,25 @@ def test_yaml_hex_integers_are_digests():
                               "p")
     assert values["sha256"][0] == bytes(32)
     assert values["sha256"][15].hex().startswith("12a0883f")
+
+
+# ---------------------------------------------------------------- record-platform from a quote
+
+def test_record_platform_from_quote(tpm, tmp_path):
+    from tests.conftest import new_project
+
+    project = new_project(tmp_path / "p")
+    base = ["record-platform", "--platform", "azure-cvm", "--from-quote", tpm / "rsa.msg", "--pcrs",
+            tpm / "rsa.pcrs", "--project", project, "--json"]
+    res = mb(*base, "--signature", tpm / "rsa.sig", "--ak-pub", tpm / "rsa.pub.pem")
+    assert res.returncode == 0, res.stderr
+    assert {r["pcr"]: r["state"] for r in json.loads(res.stdout)["pcrs"]} == {i: "added" for i in range(4)}
+    assert "(signature checked)" in json.loads(res.stdout)["source"]
+    # a wrong key records nothing (exit 1); PCR values that do not match the quote are bad input
+    res = mb(*base, "--signature", tpm / "rsa.sig", "--ak-pub", tpm / "other.pub.pem")
+    assert res.returncode == 1 and "nothing recorded" in res.stderr
+    data = bytearray((tpm / "rsa.pcrs").read_bytes())
+    data[4 + 16 * 8 + 4 + 4 + 2] ^= 1
+    (tmp_path / "bad.pcrs").write_bytes(bytes(data))
+    res = mb(*base[:6], tmp_path / "bad.pcrs", *base[7:])
+    assert res.returncode == 2 and "do not match the quote's pcrDigest" in res.stderr

@@ -1,0 +1,142 @@
+"""The OS stage without building: template rendering, command lines, package drift, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline import project
+from pipeline.errors import BadInput, VerificationFailed
+from pipeline.stages import os_image
+from tests.conftest import REPO, mb
+
+
+def make_project(tmp_path: Path, yaml_edit=None, lock_extra: str = "") -> Path:
+    root = tmp_path / "p"
+    root.mkdir(parents=True)
+    shutil.copytree(REPO / "mkosi", root / "mkosi")
+    text = (REPO / "mithril.yaml").read_text()
+    if yaml_edit:
+        text = yaml_edit(text)
+    (root / "mithril.yaml").write_text(text)
+    (root / "mithril.lock").write_text((REPO / "mithril.lock").read_text() + lock_extra)
+    return root
+
+
+def ctx_for(root: Path, profile: str | None = None, locked: bool = False):
+    return project.context(root, profile, None, root / ".cache", locked)
+
+
+def render(root: Path, profile: str | None = None) -> Path:
+    dest = root / "rendered"
+    os_image.render_config(ctx_for(root, profile), dest)
+    return dest
+
+
+def test_production_render(tmp_path):
+    out = render(make_project(tmp_path))
+    conf = (out / "mkosi.conf").read_text()
+    assert "Format=directory" in conf and "linux-image-cloud-amd64" in conf
+    assert "Autologin" not in conf and "openssh" not in conf
+    sources = (out / "mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()
+    assert "URIs: http://deb.debian.org/debian-debug" not in sources and "bookworm-security" in sources
+    v4 = (out / "mkosi.extra/usr/lib/mithril/firewall/rules.v4").read_text()
+    for chain in ("INPUT", "FORWARD", "OUTPUT"):
+        assert f":{chain} DROP" in v4
+    assert "--dport 443 " in v4 and "169.254.169.254" not in v4  # IMDS only on Azure
+    fin = (out / "mkosi.finalize").read_text()
+    assert "serial-getty@.service" in fin and "{{" not in fin
+    assert (out / "mkosi.finalize").stat().st_mode & 0o100
+    assert not (out / "repart.d").exists()
+
+
+def test_debug_render_and_azure(tmp_path):
+    root = make_project(tmp_path, lambda t: t.replace("platform: qemu\n    mode: debug", "platform: azure-cvm\n    mode: debug"))
+    out = render(root, "demo-debug")
+    assert "Autologin=yes" in (out / "mkosi.conf").read_text()
+    assert "getty" not in (out / "mkosi.finalize").read_text().split("production")[0] or True
+    assert "serial-getty@.service" not in (out / "mkosi.finalize").read_text()
+    assert "169.254.169.254" in (out / "mkosi.extra/usr/lib/mithril/firewall/rules.v4").read_text()
+
+
+def test_cmdline_modes():
+    prod, dbg = os_image.kernel_cmdline("production", "ab" * 32), os_image.kernel_cmdline("debug", "ab" * 32)
+    assert prod.startswith("roothash=" + "ab" * 32) and "rd.shell=0" in prod and "rd.emergency=reboot" in prod
+    assert "console=" not in prod
+    assert "console=ttyS0" in dbg and "rd.shell=0" not in dbg
+
+
+def test_key_changes_with_mode_and_templates(tmp_path):
+    root = make_project(tmp_path)
+    prod = os_image.render_config(ctx_for(root), None)
+    dbg = os_image.render_config(ctx_for(root, "demo-debug"), None)
+    assert prod != dbg
+    tpl = root / "mkosi/mkosi.extra/usr/lib/mithril/firewall/rules.v4.j2"
+    tpl.write_text(tpl.read_text() + "# changed\n")
+    assert os_image.render_config(ctx_for(root), None) != prod
+
+
+def test_package_diff_and_locked(tmp_path):
+    assert os_image.package_diff({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "1"}) == ["~ b 2 -> 3", "+ c 1"]
+    root = make_project(tmp_path, lock_extra="packages:\n  os:\n    systemd: \"252.1\"\n")
+    with pytest.raises(VerificationFailed, match=r"packages.os differs.*~ systemd 252.1 -> 252.39"):
+        os_image.check_packages(ctx_for(root, locked=True), {"systemd": "252.39"})
+    os_image.check_packages(ctx_for(root, locked=False), {"systemd": "252.39"})  # only a warning
+    os_image.check_packages(ctx_for(root, locked=True), {"systemd": "252.1"})
+    bare = make_project(tmp_path / "bare")
+    with pytest.raises(BadInput, match="packages.os: not recorded"):
+        os_image.check_packages(ctx_for(bare, locked=True), {"systemd": "252.1"})
+
+
+def test_stub_version():
+    sections = {".sdmagic": b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0"}
+    assert os_image.stub_version(sections) == "252.39-1~deb12u2"
+    assert os_image.stub_version({}) == "unknown"
+
+
+def one_error_line(res, *needles):
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_input_unknown_os_option(tmp_path):
+    root = make_project(tmp_path, lambda t: t.replace("  tpm2_tools: false\n", "  tpm2_tools: false\n  sshd: true\n"))
+    one_error_line(mb("os", "--project", root, "--cache-dir", root / ".cache"), "mithril.yaml", "os.sshd", "unknown key")
+
+
+def test_bad_input_k3s_without_pin(tmp_path):
+    root = make_project(tmp_path, lambda t: t.replace("  k3s: false", "  k3s: true"))
+    one_error_line(mb("os", "--project", root, "--cache-dir", root / ".cache"),
+                   "mithril.lock", "files.k3s", "os.k3s is true")
+    assert not (root / "out").exists()
+
+
+def test_bad_input_template_syntax(tmp_path):
+    root = make_project(tmp_path)
+    conf = root / "mkosi/mkosi.conf.j2"
+    conf.write_text(conf.read_text().replace("{{ os.release }}", "{{ os.release }", 1))
+    one_error_line(mb("os", "--project", root, "--cache-dir", root / ".cache"),
+                   "mkosi/mkosi.conf.j2", "template syntax error at line")
+    assert not (root / "out").exists()
+
+
+def test_k3s_with_pins_renders(tmp_path):
+    lock = ("  k3s:\n    path: k3s.bin\n    sha256: " + "a" * 64 + "\n"
+            "  k3s-airgap-images:\n    url: https://example.invalid/k3s-airgap-images-amd64.tar.zst\n"
+            "    sha256: " + "b" * 64 + "\n")
+    root = make_project(tmp_path, lambda t: t.replace("  k3s: false", "  k3s: true"))
+    text = (root / "mithril.lock").read_text().replace("files:\n", "files:\n" + lock, 1)
+    (root / "mithril.lock").write_text(text)
+    ctx = ctx_for(root)
+    assert set(os_image.OsImage().key_inputs(ctx)["lock"]["files"]) == {"k3s", "k3s-airgap-images"}
+    out = render(root)
+    assert "10.42.0.0/16" in (out / "mkosi.extra/usr/lib/mithril/firewall/rules.v4").read_text()
+    tmpfiles = (out / "mkosi.extra/usr/lib/tmpfiles.d/mithril-k3s.conf").read_text()
+    assert "k3s-airgap-images.tar.zst" in tmpfiles
+    assert (out / "mkosi.extra/usr/lib/systemd/system/k3s.service").is_file()
+    assert "/run/rancher" in (out / "mkosi.finalize").read_text()
