@@ -22,5 +22,9 @@ python3 /scripts/versions.py > /out/versions.json
 python3 /scripts/convert_checkpoint.py --family "$family" --model_dir /weights \
     --output_dir "$checkpoint" --dtype "$dtype" --tp_size "$tp"
 "$@"
-# Greedy token ids for fixed prompts: what auditors compare across rebuilds.
-python3 /scripts/fingerprint.py --engine_dir /out/engine --tokenizer_dir /weights > /out/fingerprint.json
+# Greedy token ids for fixed prompts: what auditors compare across rebuilds (one MPI rank per GPU).
+fingerprint=(python3 /scripts/fingerprint.py --engine_dir /out/engine --tokenizer_dir /weights)
+if [[ $tp -gt 1 ]]; then
+    fingerprint=(mpirun --allow-run-as-root -n "$tp" "${fingerprint[@]}")
+fi
+"${fingerprint[@]}" > /out/fingerprint.json

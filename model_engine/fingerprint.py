@@ -22,11 +22,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from tensorrt_llm import mpi_rank
     from tensorrt_llm.runtime import ModelRunner
     from transformers import AutoTokenizer
 
+    rank = mpi_rank()  # 0 unless started under mpirun (tensor parallelism)
     tok = AutoTokenizer.from_pretrained(args.tokenizer_dir)
-    runner = ModelRunner.from_dir(engine_dir=args.engine_dir, rank=0)
+    runner = ModelRunner.from_dir(engine_dir=args.engine_dir, rank=rank)
     end_id = tok.eos_token_id
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else end_id
     results = []
@@ -36,6 +38,8 @@ def main() -> None:
                               temperature=1.0, top_k=1, top_p=0.0, num_beams=1)
         tokens = out[0][0].tolist()[len(ids):len(ids) + NEW_TOKENS]
         results.append({"prompt": prompt, "input_ids": ids.tolist(), "output_ids": tokens})
+    if rank != 0:
+        return
     print(json.dumps({"method": "greedy top_k=1", "new_tokens": NEW_TOKENS, "results": results},
                      indent=2, sort_keys=True))
 

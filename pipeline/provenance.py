@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import BadInput, VerificationFailed
+from .errors import BadInput, ToolFailed, VerificationFailed
 from .lock import atomic_write, sha256_file
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -60,13 +60,20 @@ def statement(subjects: list[dict], external: dict, internal: dict, dependencies
     return stmt
 
 
+def _missing(e: ImportError) -> ToolFailed:
+    return ToolFailed(f"{e.name} is not installed: pip install 'mithril-build[provenance]'")
+
+
 def validate(stmt: dict) -> None:
     """Check the statement against the in-toto v1 and SLSA provenance v1 protos; raise ValueError."""
-    from google.protobuf import json_format
-    from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
-    from in_toto_attestation.v1 import statement_pb2
-    from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
-    from in_toto_attestation.v1.statement import Statement
+    try:
+        from google.protobuf import json_format
+        from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+        from in_toto_attestation.v1 import statement_pb2
+        from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+        from in_toto_attestation.v1.statement import Statement
+    except ImportError as e:
+        raise _missing(e) from None
 
     if not isinstance(stmt, dict):
         raise ValueError("the statement is not a JSON object")  # noqa: TRY004 (callers expect ValueError)
@@ -105,7 +112,11 @@ def _safe_relpath(name: str) -> bool:
 def _load_private_key(path: Path):
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    from securesystemslib.signer import CryptoSigner
+
+    try:
+        from securesystemslib.signer import CryptoSigner
+    except ImportError as e:
+        raise _missing(e) from None
 
     try:
         data = path.read_bytes()
@@ -123,7 +134,11 @@ def _load_private_key(path: Path):
 def load_public_key(path: Path):
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
-    from securesystemslib.signer import SSlibKey
+
+    try:
+        from securesystemslib.signer import SSlibKey
+    except ImportError as e:
+        raise _missing(e) from None
 
     try:
         return SSlibKey.from_crypto(load_pem_public_key(path.read_bytes()))
@@ -132,6 +147,15 @@ def load_public_key(path: Path):
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise BadInput(str(path), f"not a usable PEM public key ({type(e).__name__})",
                        "pass the public half: openssl pkey -in key.pem -pubout") from None
+
+
+def _dsse():
+    try:
+        from securesystemslib.dsse import Envelope
+        from securesystemslib.exceptions import VerificationError
+    except ImportError as e:
+        raise _missing(e) from None
+    return Envelope, VerificationError
 
 
 def _read_lines(path: Path) -> list[dict]:
@@ -154,8 +178,7 @@ def _read_lines(path: Path) -> list[dict]:
 
 def sign_file(path: Path, key: Path, output: Path | None = None) -> Path:
     """Wrap every statement of `path` in a DSSE envelope signed with `key`; one envelope a line."""
-    from securesystemslib.dsse import Envelope
-
+    Envelope, _ = _dsse()
     signer = _load_private_key(key)
     lines = []
     for n, stmt in enumerate(_read_lines(path), 1):
@@ -177,9 +200,7 @@ def verify_file(path: Path, public_key: Path | None = None, out_dir: Path | None
     """Check signature (when a key is given), statement and predicate types, and every subject's
     sha256 against the files in out_dir (default: the file's folder). Returns a report whose
     `problems` list is empty when everything holds."""
-    from securesystemslib.dsse import Envelope
-    from securesystemslib.exceptions import VerificationError
-
+    Envelope, VerificationError = _dsse()
     key = load_public_key(public_key) if public_key else None
     out_dir = out_dir or path.parent
     problems: list[str] = []

@@ -63,7 +63,7 @@ class PeImage:
         if self.cert_size and self.cert_offset + self.cert_size > len(data):
             raise BadInput(where, "attribute certificate table runs past the end of the file")
         self.sections = tuple(sections)
-        self._digests: dict[str, bytes] = {}
+        self._digests: dict[str, bytes] = {}  # section name (or "authenticode") -> sha256
 
     def section(self, name: str) -> Section | None:
         found = [s for s in self.sections if s.name == name]
@@ -86,6 +86,11 @@ class PeImage:
 
     def authenticode(self) -> bytes:
         """The Authenticode SHA-256 digest (as firmware measures it into PCR 4)."""
+        if "authenticode" not in self._digests:
+            self._digests["authenticode"] = self._authenticode()
+        return self._digests["authenticode"]
+
+    def _authenticode(self) -> bytes:
         d = memoryview(self.data)
         h = hashlib.sha256()
         h.update(d[:self._checksum_at])

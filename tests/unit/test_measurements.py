@@ -188,3 +188,14 @@ def test_unknown_platform_exit_2(os_disk252, tmp_path):
     res, out = run_measure_disk(os_disk252, tmp_path, "--platform", "amiga")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown platform 'amiga'" in res.stderr
     assert not (out / "measurements.json").exists()
+
+
+def test_explain_needs_a_pcr_index(tmp_path):
+    from tests.conftest import new_project
+
+    project = new_project(tmp_path / "p")
+    res = mb("measurements", "--project", project, "--explain", "x")
+    assert res.returncode == 2 and "is not a PCR index" in res.stderr
+    res = mb("plan", "measurements", "--project", project, "--json")
+    assert res.returncode == 0, res.stderr
+    assert [r["stage"] for r in json.loads(res.stdout)][-1] == "measurements"

@@ -230,3 +230,16 @@ def test_config_rejects_inconsistent_lengths():
         config.ModelConfig(repo="a/b", family="gpt", max_input_len=1024, max_seq_len=1024)
     with pytest.raises(ValidationError, match="inflight_batching needs paged_kv_cache"):
         config.ModelConfig(repo="a/b", family="gpt", paged_kv_cache=False)
+
+
+def test_container_scripts_are_well_formed():
+    """The scripts only run inside the NVIDIA image; here they are at least syntax-checked."""
+    from pipeline.run import run
+
+    src = REPO / "model_engine"
+    run(["bash", "-n", src / "build_engine.sh"])
+    assert (src / "build_engine.sh").stat().st_mode & 0o111
+    for path in [*src.glob("*.py"), *src.glob("triton/*/1/model.py"), src / "triton/tensorrt_llm/model_pytorch.py"]:
+        compile(path.read_text(), str(path), "exec")
+    text = (src / "build_engine.sh").read_text()
+    assert "convert_checkpoint.py" in text and '"$@"' in text and "fingerprint.py" in text
