@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.errors import ToolFailed  # noqa: E402
-from pipeline.measure import gpt, pcr11, platform, predict  # noqa: E402
-from pipeline.measure.pcr import Simulator, sha256  # noqa: E402
-from pipeline.project import REPO  # noqa: E402
-from pipeline.run import SYSTEM_PATH, run  # noqa: E402
-from tests import ukifixture as U  # noqa: E402
+from pipeline.errors import ToolFailed
+from pipeline.measure import gpt, pcr11, platform, predict
+from pipeline.measure.pcr import Simulator
+from pipeline.project import REPO
+from pipeline.run import SYSTEM_PATH, run
+from tests import ukifixture as U
 
 ENV = {"PATH": SYSTEM_PATH, "MTOOLS_SKIP_CHECK": "1"}
 ROOTHASH = "5b1f9a2c" * 8

@@ -58,7 +58,7 @@ class FatFs:
         self.path = Path(path)
         self.where = where or str(path)
         self.offset = offset
-        self._f = open(path, "rb")
+        self._f = open(path, "rb")  # noqa: SIM115 (closed by close() / __exit__)
         try:
             self._parse(size)
         except BaseException:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,10 +48,9 @@ def predict(os_disk: Path, roothash: str, platform: Platform, mode: str, *, phas
     """
     if mode not in ("production", "debug"):
         raise BadInput("profile", f"mode: expected production or debug, got {mode!r}")
-    try:
-        root = bytes.fromhex(roothash)
-    except (ValueError, TypeError):
-        raise BadInput("appdisk.json", f"roothash: not hex: {roothash!r}") from None
+    if not (isinstance(roothash, str) and re.fullmatch(r"[0-9a-fA-F]{64}", roothash)):
+        raise BadInput("roothash", f"not 64 hex digits: {roothash!r}", "pass the app disk's dm-verity root hash")
+    root = bytes.fromhex(roothash)
     with open_esp(os_disk) as esp:
         files = esp.walk()
         pcr12_13.check_esp(files, esp.where)

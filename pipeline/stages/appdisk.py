@@ -114,18 +114,10 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
         values["triton"] = triton_manifest_values(ctx, model.record)
         shutil.copytree(model.dir / "model_repository", tree / "model", symlinks=True)
         shutil.copy2(model.dir / "engine.json", tree / "model" / "engine.json")
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(src), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
-    values["caddyfile"] = _render(env, "Caddyfile.j2", values) if (src / "Caddyfile.j2").exists() else ""
-    for folder, dest in (("manifests", "manifests"), ("networkpolicies", "manifests/networkpolicies")):
-        for path in sorted((src / folder).glob("*.j2")):
-            text = _render(env, f"{folder}/{path.name}", values)
-            if text.strip():  # a template that renders empty does not apply to this app
-                target = tree / dest / path.name.removesuffix(".j2")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text.strip() + "\n")
+    env = _env(src)
+    for rel, text in render_manifests(env, src, values).items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
     for folder in ("setup.d", "run.d"):
         if not any((src / folder / n).is_file() for n in ("main", "main.j2")):
             raise BadInput(f"{SOURCE}/{folder}/main", "missing", "every app disk needs setup.d/main and run.d/main")
@@ -137,6 +129,26 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
             tpl.unlink()
     normalise(tree)
     return images
+
+
+def _env(src: Path):
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(src), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, autoescape=False)
+
+
+def render_manifests(env, src: Path, values: dict) -> dict[str, str]:
+    """{path on the disk: text} of the Kubernetes manifests and NetworkPolicies for these values.
+    A template that renders empty does not apply to this app and is left out."""
+    values = {**values, "caddyfile": _render(env, "Caddyfile.j2", values) if (src / "Caddyfile.j2").exists() else ""}
+    out = {}
+    for folder, dest in (("manifests", "manifests"), ("networkpolicies", "manifests/networkpolicies")):
+        for path in sorted((src / folder).glob("*.j2")):
+            text = _render(env, f"{folder}/{path.name}", values)
+            if text.strip():
+                out[f"{dest}/{path.name.removesuffix('.j2')}"] = text.strip() + "\n"
+    return out
 
 
 def check_source_links(src: Path) -> None:
@@ -244,10 +256,7 @@ def assemble(ctx: Context, work: Path, data: Path, hash_img: Path, root: bytes, 
     data_uuid, hash_uuid = split_roothash(root)
     defs = work / "repart.d"
     defs.mkdir()
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ctx.root / SOURCE / "repart.d"),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = _env(ctx.root / SOURCE / "repart.d")
     values = {"data_uuid": data_uuid, "hash_uuid": hash_uuid, "data_image": data, "hash_image": hash_img,
               "data_size": data.stat().st_size, "hash_size": -(-hash_img.stat().st_size // BLOCK) * BLOCK}
     for tpl in sorted((ctx.root / SOURCE / "repart.d").glob("*.conf.j2")):

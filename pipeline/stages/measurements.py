@@ -6,6 +6,7 @@ against measurements/schema/measurements.v1.json) and eventlog.json.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -75,8 +76,9 @@ class Measurements(Stage):
                            f"says {ctx.profile.mode!r}", "rebuild the os stage for this profile")
         phases = tuple(os_record.get("pcr11_phases", ()))  # the image masks systemd-pcrphase by default
         roothash = _json(app_dir / "appdisk.json").get("roothash")
-        if not isinstance(roothash, str) or len(roothash) != 64:
-            raise BadInput(str(app_dir / "appdisk.json"), "roothash: missing or not 64 hex digits")
+        if not (isinstance(roothash, str) and re.fullmatch(r"[0-9a-f]{64}", roothash)):
+            raise BadInput(str(app_dir / "appdisk.json"), "roothash: missing or not 64 lower-case hex digits",
+                           "rebuild the appdisk stage")
         _check_app_disk(app_dir / "application_disk.raw", roothash)
 
         # digests the cache already verified; os_disk.raw is not hashed again

@@ -80,11 +80,10 @@ def test_truncated_image(image, tmp_path):
     _, img = image
     cut = tmp_path / "cut.img"
     cut.write_bytes(img.read_bytes()[:img.stat().st_size // 2])
-    with pytest.raises(BadInput):
-        with fat.FatFs(cut) as fs:
-            fs.walk()
-            for path in FILES:
-                fs.read(path)
+    with pytest.raises(BadInput), fat.FatFs(cut) as fs:
+        fs.walk()
+        for path in FILES:
+            fs.read(path)
 
 
 def test_open_esp_needs_a_gpt_disk_with_one_esp(tmp_path, os_disk252, uki252):

@@ -154,7 +154,7 @@ def run_measure_disk(disk, tmp_path, *extra):
 
 
 def test_measure_disk_command(os_disk252, tmp_path, built):
-    res, out = run_measure_disk(os_disk252, tmp_path, "--json")
+    res, _ = run_measure_disk(os_disk252, tmp_path, "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["pcrs"] == load(built)["pcrs"]
 
@@ -199,3 +199,15 @@ def test_explain_needs_a_pcr_index(tmp_path):
     res = mb("plan", "measurements", "--project", project, "--json")
     assert res.returncode == 0, res.stderr
     assert [r["stage"] for r in json.loads(res.stdout)][-1] == "measurements"
+
+
+def test_bad_roothash_exit_2(os_disk252, tmp_path):
+    res = mb("measure-disk", os_disk252, "--roothash", "xyz", "-o", tmp_path / "out")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "roothash: not 64 hex digits" in res.stderr
+
+
+def test_appdisk_record_must_match_the_app_disk(os_disk252, uki252, tmp_path):
+    dep = deps(tmp_path, os_disk252, uki252.read_bytes())
+    (dep["appdisk"].dir / "appdisk.json").write_text(json.dumps({"roothash": OTHER_ROOTHASH}))
+    with pytest.raises(BadInput, match="are not the halves of roothash"):
+        build(tmp_path, dep)
