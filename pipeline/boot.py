@@ -176,6 +176,10 @@ def _attempt(accel: str, work: Path, os_disk: Path, app_disk: Path | None, deadl
             if "MITHRIL-PCRS-END" in text and (report := parse_serial(text)) is not None:
                 return report, time.monotonic() - start
             running = qemu.alive()
+            if not running:  # the guest may have powered off right after printing
+                text = serial.read_bytes().decode("utf-8", "replace") if serial.exists() else ""
+                if (report := parse_serial(text)) is not None:
+                    return report, time.monotonic() - start
             if accel == "kvm":
                 err = qemu_out.read_text(errors="replace") if qemu_out.exists() else ""
                 if bad := next((e for e in KVM_ERRORS if e in err), None):
@@ -185,9 +189,6 @@ def _attempt(accel: str, work: Path, os_disk: Path, app_disk: Path | None, deadl
                 if not text.strip() and time.monotonic() - start > KVM_WINDOW:
                     raise _KvmFailed(f"no serial output within {KVM_WINDOW:.0f} s")
             if not running:
-                text = serial.read_bytes().decode("utf-8", "replace") if serial.exists() else ""
-                if (report := parse_serial(text)) is not None:
-                    return report, time.monotonic() - start
                 raise ToolFailed(f"QEMU exited (status {qemu.returncode()}) before the guest printed its "
                                  f"PCRs; see the serial log\n{_tail(qemu_out)}")
             if time.monotonic() > deadline:

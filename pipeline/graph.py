@@ -71,6 +71,18 @@ def tree_digests(base: Path, *relpaths: str) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+PACKAGE = Path(__file__).resolve().parent
+
+
+@functools.cache
+def code_digest(stage_cls: type) -> str:
+    """sha256 over the stage's module and its declared `code` files (package-relative)."""
+    import inspect
+
+    own = Path(inspect.getfile(stage_cls)).resolve()
+    return digest({"module": sha256_file(own), "code": tree_digests(PACKAGE, *stage_cls.code)})
+
+
 @dataclass(frozen=True)
 class Context:
     root: Path
@@ -109,6 +121,9 @@ class Stage:
     name: ClassVar[str]
     version: ClassVar[int] = 1
     deps: ClassVar[tuple[str, ...]] = ()
+    # Package files (besides the stage's own module) whose code shapes the result: a change to
+    # any of them, like a change to `version`, is a cache miss.
+    code: ClassVar[tuple[str, ...]] = ()
 
     def enabled(self, ctx: Context) -> bool:
         return True
@@ -169,7 +184,7 @@ class Orchestrator:
         return [s for n, s in self.stages.items() if n in want and s.enabled(self.ctx)]
 
     def key_fields(self, stage: Stage, deps: dict[str, StageResult]) -> dict:
-        return {"stage": stage.name, "version": stage.version,
+        return {"stage": stage.name, "version": stage.version, "code": code_digest(type(stage)),
                 "inputs": stage.key_inputs(self.ctx),
                 "deps": {n: r.outputs for n, r in sorted(deps.items())}}
 
@@ -205,18 +220,20 @@ class Orchestrator:
         return "changed: " + "; ".join(changed[:8]) + more
 
     def run(self, targets: list[str], explain: bool = False, force: bool = False) -> dict[str, StageResult]:
+        """Build the targets and what they depend on; `force` rebuilds the targets themselves only."""
         results: dict[str, StageResult] = {}
         with self.cache.exclusive():
             for stage in self.selected(targets):
                 deps = {d: results[d] for d in stage.deps if d in results}
                 fields = self.key_fields(stage, deps)
                 key = digest(fields)
-                hit = None if force else self.cache.lookup(stage.name, key)
+                forced = force and stage.name in targets
+                hit = None if forced else self.cache.lookup(stage.name, key)
                 if hit:
                     log.info(f"✓ {stage.name}: cached ({key[:12]})")
                     results[stage.name] = hit
                 else:
-                    why = "forced" if force else self._why(stage, fields)
+                    why = "forced" if forced else self._why(stage, fields)
                     if explain:
                         log.info(f"{stage.name}: not cached: {why}")
                     results[stage.name] = self._build(stage, key, fields, deps)

@@ -45,6 +45,7 @@ class AppDisk(Stage):
     name = "appdisk"
     version = 1
     deps = ("model",)
+    code = ("archive.py", "oci.py", "measure/verity.py", "measure/gpt.py")
 
     def key_inputs(self, ctx: Context) -> dict:
         lock = {f"images.{n}": ctx.lock.entry("images", n) for n in lock_images(ctx)}

@@ -55,6 +55,7 @@ class Measurements(Stage):
     name = "measurements"
     version = 1
     deps = ("os", "appdisk")
+    code = ("measure",)
 
     def key_inputs(self, ctx: Context) -> dict:
         return {

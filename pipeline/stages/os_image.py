@@ -23,7 +23,7 @@ import jinja2
 
 from .. import log
 from ..errors import BadInput, ToolFailed, VerificationFailed
-from ..graph import Context, Stage, StageResult, canonical, tool_version, tree_digests
+from ..graph import Context, Stage, StageResult, tool_version, tree_digests
 from ..lock import LOCK_FILE, sha256_file
 from ..measure import gpt, verity
 from ..run import SYSTEM_PATH, run
@@ -93,6 +93,9 @@ def render_tree(src: Path, variables: dict, dest: Path | None, skip: tuple[str, 
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(data)
             os.chmod(out, mode)
+    if dest is not None:  # folder modes must not depend on the caller's umask (mkosi copies them)
+        for d in [dest, *(p for p in dest.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            os.chmod(d, 0o755)
     return digests
 
 
@@ -229,6 +232,7 @@ class OsImage(Stage):
     name = "os"
     version = 2  # bump when this module changes what it builds
     deps = ()
+    code = ("measure/verity.py", "measure/gpt.py")
 
     def key_inputs(self, ctx: Context) -> dict:
         lock: dict = {"debian": ctx.lock.debian}
@@ -236,6 +240,8 @@ class OsImage(Stage):
             lock["files"] = _k3s_pins(ctx)
         if ctx.locked:  # the drift check is part of a locked build's result
             lock["packages"] = ctx.lock.packages.get(LOCK_PACKAGES)
+            if lock["packages"] is None:  # fail before building, not after
+                check_packages(ctx, {})
         mkosi = tool_version("mkosi", "--version")
         pinned = ctx.lock.tools.get("mkosi")
         if pinned and mkosi.split()[-1] != pinned:
@@ -259,7 +265,9 @@ class OsImage(Stage):
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
         package_cache = ctx.cache_dir / "mkosi-packages"  # warm builds reuse the .debs
         package_cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="mithril-os-", dir=ctx.cache_dir) as tmp:
+        scratch = ctx.cache_dir / "tmp"  # emptied when the next run takes the cache lock
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="os-work-", dir=scratch) as tmp:
             return build_image(ctx, Path(tmp), out, package_cache)
 
 
@@ -474,6 +482,8 @@ def _unsquash(disk: Path, p: gpt.Partition, dest: Path) -> dict[str, str]:
     for line in listing:
         parts = line.split(None, 5)
         if len(parts) == 6 and parts[5].startswith("squashfs-root"):
+            if parts[0].startswith("d"):  # a directory's size follows from its entries' layout
+                parts[2] = "-"
             digests["meta:" + parts[5].split(" -> ")[0]] = " ".join(parts[:5])
     return digests
 
@@ -510,4 +520,4 @@ def esp_files(disk: Path) -> list[str]:
 
 
 __all__ = ["OsImage", "diff_disks", "diff_ukis", "esp_files", "kernel_cmdline", "package_diff",
-           "pe_sections", "render_config", "stub_version", "canonical"]
+           "pe_sections", "render_config", "stub_version"]

@@ -7,6 +7,7 @@ The serial logs are copied into the test's tmp dir and their paths printed (pyte
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -28,12 +29,19 @@ def tools():
             pytest.skip(f"needs {f} (apt-get install ovmf; scripts/setup.sh)")
 
 
-def keep_log(serial: Path, tmp_path: Path, name: str) -> Path:
-    kept = tmp_path / name
-    if serial.exists():
-        shutil.copyfile(serial, kept)
-    print(f"\nboot serial log: {kept}")
-    return kept
+def keep_log(serial: Path, tmp_path: Path, name: str) -> None:
+    """Copy the serial log into the test's tmp dir and, for CI artifacts, into
+    $MITHRIL_TEST_ARTIFACTS when set (pytest rotates its tmp dirs away)."""
+    if not serial.exists():
+        print(f"\nno boot serial log at {serial}")
+        return
+    targets = [tmp_path / name]
+    if os.environ.get("MITHRIL_TEST_ARTIFACTS"):
+        targets.append(Path(os.environ["MITHRIL_TEST_ARTIFACTS"]) / name)
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(serial, target)
+        print(f"\nboot serial log: {target}")
 
 
 def boot(project: Path) -> tuple[int, dict | None, str]:
@@ -56,6 +64,7 @@ def test_demo_boot_matches_every_enforced_pcr(tools, demo_build: Path, tmp_path)
     if measurements["pcrs"].get("9", {}).get("policy") == "enforce":
         required.append("PCR 9")
     table = "\n".join(f"{r['check']:<13} {r['result']:<9} {r['policy']:<8} {r['actual']}" for r in data["rows"])
+    print(f"\n{table}\naccel {data['accel']}, {data['seconds']} s to the PCR print")
     for check in required:
         assert check in rows, f"{check} is not in measurements.json\n{table}"
         assert rows[check]["policy"] == "enforce", table
@@ -89,5 +98,6 @@ def test_tampered_app_disk_fails_the_boot_check(tools, demo_build: Path, tmp_pat
     keep_log(out / "boot-serial.log", tmp_path, "boot-serial-tampered.log")
     assert data is not None, f"the tampered boot did not reach the PCR print (exit {code}):\n{err[-3000:]}"
     rows = {r["check"]: r for r in data["rows"]}
+    print("\n" + "\n".join(f"{c:<13} {r['result']:<9} {r['actual']}" for c, r in rows.items()))
     assert code == 1 and not data["ok"]
     assert rows["PCR 15"]["result"] != "ok" or rows["app setup"]["result"] != "ok", rows

@@ -49,10 +49,14 @@ def test_audit_rebuilds_the_recorded_commit(demo_project: Path, demo_build: Path
 
     repo = tmp_path / "repo"
     shutil.copytree(demo_project, repo, symlinks=True, ignore=shutil.ignore_patterns("out", ".mithril"))
+    cache = demo_project / ".mithril" / "cache"
+    # A --locked build needs the OS package versions recorded: build, `lock`, then commit.
+    for args in (("all", "--unlocked"), ("lock",)):
+        res = mb(*args, "--project", repo, "--cache-dir", cache, timeout=3600)
+        assert res.returncode == 0, res.stderr[-4000:]
     for argv in (["init", "-q"], ["add", "-A"],
                  ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "release"]):
         run(["git", *argv], cwd=repo)
-    cache = demo_project / ".mithril" / "cache"
     res = mb("all", "--project", repo, "--locked", "--cache-dir", cache, timeout=3600)
     assert res.returncode == 0, res.stderr[-4000:]
     release = repo / "out" / "demo"

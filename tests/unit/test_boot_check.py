@@ -95,7 +95,7 @@ FAKE_QEMU = r"""
 import os, sys, time
 accel, serial, pidfile, mode = sys.argv[1:5]
 open(pidfile, "a").write(f"{os.getpid()}\n")
-if accel == "kvm" and mode != "kvm-ok":
+if accel == "kvm" and mode not in ("kvm-ok", "print-exit"):
     print("KVM internal error. Suberror: 1", file=sys.stderr, flush=True)
     time.sleep(1000)
 with open(serial, "w") as f:
@@ -106,6 +106,8 @@ with open(serial, "w") as f:
         sys.exit(1)
     time.sleep(0.3)
     f.write(sys.argv[5]); f.flush()
+if mode == "print-exit":  # the guest powers itself off after printing
+    sys.exit(0)
 time.sleep(1000)  # like QEMU: keeps running until the boot check stops it
 """
 
@@ -202,6 +204,14 @@ def test_kvm_that_works_is_used(fake):
     fake.state.update(kvm=True, mode="kvm-ok")
     _, accel, fallback, _ = bootmod.boot_disks(fake.disk, None, 30, fake.log)
     assert (accel, fallback) == ("kvm", None)
+    fake.assert_clean()
+
+
+@pytest.mark.parametrize("kvm", [False, True])
+def test_guest_power_off_after_print_is_success(fake, kvm):
+    fake.state.update(kvm=kvm, mode="print-exit")
+    report, accel, _, _ = bootmod.boot_disks(fake.disk, None, 30, fake.log)
+    assert report.pcrs[4] == A and accel == ("kvm" if kvm else "tcg")
     fake.assert_clean()
 
 

@@ -140,3 +140,10 @@ def test_k3s_with_pins_renders(tmp_path):
     assert "k3s-airgap-images.tar.zst" in tmpfiles
     assert (out / "mkosi.extra/usr/lib/systemd/system/k3s.service").is_file()
     assert "/run/rancher" in (out / "mkosi.finalize").read_text()
+
+
+def test_locked_without_package_pins_fails_before_building(tmp_path):
+    root = make_project(tmp_path)
+    one_error_line(mb("os", "--project", root, "--cache-dir", root / ".cache", "--locked"),
+                   "mithril.lock", "packages.os: not recorded")
+    assert not (root / "out").exists()
