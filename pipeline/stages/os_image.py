@@ -230,7 +230,7 @@ def check_packages(ctx: Context, built: dict[str, str]) -> None:
 
 class OsImage(Stage):
     name = "os"
-    version = 2  # bump when this module changes what it builds
+    version = 3  # bump when this module changes what it builds
     deps = ()
     code = ("measure/verity.py", "measure/gpt.py")
 
@@ -338,7 +338,12 @@ def build_image(ctx: Context, work: Path, out: Path, package_cache: Path) -> dic
         raise VerificationFailed(f"{UKI}: .cmdline does not carry roothash={roothash}")
 
     with log.step("Assembling the GPT disk (systemd-repart)", "Assembled the OS disk"):
-        shutil.copyfile(uki, work / "uki.efi")
+        # mtools copies file and folder mtimes: make them SOURCE_DATE_EPOCH
+        esp = work / "esp"
+        (esp / "EFI/BOOT").mkdir(parents=True)
+        shutil.copyfile(uki, esp / "EFI/BOOT/BOOTX64.EFI")
+        for p in (esp / "EFI/BOOT/BOOTX64.EFI", esp / "EFI/BOOT", esp / "EFI", esp):
+            os.utime(p, (ctx.source_date_epoch, ctx.source_date_epoch))
         esp_size = -(-(uki.stat().st_size * 11 // 10 + 8 * MIB) // MIB) * MIB
         defs = work / "repart.d"
         variables = {"esp_size": esp_size, "root_uuid": str(uuid.UUID(roothash[:32])),
@@ -347,7 +352,8 @@ def build_image(ctx: Context, work: Path, out: Path, package_cache: Path) -> dic
         disk = out / DISK
         run(["systemd-repart", "--offline=yes", "--empty=create", "--size=auto", "--dry-run=no",
              f"--seed={ctx.seed}", f"--definitions={defs}", f"--root={work}", "--no-pager", disk],
-            extra_env=env)
+            # mkfs.vfat stamps the volume label entry with the wall clock unless --invariant
+            extra_env={**env, "SYSTEMD_REPART_MKFS_OPTIONS_VFAT": "--invariant"})
     table = gpt.read_table(disk)
     parts = check_disk(disk, table, squash, work / "root.verity", roothash)
 
