@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import project  # noqa: E402
-from pipeline.run import run  # noqa: E402
-from pipeline.stages import os_image  # noqa: E402
+from pipeline import project
+from pipeline.run import run
+from pipeline.stages import os_image
 
 REPART = {
     "00-esp.conf": "[Partition]\nType=esp\nFormat=vfat\nCopyFiles=/efi:/\nSizeMinBytes=100M\nSizeMaxBytes=100M\n",

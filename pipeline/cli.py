@@ -192,13 +192,13 @@ def init(directory, force):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @project_options
 def lock_(ctx, check, as_json):
-    """Write/refresh mithril.lock: pin what can be resolved from here, report the rest.
+    """Write/refresh mithril.lock for the profile: pin what can be resolved from here, report the rest.
 
     With --model, (re)resolve that model's revision to a commit and record every file's digest."""
+    model_given = ctx.profile.model != ctx.config.profiles[ctx.profile_name].model
     from .orchestrate import refresh_lock
 
-    report = refresh_lock(ctx, check=check, models=[ctx.profile.model] if ctx.profile.model and
-                          ctx.profile.model != ctx.config.profiles[ctx.profile_name].model else None)
+    report = refresh_lock(ctx, check=check, force_models=model_given)
     emit(report, as_json, "\n".join(f"{r['entry']:<40} {r['state']}" for r in report["entries"]))
     if check and report["unpinned"]:
         sys.exit(1)

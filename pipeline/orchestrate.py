@@ -57,10 +57,24 @@ def clean(ctx: Context, everything: bool, outputs: bool) -> list[str]:
     return done or ["nothing to clean"]
 
 
-def refresh_lock(ctx: Context, check: bool = False, models: list[str] | None = None) -> dict:
-    """Report every lock entry and, unless `check`, pin what can be resolved from here:
-    unpinned files (fetched, trust on first use), image digests (registry), models (Hub commit and
-    file digests), the OS package versions of the last build, the mkosi version."""
+def profile_inputs(ctx: Context) -> tuple[list[str], list[str]]:
+    """(image names, model names) in mithril.lock that the selected profile builds from."""
+    from .stages.appdisk import lock_images
+
+    images, models = lock_images(ctx), []
+    if ctx.profile.model:
+        models.append(ctx.profile.model)
+        m = ctx.config.models[ctx.profile.model]
+        if m.backend == "tensorrt-engine" and m.image not in images:
+            images.append(m.image)
+    return images, models
+
+
+def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False) -> dict:
+    """Report the lock entries the selected profile uses and, unless `check`, pin what can be
+    resolved from here: unpinned files (fetched, trust on first use), image digests (registry),
+    the model (Hub commit and file digests; re-resolved with `force_models`), the OS package
+    versions of the profile's last build, the mkosi version."""
     import json
     import tempfile
 
@@ -96,7 +110,12 @@ def refresh_lock(ctx: Context, check: bool = False, models: list[str] | None = N
         else:
             note(f"files.{name}", "unresolved: needs url or path")
 
-    for name, pin in sorted(ctx.lock.images.items()):
+    want_images, want_models = profile_inputs(ctx)
+    for name in want_images:
+        pin = ctx.lock.images.get(name)
+        if pin is None:
+            note(f"images.{name}", "unresolved: no entry (add its `ref`)")
+            continue
         if pin.digest:
             note(f"images.{name}", f"pinned {pin.digest}")
             continue
@@ -108,11 +127,9 @@ def refresh_lock(ctx: Context, check: bool = False, models: list[str] | None = N
             return f"pinned now {data['images'][name]['digest']}"
         attempt(f"images.{name}", resolve)
 
-    wanted = models if models is not None else sorted(
-        {p.model for p in ctx.config.profiles.values() if p.model} | ({ctx.profile.model} - {None}))
-    for name in wanted:
+    for name in want_models:
         pin = ctx.lock.models.get(name)
-        if pin and pin.commit and pin.files and not models:
+        if pin and pin.commit and pin.files and not force_models:
             note(f"models.{name}", f"pinned {pin.repo}@{pin.commit[:12]} ({len(pin.files)} files)")
             continue
 

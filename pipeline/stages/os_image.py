@@ -230,7 +230,7 @@ def check_packages(ctx: Context, built: dict[str, str]) -> None:
 
 class OsImage(Stage):
     name = "os"
-    version = 3  # bump when this module changes what it builds
+    version = 3
     deps = ()
     code = ("measure/verity.py", "measure/gpt.py")
 

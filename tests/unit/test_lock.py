@@ -1,0 +1,87 @@
+"""mithril.lock: parsing, the input store, and `lock` refreshing what the profile needs."""
+
+import functools
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import lock as lk
+from pipeline import project
+from pipeline.errors import BadInput
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A file served on 127.0.0.1 (the stand-in for a download URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "tool.bin").write_bytes(b"pinned bytes\n" * 100)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/tool.bin", hashlib.sha256((root / "tool.bin").read_bytes()).hexdigest()
+    server.shutdown()
+
+
+def make_project(tmp_path, files: dict) -> Path:
+    p = tmp_path / "p"
+    p.mkdir()
+    (p / "mithril.yaml").write_text((REPO / "mithril.yaml").read_text())
+    (p / "mithril.lock").write_text(yaml.safe_dump({"version": 1, "files": files}))
+    return p
+
+
+def test_store_fetches_once_and_verifies_every_use(tmp_path, served):
+    url, sha = served
+    p = make_project(tmp_path, {"tool": {"url": url, "sha256": sha}})
+    ctx = project.context(p, None, None, tmp_path / "cache", False)
+    path = ctx.store.path("tool")
+    assert path == tmp_path / "cache/inputs/sha256" / sha and path.read_bytes().startswith(b"pinned")
+    path.write_bytes(b"tampered")
+    with pytest.raises(BadInput, match=f"files.tool.sha256: expected {sha}"):
+        ctx.store.path("tool")
+    assert not path.exists()  # a wrong file never stays in the content-addressed store
+    assert ctx.store.path("tool").read_bytes().startswith(b"pinned")  # fetched again
+
+
+def test_lock_pins_an_unpinned_url_and_reports(tmp_path, served):
+    from pipeline.orchestrate import refresh_lock
+
+    url, sha = served
+    p = make_project(tmp_path, {"tool": {"url": url}})
+    ctx = project.context(p, None, None, tmp_path / "cache", False)
+    assert refresh_lock(ctx, check=True)["entries"][0] == {"entry": "files.tool", "state": "unresolved"}
+    report = refresh_lock(ctx)
+    assert report["entries"][0]["state"].startswith("pinned now")
+    assert lk.load(p / "mithril.lock").files["tool"].sha256 == sha
+    # The demo profile needs no image or model: nothing is looked up on a registry or the Hub.
+    assert {e["entry"] for e in report["entries"]} == {"files.tool", "packages.os"}
+
+
+def test_image_pins_and_latest_are_checked():
+    lock = lk.Lock.model_validate({"images": {"a": {"ref": "r.io/x:1"}, "b": {"ref": "r.io/y:latest",
+                                                                              "digest": "sha256:" + "1" * 64}}})
+    with pytest.raises(BadInput, match="images.a.digest: r.io/x:1 is not resolved"):
+        lock.image("a", locked=True)
+    assert lock.image("a", locked=False).digest is None
+    with pytest.raises(BadInput, match="':latest' is not allowed"):
+        lock.image("b", locked=False)
+    pin = lk.ImagePin(ref="nvcr.io/nvidia/tritonserver:26.02-trtllm-python-py3", digest="sha256:" + "2" * 64)
+    assert pin.pinned_ref == "nvcr.io/nvidia/tritonserver@sha256:" + "2" * 64
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("files: {a: {sha256: xyz}}", "files.a.sha256: String should match pattern"),
+    ("colour: red", "colour: unknown key"),
+    ("files: [", "not valid YAML"),
+])
+def test_bad_lock(tmp_path, text, msg):
+    (tmp_path / "mithril.lock").write_text(text)
+    with pytest.raises(BadInput, match=msg):
+        lk.load(tmp_path / "mithril.lock")
