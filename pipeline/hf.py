@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import log
 from .errors import BadInput, ToolFailed, VerificationFailed
-from .lock import LOCK_FILE, ModelPin
+from .lock import LOCK_FILE, ModelPin, sha256_file
 from .run import add_secret, redact
 
 
@@ -118,16 +118,7 @@ def verify_file(path: Path, expect, where: str) -> str:
     size = path.stat().st_size
     if expect.size is not None and size != expect.size:
         raise VerificationFailed(f"{where}: size {size} differs from the lock ({expect.size})")
-    sha256 = hashlib.sha256()
-    with open(path, "rb") as f:
-        bar = log.progress(size, f"verify {path.name}") if size > (64 << 20) else None
-        while chunk := f.read(1 << 20):
-            sha256.update(chunk)
-            if bar:
-                bar.update(len(chunk))
-        if bar:
-            bar.close()
-    actual = sha256.hexdigest()
+    actual = sha256_file(path, progress=size > (64 << 20))
     if expect.sha256 and actual != expect.sha256:
         raise VerificationFailed(f"{where}.sha256: expected {expect.sha256}, the downloaded file has {actual}")
     if not expect.sha256:
