@@ -159,11 +159,40 @@ def explain_diff(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: changed"]
 
 
+class _Stages(dict):
+    """name -> Stage instance, made on first use. A value of the registry is a Stage class or
+    "module:Class" (relative to pipeline.stages), so that a command imports only the stages it
+    touches: a no-op build stays fast."""
+
+    def __init__(self, registry: dict):
+        super().__init__((name, None) for name in registry)
+        self._registry = registry
+
+    def __getitem__(self, name: str) -> Stage:
+        stage = super().__getitem__(name)
+        if stage is None:
+            cls = self._registry[name]
+            if isinstance(cls, str):
+                import importlib
+
+                module, attr = cls.split(":")
+                cls = getattr(importlib.import_module(module, "pipeline.stages"), attr)
+            stage = cls()
+            super().__setitem__(name, stage)
+        return stage
+
+    def items(self):
+        return [(name, self[name]) for name in self]
+
+    def values(self):
+        return [self[name] for name in self]
+
+
 class Orchestrator:
     def __init__(self, ctx: Context, stages: dict[str, type[Stage]]):
         self.ctx = ctx
         self.cache = Cache(ctx.cache_dir)
-        self.stages = {name: cls() for name, cls in stages.items()}
+        self.stages = _Stages(stages)
 
     def selected(self, targets: list[str]) -> list[Stage]:
         """The target stages and everything they depend on, in build order, enabled ones only."""
@@ -181,7 +210,7 @@ class Orchestrator:
             if t not in self.stages:
                 raise BadInput("command line", f"unknown stage {t!r}", "one of: " + ", ".join(self.stages))
             add(t)
-        return [s for n, s in self.stages.items() if n in want and s.enabled(self.ctx)]
+        return [self.stages[n] for n in self.stages if n in want and self.stages[n].enabled(self.ctx)]
 
     def key_fields(self, stage: Stage, deps: dict[str, StageResult]) -> dict:
         return {"stage": stage.name, "version": stage.version, "code": code_digest(type(stage)),

@@ -229,7 +229,7 @@ def file_manifest(tree: Path) -> list[dict]:
 
 def make_squashfs(ctx: Context, tree: Path, image: Path) -> Path:
     """mksquashfs (reproducible with SOURCE_DATE_EPOCH), padded to whole verity blocks."""
-    run(["mksquashfs", tree, image, "-noappend", "-all-root", "-no-xattrs", "-comp", "zstd", "-quiet",
+    run(["mksquashfs", tree, image, "-noappend", "-all-root", "-no-xattrs", "-comp", "zstd", "-Xcompression-level", "3", "-quiet",
          "-no-progress", "-processors", str(os.cpu_count() or 1)],
         extra_env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)})
     size = image.stat().st_size

@@ -9,8 +9,6 @@ import json
 import re
 from pathlib import Path
 
-import jsonschema
-
 from .. import log
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult
@@ -29,6 +27,8 @@ def validate(doc: dict, root: Path) -> None:
     """Raise BadInput naming the field when `doc` does not follow measurements.v1.json."""
     path = schema_path(root)
     schema = json.loads(path.read_text())
+    import jsonschema
+
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
