@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.measure import gpt, verity  # noqa: E402
+from pipeline.measure import gpt, verity
 
 SEED = uuid.UUID("5c8a2e4f-6d1b-4a7e-9b3c-2f0e1d4c5b6a")
 
@@ -32,7 +32,7 @@ def timed(argv, **kw) -> tuple[float, int]:
     """Wall seconds and the child's peak RSS (KiB) of one command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    res = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+    res = subprocess.run(argv, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
     if res.returncode:
         raise SystemExit(f"{argv[0]} failed:\n{res.stderr[-2000:]}")
     wall = time.perf_counter() - start
@@ -64,11 +64,11 @@ def main() -> None:
         size = args.size_mib << 20
         data, hashf = work / "data.img", work / "hash.img"
         with open(data, "wb") as f:
-            for _ in range(size >> 24):
-                f.write(os.urandom(1 << 24))
+            f.writelines(os.urandom(1 << 24) for _ in range(size >> 24))
         salt, u = verity.salt_and_uuid(SEED)
         params = verity.Params(size // 4096, salt, u)
-        root, image = verity.build_tree(open(data, "rb"), 0, params)
+        with open(data, "rb") as f:
+            root, image = verity.build_tree(f, 0, params)
         hashf.write_bytes(image)
         defs = work / "defs"
         defs.mkdir()

@@ -90,8 +90,8 @@ def run(
         raise ToolFailed(f"{args[0]}: program not found (run scripts/setup.sh to install the tools)")
     if verbose:
         log.info("$ " + cmdline(args))
-    kwargs = dict(_cwd=str(cwd) if cwd else None, _env=environ, _ok_code=list(ok),
-                  _timeout=timeout, _return_cmd=True, _tty_out=False)
+    kwargs = {"_cwd": str(cwd) if cwd else None, "_env": environ, "_ok_code": list(ok),
+              "_timeout": timeout, "_return_cmd": True, "_tty_out": False}
     if input is not None:
         kwargs["_in"] = input
     if stdout is not None:
@@ -121,7 +121,7 @@ class Background:
             log.info("$ " + cmdline(args) + " &")
         self.argv = args
         self.output = output
-        self._file = open(output, "wb")
+        self._file = open(output, "wb")  # noqa: SIM115 -- lives until stop()
         self._proc = sh.Command(exe)(
             *args[1:], _bg=True, _bg_exc=False, _out=self._file, _err_to_out=True,
             _cwd=str(cwd) if cwd else None, _env=_env(None, extra_env), _ok_code=list(range(256)),

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 def mb(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run the mithril-build CLI in a subprocess; returns the completed process (text)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], check=False, cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

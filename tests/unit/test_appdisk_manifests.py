@@ -51,7 +51,7 @@ def test_llm_flows_are_exactly_ingress_caddy_app_attestation():
 
 
 def test_llm_deployment_runs_triton_by_digest_with_a_gpu():
-    app = [d for d in render("llm")["manifests/app.yaml"] if d["kind"] == "Deployment"][0]
+    app = next(d for d in render("llm")["manifests/app.yaml"] if d["kind"] == "Deployment")
     pod = app["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert "@sha256:" in c["image"] and c["imagePullPolicy"] == "Never"
