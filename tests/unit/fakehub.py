@@ -133,3 +133,21 @@ def small_model(family: str = "gpt") -> dict[str, bytes]:
         "pytorch_model.bin": b"\x00" * 200,
         "README.md": b"# tiny\n",
     }
+
+
+def online_hub(monkeypatch, tmp_path, repo: str, commit: str, files: dict, token: str | None = None):
+    """Fixture body: a fresh FakeHub installed, online mode, no stray token file; the token (if
+    given) in $HF_TOKEN. Yields the hub and uninstalls it afterwards."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    else:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub = FakeHub(repo, commit, files)
+    hub.install()
+    yield hub
+    FakeHub.uninstall()

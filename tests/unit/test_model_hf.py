@@ -10,7 +10,7 @@ from huggingface_hub import constants
 from pipeline import hf
 from pipeline.errors import BadInput, ToolFailed, VerificationFailed
 from pipeline.lock import ModelPin
-from tests.unit.fakehub import FakeHub, small_model
+from tests.unit.fakehub import FakeHub, online_hub, small_model
 
 REPO = "openai-community/gpt2-medium"
 COMMIT = "6dcaa7a952f72f9298047fd5137cd6e4f05f41da"
@@ -20,14 +20,7 @@ TOKEN = "hf_FakeSecretToken1234567890"
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    h = FakeHub(REPO, COMMIT, small_model("gpt"))
-    h.install()
-    yield h
-    FakeHub.uninstall()
+    yield from online_hub(monkeypatch, tmp_path, REPO, COMMIT, small_model("gpt"))
 
 
 def pin_for(hub: FakeHub) -> ModelPin:

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants
 
 from pipeline import container, graph
 from pipeline import lock as lk
@@ -20,7 +19,7 @@ from pipeline.config import load as load_config
 from pipeline.errors import BadInput, ToolFailed, VerificationFailed
 from pipeline.run import Completed
 from pipeline.stages import model_engine as me
-from tests.unit.fakehub import FakeHub, small_model
+from tests.unit.fakehub import FakeHub, online_hub, small_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO = "openai-community/gpt2-medium"
@@ -31,15 +30,8 @@ TOKEN = "hf_StageSecretToken987654321"
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("MITHRIL_ENGINE_DIR", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    h = FakeHub(REPO, COMMIT, small_model("gpt"))
-    h.install()
-    yield h
-    FakeHub.uninstall()
+    yield from online_hub(monkeypatch, tmp_path, REPO, COMMIT, small_model("gpt"), token=TOKEN)
 
 
 class FakeHost:
