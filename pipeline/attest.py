@@ -1,12 +1,12 @@
-"""`attest verify`: read the quote files and check them with pipeline.measure.quote."""
+"""`attest verify`: read the quote files and check them with mithril_client.tpm2."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import BadInput
-from .measure.compare import load_measurements
-from .measure.quote import (
+from mithril_client.measurements import load_measurements
+from mithril_client.tpm2 import (
     QuoteReport,
     parse_pcr_file,
     parse_quote,

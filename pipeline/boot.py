@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import log
 from .errors import BadInput, ToolFailed
-from .measure.compare import Measurements, Row, compare_pcrs, load_measurements
+from mithril_client.measurements import Measurements, Row, compare_pcrs, load_measurements
 from .run import Background
 from .swtpm import Swtpm
 

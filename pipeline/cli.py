@@ -357,7 +357,7 @@ def boot_(ctx, platform, timeout, accel, as_json):
 
     Exit 0 when every enforced PCR matches, 1 otherwise, 3 when the boot itself failed."""
     from .boot import boot
-    from .measure.compare import format_table
+    from mithril_client.measurements import format_table
 
     out = ctx.out_dir
     app = out / "application_disk.raw"
@@ -448,7 +448,7 @@ def attest_verify(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, a
 
     Exit 0 when every enforced check passes, 1 when one fails, 2 on bad input."""
     from .attest import report_json, verify_files
-    from .measure.compare import format_table
+    from mithril_client.measurements import format_table
 
     report = verify_files(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, allow_debug)
     emit(report_json(report), as_json,

@@ -12,7 +12,7 @@ from .attest import pcrs_from_quote, read_file
 from .boot import boot_disks
 from .errors import BadInput, ToolFailed, VerificationFailed
 from .measure import platform as plat
-from .measure.quote import load_ak, parse_quote, parse_signature, signature_valid
+from mithril_client.tpm2 import load_ak, parse_quote, parse_signature, signature_valid
 
 
 def _version(argv: list[str]) -> str:

@@ -5,7 +5,8 @@ import json
 import jsonschema
 import pytest
 
-from pipeline.measure import compare, pcr, predict
+from mithril_client import measurements as compare
+from pipeline.measure import pcr, predict
 from pipeline.project import REPO
 from tests.conftest import mb
 

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import boot as bootmod
 from pipeline.errors import BadInput, ToolFailed
-from pipeline.measure.compare import format_table, parse_measurements
+from mithril_client.measurements import format_table, parse_measurements
 from pipeline.run import Background
 
 A, B, Z = "a" * 64, "b" * 64, "0" * 64

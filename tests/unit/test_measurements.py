@@ -55,7 +55,7 @@ def load(out: Path) -> dict:
 
 
 def test_follows_the_schema_and_the_compare_parser(built):
-    from pipeline.measure import compare
+    from mithril_client import measurements as compare
 
     doc = load(built)
     jsonschema.validate(doc, json.loads(schema_path(REPO).read_text()))

@@ -3,7 +3,8 @@ import hashlib
 import pytest
 
 from pipeline.errors import BadInput
-from pipeline.measure import compare, pcr15
+from mithril_client import measurements as compare
+from pipeline.measure import pcr15
 from pipeline.measure.pcr import Simulator
 
 ROOT = bytes.fromhex("5b1f9a2c" * 8)

@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import BadInput
+from .errors import BadInput
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 POLICIES = ("enforce", "warn")

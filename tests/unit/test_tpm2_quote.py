@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import BadInput
-from pipeline.measure import quote as q
-from pipeline.measure.compare import extend, parse_measurements
+from mithril_client import tpm2 as q
+from mithril_client.measurements import extend, parse_measurements
 from pipeline.swtpm import Swtpm
 from tests.conftest import mb, need
 

@@ -13,14 +13,13 @@ import json
 import struct
 from dataclasses import dataclass
 
-import yaml
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from ..errors import BadInput
-from .compare import Measurements, Row, compare_pcrs
+from .errors import BadInput
+from .measurements import Measurements, Row, compare_pcrs
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
@@ -334,12 +333,18 @@ def parse_pcr_file(data: bytes, where: str, selections: tuple[PcrSelection, ...]
     except UnicodeDecodeError:
         pass
     if text is not None and "\0" not in text and text.strip():  # binary formats always hold NULs
-        try:
-            doc = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.safe_load(text)
-        except json.JSONDecodeError as e:
-            raise BadInput(where, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-        except yaml.YAMLError as e:
-            raise BadInput(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+        if text.lstrip().startswith(("{", "[")):
+            try:
+                doc = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise BadInput(where, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        else:
+            import yaml  # tpm2-tools' YAML output; only `attest verify` reads it, the client SDK never does
+
+            try:
+                doc = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise BadInput(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
         return _values_from_mapping(doc, where)
     order = [(s.bank, i) for s in selections for i in s.pcrs]
     if order and len(data) == sum(DIGEST_SIZE[b] for b, _ in order):
