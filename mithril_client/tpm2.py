@@ -160,11 +160,44 @@ def parse_signature(data: bytes, where: str = "signature") -> Signature:
     return Signature(scheme, hash_name, sig)
 
 
-def _parse_tpmt_public(r: _Reader):
+# TPMA_OBJECT bits (TPM 2.0 Part 2, 8.3)
+FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN = 1 << 1, 1 << 4, 1 << 5
+RESTRICTED, DECRYPT, SIGN = 1 << 16, 1 << 17, 1 << 18
+
+
+@dataclass(frozen=True)
+class TpmPublic:
+    """A TPMT_PUBLIC: the key, and what the TPM vouches for about it."""
+
+    key: object  # rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    name_alg: str
+    attributes: int
+    raw: bytes  # the marshalled TPMT_PUBLIC
+
+    @property
+    def name(self) -> bytes:
+        """The object's name: nameAlg (2 bytes) || H_nameAlg(TPMT_PUBLIC)."""
+        return struct.pack(">H", HASH_IDS[self.name_alg]) + hashlib.new(self.name_alg, self.raw).digest()
+
+
+def parse_public(data: bytes, where: str = "TPM2B_PUBLIC") -> TpmPublic:
+    """A TPM2B_PUBLIC (size-prefixed TPMT_PUBLIC), as tpm2_readpublic / tpm2_createak -u write it."""
+    r = _Reader(data, where)
+    size = r.u16("size")
+    body = r.take(size, "publicArea")
+    r.end("TPM2B_PUBLIC")
+    inner = _Reader(body, where)
+    public = _parse_tpmt_public(inner)
+    inner.end("TPMT_PUBLIC")
+    return public
+
+
+def _parse_tpmt_public(r: _Reader) -> TpmPublic:
     where = r.where
+    start = r.pos
     kind = r.u16("type")
-    r.u16("nameAlg")
-    r.u32("objectAttributes")
+    name_alg = _hash_name(r.u16("nameAlg"), where, "nameAlg")
+    attributes = r.u32("objectAttributes")
     r.tpm2b("authPolicy")
     sym = r.u16("parameters.symmetric.algorithm")
     if sym != ALG_NULL:
@@ -182,7 +215,8 @@ def _parse_tpmt_public(r: _Reader):
         modulus = r.tpm2b("unique")
         if len(modulus) * 8 != bits:
             raise BadInput(where, f"unique: RSA modulus has {len(modulus) * 8} bits, keyBits says {bits}")
-        return rsa.RSAPublicNumbers(exponent, int.from_bytes(modulus, "big")).public_key()
+        key = rsa.RSAPublicNumbers(exponent, int.from_bytes(modulus, "big")).public_key()
+        return TpmPublic(key, name_alg, attributes, r.data[start:r.pos])
     if kind == ALG_ECC:
         curve_id = r.u16("parameters.curveID")
         if curve_id not in CURVES:
@@ -192,10 +226,11 @@ def _parse_tpmt_public(r: _Reader):
             r.u16("parameters.kdf.hashAlg")
         x, y = r.tpm2b("unique.x"), r.tpm2b("unique.y")
         try:
-            return ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
-                                                 CURVES[curve_id]).public_key()
+            key = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
+                                                CURVES[curve_id]).public_key()
         except ValueError:
             raise BadInput(where, "unique: the ECC point is not on the curve") from None
+        return TpmPublic(key, name_alg, attributes, r.data[start:r.pos])
     raise BadInput(where, f"type: unsupported key type 0x{kind:04x}", "the AK must be an RSA or ECC key")
 
 
@@ -207,9 +242,7 @@ def load_ak(data: bytes, where: str = "ak-pub"):
         except (ValueError, UnsupportedAlgorithm) as e:
             raise BadInput(where, f"not a usable PEM public key: {e}") from None
     elif len(data) >= 2 and struct.unpack(">H", data[:2])[0] == len(data) - 2:
-        r = _Reader(data[2:], where)
-        key = _parse_tpmt_public(r)
-        r.end("TPM2B_PUBLIC")
+        key = parse_public(data, where).key
     else:
         try:
             key = serialization.load_der_public_key(data)
@@ -384,15 +417,24 @@ class QuoteReport:
 def verify_quote(quote_bytes: bytes, sig_bytes: bytes, pcr_bytes: bytes, ak_bytes: bytes, nonce: bytes,
                  measurements: Measurements, *, ca_pem: bytes | None = None, allow_debug: bool = False,
                  where: dict[str, str] | None = None) -> QuoteReport:
-    """Every check as a table row; `ok` is False when an enforced row fails. Only PCR values
-    covered by the signed digest are used."""
+    """A quote from files (`attest verify --quote …`). A bare AK key ties the quote to no TPM, so
+    the `ak` row always fails here: evidence documents carry what ties the AK (verify.py)."""
     where = {"quote": "quote", "signature": "signature", "pcrs": "pcrs", "ak": "ak-pub", **(where or {})}
     quote = parse_quote(quote_bytes, where["quote"])
     sig = parse_signature(sig_bytes, where["signature"])
     key = load_ak(ak_bytes, where["ak"])
     values = parse_pcr_file(pcr_bytes, where["pcrs"], quote.selections)
-    rows = []
+    rows = quote_rows(quote, sig, key, values, nonce, measurements, ca_pem=ca_pem, allow_debug=allow_debug)
+    rows.append(Row("ak", "AK tied to a genuine TPM", "a bare public key (nothing ties it to a TPM)", "enforce",
+                    "UNVERIFIED (use --evidence with the server's evidence document)"))
+    return QuoteReport(quote, rows)
 
+
+def quote_rows(quote: Quote, sig: Signature, key, values: PcrValues, nonce: bytes, measurements: Measurements,
+               *, ca_pem: bytes | None = None, allow_debug: bool = False) -> list[Row]:
+    """Every check of a quote as a table row: mode, signature, nonce, PCR digest, then each PCR of
+    measurements.json. Only PCR values covered by the signed digest are compared."""
+    rows = []
     if measurements.mode == "debug":
         rows.append(Row("mode", "production", "debug", "info" if allow_debug else "enforce",
                         "ok" if allow_debug else "REFUSED (pass --allow-debug to accept a debug image)"))
@@ -414,4 +456,4 @@ def verify_quote(quote_bytes: bytes, sig_bytes: bytes, pcr_bytes: bytes, ak_byte
     # values that the signed digest does not vouch for are never compared
     actual = {i: v.hex() for i, v in values.get("sha256", {}).items() if i in quoted and digest_ok}
     rows += compare_pcrs(measurements, actual, ca_pem)
-    return QuoteReport(quote, rows)
+    return rows

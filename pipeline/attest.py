@@ -1,18 +1,21 @@
-"""`attest verify`: read the quote files and check them with mithril_client.tpm2."""
+"""`attest verify` and `connect`: read quotes, evidence documents and run records, and check them
+with the client SDK's library (mithril_client) — the one implementation of verification."""
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
+from mithril_client.evidence import parse_evidence
+from mithril_client.measurements import Row, load_measurements
+from mithril_client.tpm2 import QuoteReport, parse_pcr_file, parse_quote, pcr_digest, verify_quote
+from mithril_client.verify import Report, Trust, verify_evidence
+
 from .errors import BadInput
-from mithril_client.measurements import load_measurements
-from mithril_client.tpm2 import (
-    QuoteReport,
-    parse_pcr_file,
-    parse_quote,
-    pcr_digest,
-    verify_quote,
-)
+
+RUN_RECORDS = Path(".mithril") / "run"  # `mithril-build run` writes <profile>.json here
 
 
 def read_file(path: Path, option: str) -> bytes:
@@ -45,6 +48,20 @@ def verify_files(quote: Path, signature: Path, pcrs: Path, ak_pub: Path, nonce: 
                         allow_debug=allow_debug, where=where)
 
 
+def verify_evidence_file(evidence: Path, nonce: str, measurements: Path, ek_ca: Path | None = None,
+                         allow_debug: bool = False) -> Report:
+    """An evidence document saved from GET /attestation. Offline, qemu's credential activation
+    cannot run, so a qemu AK stays unverified here: `connect` does the round trip."""
+    m = load_measurements(measurements)
+    doc = parse_evidence(read_file(evidence, "--evidence"), str(evidence))
+    trust = Trust(ek_roots=read_file(ek_ca, "--ek-ca") if ek_ca else None, allow_debug=allow_debug)
+    return verify_evidence(doc, parse_nonce(nonce), m, trust)
+
+
+def rows_json(rows: list[Row], ok: bool) -> dict:
+    return {"ok": ok, "rows": [r.as_json() for r in rows]}
+
+
 def report_json(report: QuoteReport) -> dict:
     q = report.quote
     return {"ok": report.ok, "rows": [r.as_json() for r in report.rows],
@@ -67,3 +84,114 @@ def pcrs_from_quote(quote: Path, pcrs: Path) -> dict[int, str]:
                        "pass the PCR file tpm2_quote wrote together with this quote")
     quoted = {i for s in q.selections if s.bank == "sha256" for i in s.pcrs}
     return {i: v.hex() for i, v in values.get("sha256", {}).items() if i in quoted}
+
+
+# ---------------------------------------------------------------------------- connect
+
+@dataclass(frozen=True)
+class Target:
+    base_url: str  # https://host:port
+    path: str  # with the query string
+    measurements: Path
+    ek_ca: bytes | None
+
+
+def resolve_target(url: str, measurements: Path | None, ek_ca: Path | None, project: Path | None) -> Target:
+    """What `connect URL` talks to and trusts. Run in a project folder, a running `mithril-build run`
+    is found by its URL (its run record names the profile's measurements and the swtpm EK CA);
+    otherwise the default profile's out/<profile>/measurements.json."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise BadInput("URL", f"{url!r} is not an https:// URL", "e.g. https://127.0.0.1:8443/")
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise BadInput("URL", f"{url!r} has a bad port") from None
+    base = f"https://{parts.netloc}"
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    record = _run_record(project, parts.hostname, port)
+    root = _project_root(project)
+    if measurements is None:
+        if record is not None:
+            measurements = root / "out" / record["profile"] / "measurements.json"
+        elif root is not None:
+            from . import config as cfg
+
+            profile = cfg.load(root / cfg.CONFIG_FILE).default_profile
+            measurements = root / "out" / profile / "measurements.json"
+        else:
+            raise BadInput("--measurements", "not given and no mithril project here or above",
+                           "pass the measurements.json of the build you trust")
+    ca = read_file(ek_ca, "--ek-ca") if ek_ca else (record["ek_ca"].encode() if record else None)
+    return Target(base, path, Path(measurements), ca)
+
+
+def _project_root(project: Path | None) -> Path | None:
+    from .project import find_root
+
+    try:
+        return find_root(project)
+    except BadInput:
+        if project is not None:
+            raise
+        return None
+
+
+def _run_record(project: Path | None, host: str, port: int) -> dict | None:
+    root = _project_root(project)
+    if root is None or not (root / RUN_RECORDS).is_dir():
+        return None
+    for path in sorted((root / RUN_RECORDS).glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            u = urllib.parse.urlsplit(rec["url"])
+            if (u.hostname, u.port or 443) == (host, port) and isinstance(rec.get("ek_ca"), str):
+                return rec
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a stale or foreign file: not ours to trust
+    return None
+
+
+# ---------------------------------------------------------------------------- run
+
+def evidence_endpoint_answers(url: str, timeout: float = 5.0) -> bool:
+    """True once GET /attestation answers 200 with JSON on url (no trust implied: a readiness probe)."""
+    import http.client
+    import os
+    import ssl
+
+    parts = urllib.parse.urlsplit(url)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=ctx)
+    try:
+        conn.request("GET", f"/attestation?nonce={os.urandom(32).hex()}")
+        resp = conn.getresponse()
+        return resp.status == 200 and isinstance(json.loads(resp.read()), dict)
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def write_run_record(root: Path, profile: str, url: str, ek_ca: bytes) -> Path:
+    """Where `connect`, run in this project, finds the running server's trust anchors."""
+    import os
+
+    from .lock import atomic_write
+
+    path = root / RUN_RECORDS / f"{profile}.json"
+    atomic_write(path, json.dumps({"url": url, "profile": profile, "ek_ca": ek_ca.decode(), "pid": os.getpid()},
+                                  indent=1).encode() + b"\n")
+    return path

@@ -24,6 +24,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from . import log
 from .errors import BadInput, ToolFailed
 from mithril_client.measurements import Measurements, Row, compare_pcrs, load_measurements
 from .run import Background
-from .swtpm import Swtpm
+from .swtpm import Swtpm, manufacture
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -133,12 +134,14 @@ def _q(path: Path) -> str:
 
 
 def qemu_argv(accel: str, vars_fd: Path, tpm_socket: Path, serial: Path, os_disk: Path,
-              app_disk: Path | None, memory_mb: int = 2048, cpus: int = 2) -> list[str]:
+              app_disk: Path | None, memory_mb: int = 2048, cpus: int = 2, forward: int | None = None) -> list[str]:
     """The command line that booted Mithril OS here (ENVIRONMENT.md); disks are opened with
-    snapshot=on so the guest never writes to the built images."""
+    snapshot=on so the guest never writes to the built images. `forward`: a virtio NIC (user-mode
+    networking) with 127.0.0.1:forward -> the guest's ingress port 443; no option ROM, so the
+    firmware measures the same as without a NIC."""
     argv = [
         "qemu-system-x86_64", "-accel", accel, "-machine", "q35,smm=off", "-m", str(memory_mb),
-        "-smp", str(cpus), "-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none",
+        "-smp", str(cpus), "-display", "none", "-monitor", "none", "-no-reboot",
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_q(OVMF_CODE)}",
         "-drive", f"if=pflash,format=raw,unit=1,file={_q(vars_fd)}",
         "-chardev", f"socket,id=chrtpm,path={_q(tpm_socket)}",
@@ -146,6 +149,11 @@ def qemu_argv(accel: str, vars_fd: Path, tpm_socket: Path, serial: Path, os_disk
         "-drive", f"if=none,id=osdisk,format=raw,snapshot=on,file={_q(os_disk)}",
         "-device", "virtio-blk-pci,drive=osdisk,bootindex=1",
     ]
+    if forward is None:
+        argv += ["-nic", "none"]
+    else:
+        argv += ["-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{forward}-:443",
+                 "-device", "virtio-net-pci,netdev=net0,romfile="]
     if app_disk is not None:
         argv += ["-drive", f"if=none,id=appdisk,format=raw,snapshot=on,file={_q(app_disk)}",
                  "-device", "virtio-blk-pci,drive=appdisk"]
@@ -159,47 +167,75 @@ def _tail(path: Path, lines: int = 8) -> str:
         return ""
 
 
+class _Vm:
+    """One QEMU + swtpm with fresh TPM and VARS in `work`; always stop() it."""
+
+    def __init__(self, accel: str, work: Path, os_disk: Path, app_disk: Path | None,
+                 forward: int | None = None, ek_ca: bool = False):
+        self.accel, self.work = accel, work
+        work.mkdir()
+        vars_fd = work / "vars.fd"
+        shutil.copyfile(OVMF_VARS, vars_fd)
+        self.serial, self.qemu_out = work / "serial.log", work / "qemu.out"
+        self.tpm = self.qemu = None
+        try:
+            self.ek_ca = manufacture(work / "tpm", work / "ek-ca") if ek_ca else None
+            self.tpm = Swtpm(work / "tpm", for_qemu=True).start()
+            self.started = time.monotonic()
+            self.qemu = Background(qemu_argv(accel, vars_fd, self.tpm.socket, self.serial, os_disk, app_disk,
+                                             forward=forward), self.qemu_out)
+        except BaseException:
+            self.stop()
+            raise
+
+    def serial_text(self) -> str:
+        return self.serial.read_bytes().decode("utf-8", "replace") if self.serial.exists() else ""
+
+    def alive(self) -> bool:
+        return self.qemu.alive()
+
+    def check(self, deadline: float, timeout: float, goal: str) -> None:
+        """Raise when the VM cannot get there: a failed KVM start (_KvmFailed), an exit, the deadline."""
+        running = self.alive()
+        if self.accel == "kvm":
+            err = self.qemu_out.read_text(errors="replace") if self.qemu_out.exists() else ""
+            if bad := next((e for e in KVM_ERRORS if e in err), None):
+                raise _KvmFailed(f"QEMU reported {bad!r}")
+            if not running:
+                raise _KvmFailed(f"QEMU exited at start: {_tail(self.qemu_out, 2)}")
+            if not self.serial_text().strip() and time.monotonic() - self.started > KVM_WINDOW:
+                raise _KvmFailed(f"no serial output within {KVM_WINDOW:.0f} s")
+        if not running:
+            raise ToolFailed(f"QEMU exited (status {self.qemu.returncode()}) before the guest could {goal}; "
+                             f"see the serial log\n{_tail(self.qemu_out)}")
+        if time.monotonic() > deadline:
+            raise ToolFailed(f"the guest did not {goal} within {timeout:.0f} s ({self.accel}); see the serial log")
+
+    def stop(self) -> None:
+        if self.qemu is not None:
+            self.qemu.stop()
+        if self.tpm is not None:
+            self.tpm.stop()
+
+
 def _attempt(accel: str, work: Path, os_disk: Path, app_disk: Path | None, deadline: float,
              timeout: float) -> tuple[SerialReport, float]:
     """One boot with fresh swtpm and VARS; returns the report and seconds until it was printed."""
-    work.mkdir()
-    vars_fd = work / "vars.fd"
-    shutil.copyfile(OVMF_VARS, vars_fd)
-    serial, qemu_out = work / "serial.log", work / "qemu.out"
-    tpm = qemu = None
+    vm = None
     try:
-        tpm = Swtpm(work / "tpm", for_qemu=True).start()
-        start = time.monotonic()
-        qemu = Background(qemu_argv(accel, vars_fd, tpm.socket, serial, os_disk, app_disk), qemu_out)
+        vm = _Vm(accel, work, os_disk, app_disk)
         while True:
-            text = serial.read_bytes().decode("utf-8", "replace") if serial.exists() else ""
+            text = vm.serial_text()
             if "MITHRIL-PCRS-END" in text and (report := parse_serial(text)) is not None:
-                return report, time.monotonic() - start
-            running = qemu.alive()
-            if not running:  # the guest may have powered off right after printing
-                text = serial.read_bytes().decode("utf-8", "replace") if serial.exists() else ""
-                if (report := parse_serial(text)) is not None:
-                    return report, time.monotonic() - start
-            if accel == "kvm":
-                err = qemu_out.read_text(errors="replace") if qemu_out.exists() else ""
-                if bad := next((e for e in KVM_ERRORS if e in err), None):
-                    raise _KvmFailed(f"QEMU reported {bad!r}")
-                if not running:
-                    raise _KvmFailed(f"QEMU exited at start: {_tail(qemu_out, 2)}")
-                if not text.strip() and time.monotonic() - start > KVM_WINDOW:
-                    raise _KvmFailed(f"no serial output within {KVM_WINDOW:.0f} s")
-            if not running:
-                raise ToolFailed(f"QEMU exited (status {qemu.returncode()}) before the guest printed its "
-                                 f"PCRs; see the serial log\n{_tail(qemu_out)}")
-            if time.monotonic() > deadline:
-                raise ToolFailed(f"the guest did not print its PCRs within {timeout:.0f} s ({accel}); "
-                                 "see the serial log")
+                return report, time.monotonic() - vm.started
+            if not vm.alive():  # the guest may have powered off right after printing
+                if (report := parse_serial(vm.serial_text())) is not None:
+                    return report, time.monotonic() - vm.started
+            vm.check(deadline, timeout, "print its PCRs")
             time.sleep(POLL)
     finally:
-        if qemu is not None:
-            qemu.stop()
-        if tpm is not None:
-            tpm.stop()
+        if vm is not None:
+            vm.stop()
 
 
 @contextlib.contextmanager
@@ -220,21 +256,29 @@ def _signals_interrupt():
             signal.signal(s, h)
 
 
-def boot_disks(os_disk: Path, app_disk: Path | None, timeout: float, log_path: Path,
-               accel: str = "auto") -> tuple[SerialReport, str, str | None, float]:
-    """Boot and return (report, accel used, why KVM fell back, seconds). The serial log of the
-    last attempt is kept at log_path, also when the boot fails."""
+def _accel_order(accel: str) -> tuple[list[str], str | None]:
+    if accel == "auto":
+        order = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
+    else:
+        order = [accel]
+    return order, (None if "kvm" in order or accel != "auto" else "/dev/kvm is not usable")
+
+
+def _check_inputs(os_disk: Path, app_disk: Path | None) -> None:
     for f in (os_disk, app_disk):
         if f is not None and not Path(f).is_file():
             raise BadInput(str(f), "disk image not found", "build it first: mithril-build all")
     for f in (OVMF_CODE, OVMF_VARS):
         if not f.is_file():
             raise ToolFailed(f"{f}: OVMF firmware not found (apt-get install ovmf; scripts/setup.sh)")
-    if accel == "auto":
-        order = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
-    else:
-        order = [accel]
-    fallback = None if "kvm" in order or accel != "auto" else "/dev/kvm is not usable"
+
+
+def boot_disks(os_disk: Path, app_disk: Path | None, timeout: float, log_path: Path,
+               accel: str = "auto") -> tuple[SerialReport, str, str | None, float]:
+    """Boot and return (report, accel used, why KVM fell back, seconds). The serial log of the
+    last attempt is kept at log_path, also when the boot fails."""
+    _check_inputs(os_disk, app_disk)
+    order, fallback = _accel_order(accel)
     deadline = time.monotonic() + timeout
     base = Path(tempfile.mkdtemp(prefix="mithril-boot-"))
     last_serial = None
@@ -258,6 +302,55 @@ def boot_disks(os_disk: Path, app_disk: Path | None, timeout: float, log_path: P
         if last_serial is not None and last_serial.exists():
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(last_serial, log_path)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Running:
+    url: str
+    ek_ca: bytes  # PEM bundle of the per-boot swtpm EK CA
+    accel: str
+    fallback: str | None
+    seconds: float  # QEMU start until the attestation endpoint answered
+    alive: Callable[[], bool]
+
+
+@contextlib.contextmanager
+def running(os_disk: Path, app_disk: Path | None, port: int, timeout: float, log_path: Path,
+            ready: Callable[[str], bool], accel: str = "auto") -> Iterator[Running]:
+    """Boot with the ingress forwarded to 127.0.0.1:port and a TPM whose EK is certified by a CA
+    made for this boot; yield once `ready(url)` holds; stop and remove everything on exit
+    (also on Ctrl-C and SIGTERM). The serial log is kept at log_path."""
+    _check_inputs(os_disk, app_disk)
+    order, fallback = _accel_order(accel)
+    deadline = time.monotonic() + timeout
+    base = Path(tempfile.mkdtemp(prefix="mithril-run-"))
+    url = f"https://127.0.0.1:{port}"
+    vm = None
+    try:
+        with _signals_interrupt():
+            for i, acc in enumerate(order):
+                vm = _Vm(acc, base / acc, Path(os_disk).resolve(), Path(app_disk).resolve() if app_disk else None,
+                         forward=port, ek_ca=True)
+                try:
+                    with log.step(f"Booting under QEMU ({acc}), ingress on {url}", f"{url} answers ({acc})"):
+                        while not ready(url):
+                            vm.check(deadline, timeout, "answer on the attestation endpoint")
+                            time.sleep(2 * POLL)
+                    break
+                except _KvmFailed as e:
+                    vm.stop()
+                    fallback = f"KVM start failed: {e}"
+                    if i + 1 == len(order):
+                        raise ToolFailed(f"{fallback} (retry with --accel tcg)") from None
+                    log.warn(f"{fallback}; falling back to TCG")
+            yield Running(url, vm.ek_ca, vm.accel, fallback, time.monotonic() - vm.started, vm.alive)
+    finally:
+        if vm is not None:
+            vm.stop()
+            if vm.serial.exists():
+                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(vm.serial, log_path)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -113,7 +113,7 @@ class Cache:
 
 
 RECORDS = "records"  # out/<profile>/records/<stage>.json (appdisk.json and os.json are outputs)
-UNSUMMED = {"SHA256SUMS", "boot-serial.log", "deployment.json"}
+UNSUMMED = {"SHA256SUMS", "boot-serial.log", "run-serial.log", "deployment.json"}
 
 
 def publish(result: StageResult, stage: str, out_dir: Path) -> None:

@@ -9,11 +9,12 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from .errors import MithrilError
+from .errors import MithrilError, ToolFailed
 
 STAGE_HELP = {
     "model": "Download pinned weights, build the TensorRT-LLM engine, render the Triton repository.",
@@ -372,6 +373,50 @@ def boot_(ctx, platform, timeout, accel, as_json):
         sys.exit(1)
 
 
+@cli.command("run")
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True,
+              help="Local port forwarded to the guest's ingress (443).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=1200, show_default=True,
+              help="Seconds to wait for the attestation endpoint to answer.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+              help="auto: KVM when /dev/kvm works, falling back to TCG when KVM fails to start.")
+@click.option("--json", "as_json", is_flag=True, help="Print {url, accel, seconds} as JSON once it answers.")
+@project_options
+def run_(ctx, port, timeout, accel, as_json):
+    """Boot out/<profile>'s disks under QEMU + OVMF + swtpm with the ingress on 127.0.0.1:PORT and
+    serve until Ctrl-C or SIGTERM, then remove everything.
+
+    The swtpm gets an EK certificate from a CA made for this boot; the CA is written to
+    .mithril/run/<profile>.json, where `mithril-build connect` run in this project finds it.
+    Prints https://127.0.0.1:PORT once the attestation endpoint answers."""
+    from .attest import evidence_endpoint_answers, port_free, write_run_record
+    from .boot import running
+    from .errors import BadInput
+
+    if not port_free(port):
+        raise BadInput("--port", f"127.0.0.1:{port} is in use", "choose another port with --port")
+    out = ctx.out_dir
+    app = out / "application_disk.raw"
+    record = None
+    try:
+        with running(out / "os_disk.raw", app if app.exists() else None, port, timeout, out / "run-serial.log",
+                     evidence_endpoint_answers, accel) as vm:
+            record = write_run_record(ctx.root, ctx.profile_name, vm.url, vm.ek_ca)
+            emit({"url": vm.url, "accel": vm.accel, "seconds": round(vm.seconds, 1), "run_record": str(record)},
+                 as_json, vm.url)
+            sys.stdout.flush()
+            click.echo(f"serving {ctx.profile_name} ({vm.accel}, up after {vm.seconds:.0f} s); "
+                       f"try: mithril-build connect {vm.url}/   Ctrl-C stops it", err=True)
+            while vm.alive():
+                time.sleep(1)
+            raise ToolFailed(f"QEMU stopped; see {out / 'run-serial.log'}")
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    finally:
+        if record is not None:
+            record.unlink(missing_ok=True)
+
+
 @cli.command("record-platform")
 @click.option("--platform", "platform_name", required=True,
               help="Platform file to write: measurements/platforms/<PLATFORM>.yaml.")
@@ -428,33 +473,128 @@ def attest_group():
 
 
 @attest_group.command("verify")
-@click.option("--quote", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--evidence", type=click.Path(path_type=Path, dir_okay=False),
+              help="An evidence document (the JSON of GET /attestation?nonce=…); replaces the four files below.")
+@click.option("--quote", type=click.Path(path_type=Path, dir_okay=False),
               help="The quoted TPMS_ATTEST (tpm2_quote -m).")
-@click.option("--signature", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--signature", type=click.Path(path_type=Path, dir_okay=False),
               help="The TPMT_SIGNATURE (tpm2_quote -s): RSASSA, RSAPSS or ECDSA.")
-@click.option("--pcrs", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--pcrs", type=click.Path(path_type=Path, dir_okay=False),
               help="PCR values: tpm2_quote -o, or JSON/YAML {sha256: {index: hex}}.")
-@click.option("--ak-pub", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--ak-pub", type=click.Path(path_type=Path, dir_okay=False),
               help="The AK public key: PEM, or TPM2B_PUBLIC as tpm2_createak -u writes it.")
 @click.option("--nonce", required=True, metavar="HEX", help="The nonce the verifier sent (hex).")
 @click.option("--measurements", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="measurements.json of the expected image.")
 @click.option("--ca-pem", type=click.Path(path_type=Path, dir_okay=False),
-              help="The attestation server's TLS root CA (PEM) that it extended into PCR 15.")
+              help="With the files: the attestation server's TLS root CA (PEM) that it extended into PCR 15.")
+@click.option("--ek-ca", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --evidence on qemu: the swtpm EK CA (PEM bundle) the EK certificate must chain to.")
 @click.option("--allow-debug", is_flag=True, help="Accept a debug-mode measurements file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def attest_verify(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, allow_debug, as_json):
-    """Check a quote's signature, nonce and PCR digest, and compare its PCRs with measurements.json.
+def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, ek_ca, allow_debug,
+                  as_json):
+    """Check a quote (signature, nonce, PCR digest), compare its PCRs with measurements.json, and
+    check what ties the AK to a genuine TPM (the `ak` row).
+
+    Give --evidence, or the four files --quote --signature --pcrs --ak-pub. A bare AK key ties the
+    quote to no TPM, so the files alone never verify; nor does qemu evidence offline (credential
+    activation needs the live server: use `connect`).
 
     Exit 0 when every enforced check passes, 1 when one fails, 2 on bad input."""
-    from .attest import report_json, verify_files
     from mithril_client.measurements import format_table
 
-    report = verify_files(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, allow_debug)
-    emit(report_json(report), as_json,
-         format_table(report.rows) + "\n" + ("QUOTE VERIFIED" if report.ok else "QUOTE VERIFICATION FAILED"))
-    if not report.ok:
+    from .attest import report_json, rows_json, verify_evidence_file, verify_files
+    from .errors import BadInput
+
+    files = {"--quote": quote, "--signature": signature, "--pcrs": pcrs, "--ak-pub": ak_pub}
+    if evidence is not None:
+        if any(files.values()) or ca_pem:
+            raise BadInput("--evidence", "give either --evidence or the quote files, not both")
+        report = verify_evidence_file(evidence, nonce, measurements, ek_ca, allow_debug)
+        rows, ok, data = report.rows, report.ok, rows_json(report.rows, report.ok)
+    else:
+        if missing := [k for k, v in files.items() if v is None]:
+            raise BadInput(", ".join(missing), "missing", "give --evidence, or all of --quote --signature --pcrs --ak-pub")
+        if ek_ca:
+            raise BadInput("--ek-ca", "only with --evidence")
+        report = verify_files(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, allow_debug)
+        rows, ok, data = report.rows, report.ok, report_json(report)
+    emit(data, as_json, format_table(rows) + "\n" + ("QUOTE VERIFIED" if ok else "QUOTE VERIFICATION FAILED"))
+    if not ok:
         sys.exit(1)
+
+
+@cli.command("connect")
+@click.argument("url")
+@click.option("--measurements", type=click.Path(path_type=Path, dir_okay=False),
+              help="measurements.json of the build you trust. Default: the running `mithril-build run`'s "
+                   "profile, else out/<default profile>/measurements.json of the project here.")
+@click.option("--ek-ca", type=click.Path(path_type=Path, dir_okay=False),
+              help="qemu: the swtpm EK CA. Default: from the run record of `mithril-build run` in this project.")
+@click.option("-X", "--request", "method", default=None, metavar="METHOD", help="HTTP method (default GET, POST with --data).")
+@click.option("-d", "--data", help="Request body; @FILE reads a file, @- standard input.")
+@click.option("-H", "--header", "headers", multiple=True, metavar="NAME: VALUE", help="Extra request header (repeat).")
+@click.option("--allow-debug", is_flag=True, help="Accept a debug-mode measurements file.")
+@click.option("--project", type=click.Path(path_type=Path, file_okay=False), help="Project folder (default: here or above).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {attested, rows, status, body} as JSON on stdout instead of the table and the body.")
+def connect(url, measurements, ek_ca, method, data, headers, allow_debug, project, as_json):
+    """Attest the server at URL, then send the request over the attested TLS channel.
+
+    The verification table goes to stderr, the response body to stdout. The server must prove,
+    with a fresh nonce over this very connection, that it runs the measured image; the TLS
+    certificate it presents must be the attested CA or issued by it.
+
+    Exit 0 attested (whatever the HTTP status), 1 verification failed, 2 bad input, 3 unreachable."""
+    from mithril_client.measurements import format_table
+    from mithril_client.session import AttestationFailed, AttestedSession
+    from mithril_client.verify import Trust
+
+    from .attest import resolve_target, rows_json
+    from .errors import BadInput
+
+    target = resolve_target(url, measurements, ek_ca, project)
+    body = None
+    if data is not None:
+        if data.startswith("@"):
+            body = sys.stdin.buffer.read() if data == "@-" else _read_arg_file(data[1:])
+        else:
+            body = data.encode()
+    hdrs = {}
+    for h in headers:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise BadInput("--header", f"{h!r} is not NAME: VALUE")
+        hdrs[name.strip()] = value.strip()
+    session = AttestedSession(target.base_url, target.measurements,
+                              trust=Trust(ek_roots=target.ek_ca, allow_debug=allow_debug))
+    try:
+        resp = session.request(method or ("POST" if body is not None else "GET"), target.path, body=body, headers=hdrs)
+    except AttestationFailed as e:
+        rows = e.report.all_rows
+        if as_json:
+            emit({**rows_json(rows, False), "attested": False}, True)
+        else:
+            click.echo(format_table(rows) + "\nATTESTATION FAILED: " + str(e), err=True)
+        sys.exit(1)
+    finally:
+        session.close()
+    rows = session.report.all_rows
+    if as_json:
+        emit({**rows_json(rows, True), "attested": True, "status": resp.status,
+              "body": resp.body.decode("utf-8", errors="replace")}, True)
+        return
+    click.echo(format_table(rows) + f"\nATTESTED: {target.base_url} runs the measured image "
+               f"({target.measurements}); HTTP {resp.status}", err=True)
+    sys.stdout.buffer.write(resp.body)
+    sys.stdout.flush()
+
+
+def _read_arg_file(path: str) -> bytes:
+    from .attest import read_file
+
+    return read_file(Path(path), "--data @FILE")
 
 
 @cli.group("azure")

@@ -5,6 +5,9 @@ Two ways to talk to it:
   it); `--terminate` makes swtpm exit when QEMU disconnects.
 * `for_qemu=False`: a data socket plus `<socket>.ctrl` (the layout tpm2-tss's swtpm TCTI
   expects), so tpm2-tools reach it with TPM2TOOLS_TCTI=swtpm:path=<socket>.
+
+`manufacture()` gives the TPM an EK certificate first, issued by a CA made for this TPM alone
+(swtpm_setup + swtpm_localca): the trust anchor a client needs to tie an AK to this TPM.
 """
 
 from __future__ import annotations
@@ -16,6 +19,28 @@ from typing import Self
 
 from . import run as runner
 from .errors import ToolFailed
+
+EK_HANDLE, EK_CERT_INDEX = 0x81010001, 0x01C00002  # where swtpm_setup puts the RSA 2048 EK and its certificate
+
+
+def manufacture(state_dir: Path, ca_dir: Path) -> bytes:
+    """Make a fresh TPM state with an RSA (and ECC) EK and EK certificates issued by a new local CA
+    in ca_dir; return the CA's PEM bundle (root, then the issuing certificate)."""
+    state_dir, ca_dir = Path(state_dir).resolve(), Path(ca_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    (ca_dir / "localca.conf").write_text(
+        f"statedir = {ca_dir}\nsigningkey = {ca_dir}/signkey.pem\nissuercert = {ca_dir}/issuercert.pem\n"
+        f"certserial = {ca_dir}/certserial\n")
+    (ca_dir / "swtpm_setup.conf").write_text(
+        f"create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {ca_dir}/localca.conf\n"
+        "create_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n")
+    runner.run(["swtpm_setup", "--tpm2", "--tpmstate", state_dir, "--create-ek-cert", "--create-platform-cert",
+                "--config", ca_dir / "swtpm_setup.conf", "--overwrite"], timeout=120)
+    root, issuer = ca_dir / "swtpm-localca-rootca-cert.pem", ca_dir / "issuercert.pem"
+    if not (root.is_file() and issuer.is_file()):
+        raise ToolFailed(f"swtpm_setup made no local CA in {ca_dir}")
+    return root.read_bytes() + issuer.read_bytes()
 
 
 class Swtpm:
