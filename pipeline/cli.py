@@ -180,11 +180,23 @@ def clean(ctx, everything, outputs):
 @cli.command()
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), default=".")
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
-def init(directory, force):
-    """Write a working starter project into DIRECTORY (default: here)."""
+@click.option("--image", type=click.Path(path_type=Path, dir_okay=False),
+              help="Wrap your own app: a container image archive (docker-archive or OCI, e.g. `podman save`). "
+                   "It is copied into the project and pinned in mithril.lock.")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="With --image: the port the app listens on (default: the image's one exposed port).")
+@click.option("--seed", type=click.UUID, help="The project's seed (default: a fresh random one). Keep it fixed.")
+def init(directory, force, image, port, seed):
+    """Write a working starter project into DIRECTORY (default: here).
+
+    The project is named after DIRECTORY and gets a fresh random seed. With --image the app is
+    your image, served behind the attested TLS ingress (Caddy) beside the attestation server."""
+    from .errors import BadInput
     from .project import init as do_init
 
-    for path in do_init(directory, force):
+    if port is not None and image is None:
+        raise BadInput("--port", "only with --image")
+    for path in do_init(directory, force, image, port, seed):
         click.echo(f"wrote {path}")
 
 

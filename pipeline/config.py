@@ -47,6 +47,8 @@ class AppDiskConfig(Strict):
     namespace: str = Field("mithril", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     extra_images: tuple[str, ...] = Field(
         (), description="names under `images` in mithril.lock whose archives go on the disk too (your own images)")
+    app_image: str | None = Field(
+        None, description="app 'image': the name under `images` in mithril.lock of your app's image archive")
 
 
 class ModelConfig(Strict):
@@ -107,7 +109,8 @@ class AzureConfig(Strict):
 class Profile(Strict):
     platform: Platform = "qemu"
     mode: Literal["production", "debug"] = "production"
-    app: Literal["demo", "llm"] = "demo"
+    app: Literal["demo", "llm", "image"] = Field(
+        "demo", description="demo: the static demo page; llm: Triton with a model; image: your own image (appdisk.app_image)")
     model: str | None = None
 
     @model_validator(mode="after")
@@ -143,6 +146,9 @@ class Config(Strict):
         for name, p in self.profiles.items():
             if p.model and p.model not in self.models:
                 raise ValueError(f"profiles.{name}.model {p.model!r} is not defined under models")
+            if p.app == "image" and not self.appdisk.app_image:
+                raise ValueError(f"profiles.{name}.app 'image' needs appdisk.app_image (a name under `images` "
+                                 "in mithril.lock)")
         return self
 
     def profile(self, name: str | None, model: str | None = None, where: str = CONFIG_FILE) -> tuple[str, Profile]:

@@ -81,7 +81,7 @@ class Lock(_Strict):
         pin = self.images.get(name)
         if pin is None:
             raise BadInput(LOCK_FILE, f"images.{name}: no such entry", "add it and run `mithril-build lock`")
-        if not pin.digest and locked:
+        if not pin.digest and locked and not (pin.archive and pin.archive.sha256):
             raise BadInput(LOCK_FILE, f"images.{name}.digest: {pin.ref} is not resolved to a digest (--locked)",
                            "run `mithril-build lock` where the registry is reachable")
         if ":latest" in pin.ref:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import uuid
 from pathlib import Path
+
+import yaml
 
 from . import config as cfg
 from . import lock as lk
@@ -40,8 +44,17 @@ def context(project: Path | None, profile: str | None, model: str | None, cache_
                    out_dir=root / "out" / name, locked=locked)
 
 
-def init(directory: Path, force: bool) -> list[str]:
-    """Copy the starter files into directory; refuse to overwrite unless forced."""
+def project_name(directory: Path) -> str:
+    """mithril.yaml's `project` from a folder name: lower case, [-a-z0-9], never empty."""
+    name = re.sub(r"[^a-z0-9]+", "-", directory.name.lower()).strip("-")
+    return name or "mithril"
+
+
+def init(directory: Path, force: bool, image: Path | None = None, port: int | None = None,
+         seed: uuid.UUID | None = None) -> list[str]:
+    """Copy the starter files into directory; refuse to overwrite unless forced. The project gets
+    its own name (from the folder) and a fresh random seed, so no two projects share disk UUIDs or
+    verity salts. With `image`, the app is that container image archive (pinned in the lock)."""
     directory = directory.resolve()
     if directory == REPO:
         raise BadInput(str(directory), "this is mithril-build's own checkout", "choose another folder")
@@ -51,6 +64,7 @@ def init(directory: Path, force: bool) -> list[str]:
     clash = [n for n in STARTER if (directory / n).exists()]
     if clash and not force:
         raise BadInput(str(directory), f"already has {', '.join(clash)}", "use --force to overwrite")
+    app = _app_image(image, port) if image is not None else None  # checked before anything is written
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for n in STARTER:
@@ -62,8 +76,46 @@ def init(directory: Path, force: bool) -> list[str]:
         else:
             shutil.copy2(src, dst)
         written.append(str(dst))
+    config = yaml.safe_load((REPO / cfg.CONFIG_FILE).read_text())
+    config.update(project=project_name(directory), seed=str(seed or uuid.uuid4()))
+    if app is not None:
+        archive, ref, app_port = app
+        dest = directory / "images" / "app.tar"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(archive, dest)
+        written.append(str(dest))
+        config["default_profile"] = "app"
+        config["profiles"] = {"app": {"platform": "qemu", "mode": "production", "app": "image"},
+                              "app-debug": {"platform": "qemu", "mode": "debug", "app": "image"}}
+        config["appdisk"].update(app_image="app", app_port=app_port)
+        lock = lk.load(directory / lk.LOCK_FILE)
+        pin = lk.ImagePin(ref=ref, archive=lk.FilePin(path="images/app.tar", sha256=lk.sha256_file(dest),
+                                                      size=dest.stat().st_size))
+        lk.dump(lock.model_copy(update={"images": {**lock.images, "app": pin}}), directory / lk.LOCK_FILE)
+    cfg.Config.model_validate(config)  # what we write must load
+    header = ("# mithril-build project (written by `mithril-build init`). `mithril-build --help` explains the\n"
+              "# commands. seed: disk and partition UUIDs and dm-verity salts derive from it (keep it fixed).\n")
+    (directory / cfg.CONFIG_FILE).write_text(header + yaml.safe_dump(config, sort_keys=False, width=110))
     gi = directory / ".gitignore"
     if not gi.exists():
         gi.write_text("/.mithril/\n/out/\n")
         written.append(str(gi))
     return written
+
+
+def _app_image(image: Path, port: int | None) -> tuple[Path, str, int]:
+    """(archive, ref, port) of the user's image, checked as an image archive first."""
+    from .oci_read import read_image
+
+    if not Path(image).is_file():
+        raise BadInput(str(image), "not found (given as --image)", "pass a docker-archive or OCI archive (.tar)")
+    img = read_image(Path(image), f"{image} (--image)")
+    if port is None:
+        if len(img.config.exposed_ports) != 1:
+            raise BadInput(str(image), f"the image exposes {len(img.config.exposed_ports) or 'no'} ports",
+                           "pass --port: the port your app listens on")
+        port = img.config.exposed_ports[0]
+    if not img.config.argv:
+        raise BadInput(str(image), "the image has no Entrypoint or Cmd", "rebuild it with an ENTRYPOINT")
+    ref = img.ref if img.ref and ":latest" not in img.ref else f"localhost/app:1"
+    return Path(image), ref, port

@@ -29,8 +29,11 @@ def need(*tools: str) -> None:
         pytest.skip(f"needs {', '.join(missing)} (installed by scripts/setup.sh)")
 
 
+SEED = "5c8a2e4f-6d1b-4a7e-9b3c-2f0e1d4c5b6a"  # the same for every test project, so their builds compare
+
+
 def new_project(dest: Path) -> Path:
-    """A starter project made by `mithril-build init`."""
-    res = mb("init", dest)
+    """A starter project made by `mithril-build init` (with the tests' fixed seed)."""
+    res = mb("init", dest, "--seed", SEED)
     assert res.returncode == 0, res.stderr
     return dest
