@@ -1,0 +1,349 @@
+"""AK trust on an Azure confidential VM (AMD SEV-SNP under Azure's paravisor, the HCL).
+
+The HCL report (vTPM NV 0x01400001) holds an SNP attestation report whose report_data is the
+hash of the HCL's runtime data JSON, and that JSON names the vTPM's AK (`HCLAkPub`). So the AK
+is trusted when: the report is signed by the VCEK, the VCEK chains to AMD's pinned ARK through
+the ASK, hash(runtime data) is the report's report_data, HCLAkPub is the quote's AK, and the
+report's guest policy, VMPL and TCB are acceptable.
+
+Layouts (little-endian):
+  HCL header, 32 bytes: "HCLA", version, report_size, request_type, status, 3 reserved u32.
+  SNP attestation report, 1184 bytes (AMD SEV-SNP firmware ABI, ATTESTATION_REPORT).
+  IGVM request data, 20 bytes: data_size, version, report_type (2 = SNP, 4 = TDX),
+    report_data_hash_type (1 = SHA-256, 2 = SHA-384, 3 = SHA-512), variable_data_size;
+    then the runtime data JSON of variable_data_size bytes (the NV index pads with zeros).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import struct
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from ..errors import BadInput
+from ..measurements import Row
+from . import _x509
+
+HCL_HEADER = 32
+SNP_REPORT = 1184
+IGVM_HEADER = 20
+MAX_HCL_REPORT = 16 * 1024  # the NV index is 2600 bytes on today's hosts
+SIGNED_PART = 0x2A0  # the report signature covers bytes [0, 0x2A0)
+SNP_REPORT_TYPE, TDX_REPORT_TYPE = 2, 4
+HASH_TYPES = {1: "sha256", 2: "sha384", 3: "sha512"}
+ECDSA_P384_SHA384 = 1
+POLICY_DEBUG = 1 << 19  # guest policy bit 19: the hypervisor may debug the guest (read its memory)
+
+# VCEK certificate extensions (AMD "VCEK certificate and KDS interface specification")
+OID_BL_SPL = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.1")
+OID_TEE_SPL = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.2")
+OID_SNP_SPL = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.3")
+OID_UCODE_SPL = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.8")
+OID_HWID = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.4")
+
+
+@dataclass(frozen=True)
+class Product:
+    name: str
+    ark: x509.Certificate
+    ask: x509.Certificate
+
+
+PRODUCTS = (
+    Product("Milan",
+            _x509.data_cert("amd-milan-ark.pem", "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd"),
+            _x509.data_cert("amd-milan-ask.pem", "67d303bd3905fd38db8b20e0793699870e7fa612eaad5dec358293fd8c0bac1b")),
+    Product("Genoa",
+            _x509.data_cert("amd-genoa-ark.pem", "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1"),
+            _x509.data_cert("amd-genoa-ask.pem", "5464738c1546aed5f2cecf1dc98c5c960a92e8913238a61711bc90ec6e828521")),
+)
+
+
+@dataclass(frozen=True)
+class Tcb:
+    """Security patch levels of a TCB_VERSION (Milan and Genoa layout: byte 0 boot loader,
+    1 TEE, 6 SNP firmware, 7 microcode)."""
+
+    bootloader: int
+    tee: int
+    snp: int
+    microcode: int
+
+    @classmethod
+    def from_u64(cls, raw: bytes) -> Tcb:
+        return cls(raw[0], raw[1], raw[6], raw[7])
+
+    def at_least(self, minimum: Tcb) -> bool:
+        return all(getattr(self, f) >= getattr(minimum, f) for f in ("bootloader", "tee", "snp", "microcode"))
+
+    def __str__(self) -> str:
+        return f"bl={self.bootloader} tee={self.tee} snp={self.snp} ucode={self.microcode}"
+
+
+@dataclass(frozen=True)
+class SnpPolicy:
+    """What the client accepts of the SNP report. SPL numbering is per product, hence one minimum
+    each; the defaults are the TCBs Azure's hosts reported in the public captures of January 2025
+    (tests/fixtures/azure/SOURCES.md). Raise them as AMD publishes fixes."""
+
+    allow_debug: bool = False
+    vmpl: int = 0  # the HCL runs at VMPL 0 and requests the report there
+    min_tcb_milan: Tcb = Tcb(bootloader=4, tee=0, snp=24, microcode=219)
+    min_tcb_genoa: Tcb = Tcb(bootloader=10, tee=0, snp=23, microcode=84)
+
+    def __post_init__(self):
+        if not isinstance(self.allow_debug, bool):
+            raise BadInput("policy", f"allow_debug: expected True or False, got {self.allow_debug!r}")
+        if not (isinstance(self.vmpl, int) and 0 <= self.vmpl <= 3):
+            raise BadInput("policy", f"vmpl: expected 0..3, got {self.vmpl!r}")
+        for name in ("min_tcb_milan", "min_tcb_genoa"):
+            if not isinstance(getattr(self, name), Tcb):
+                raise BadInput("policy", f"{name}: expected a Tcb, got {getattr(self, name)!r}")
+
+    def min_tcb(self, product: str) -> Tcb | None:
+        return {"Milan": self.min_tcb_milan, "Genoa": self.min_tcb_genoa}.get(product)
+
+
+# ---------------------------------------------------------------------------- parsing
+
+@dataclass(frozen=True)
+class SnpReport:
+    raw: bytes  # 1184 bytes
+    version: int
+    policy: int
+    vmpl: int
+    signature_algo: int
+    report_data: bytes
+    reported_tcb: Tcb
+    chip_id: bytes
+    r: int
+    s: int
+
+    @property
+    def signed(self) -> bytes:
+        return self.raw[:SIGNED_PART]
+
+
+@dataclass(frozen=True)
+class HclReport:
+    report: SnpReport
+    hash_type: str
+    runtime_data: bytes  # exactly the bytes whose hash is report_data
+    ak_jwk: dict | None  # the runtime data's HCLAkPub entry
+
+
+def parse_snp_report(raw: bytes, where: str) -> SnpReport:
+    if len(raw) != SNP_REPORT:
+        raise BadInput(where, f"SNP report: {len(raw)} bytes, expected {SNP_REPORT}")
+    version, _svn, policy = struct.unpack_from("<IIQ", raw, 0x00)
+    if not 2 <= version <= 5:
+        raise BadInput(where, f"SNP report: version {version} is not a known ATTESTATION_REPORT version (2..5)")
+    vmpl, algo = struct.unpack_from("<II", raw, 0x30)
+    r = int.from_bytes(raw[0x2A0:0x2A0 + 72], "little")
+    s = int.from_bytes(raw[0x2A0 + 72:0x2A0 + 144], "little")
+    return SnpReport(raw, version, policy, vmpl, algo, raw[0x50:0x90], Tcb.from_u64(raw[0x180:0x188]),
+                     raw[0x1A0:0x1E0], r, s)
+
+
+def _b64url_int(jwk: dict, name: str, where: str) -> int:
+    value = jwk.get(name)
+    if not isinstance(value, str) or len(value) > 2048:
+        raise BadInput(where, f"runtime data: HCLAkPub.{name} is not a base64url string")
+    try:
+        return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
+    except (binascii.Error, ValueError):
+        raise BadInput(where, f"runtime data: HCLAkPub.{name} is not valid base64url") from None
+
+
+def parse_hcl_report(data, where: str = "evidence: hcl_report") -> HclReport:
+    """Split NV 0x01400001 into its SNP report and runtime data; malformed input is a BadInput."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise BadInput(where, f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_HCL_REPORT:
+        raise BadInput(where, f"{len(data)} bytes; an HCL report is at most {MAX_HCL_REPORT}")
+    fixed = HCL_HEADER + SNP_REPORT + IGVM_HEADER
+    if len(data) < fixed:
+        raise BadInput(where, f"truncated: {len(data)} bytes, the fixed part alone is {fixed}")
+    if data[:4] != b"HCLA":
+        raise BadInput(where, f"signature is {data[:4]!r}, not b'HCLA' (not an HCL report)")
+    report = parse_snp_report(data[HCL_HEADER:HCL_HEADER + SNP_REPORT], where)
+    off = HCL_HEADER + SNP_REPORT
+    data_size, _version, report_type, hash_type, var_size = struct.unpack_from("<IIIII", data, off)
+    if report_type != SNP_REPORT_TYPE:
+        kind = "a TDX report" if report_type == TDX_REPORT_TYPE else f"report type {report_type}"
+        raise BadInput(where, f"IGVM request data: {kind}, not SEV-SNP ({SNP_REPORT_TYPE})")
+    if hash_type not in HASH_TYPES:
+        raise BadInput(where, f"IGVM request data: unknown report_data hash type {hash_type}")
+    if data_size != IGVM_HEADER + var_size or off + IGVM_HEADER + var_size > len(data):
+        raise BadInput(where, f"IGVM request data: runtime data of {var_size} bytes does not fit "
+                              f"(data_size {data_size}, {len(data) - off - IGVM_HEADER} bytes left)")
+    runtime = data[off + IGVM_HEADER:off + IGVM_HEADER + var_size]
+    try:
+        doc = json.loads(runtime.decode("utf-8"))
+    except (ValueError, RecursionError):  # bad UTF-8, bad JSON, an integer of thousands of digits
+        raise BadInput(where, "runtime data: not UTF-8 JSON") from None
+    keys = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(keys, list):
+        raise BadInput(where, "runtime data: no 'keys' list (not the HCL's runtime data JSON)")
+    jwk = next((k for k in keys if isinstance(k, dict) and k.get("kid") == "HCLAkPub"), None)
+    if jwk is not None and jwk.get("kty") == "RSA":
+        _b64url_int(jwk, "n", where), _b64url_int(jwk, "e", where)  # malformed → BadInput now
+    return HclReport(report, HASH_TYPES[hash_type], runtime, jwk)
+
+
+def _jwk_key(jwk: dict | None):
+    if not jwk or jwk.get("kty") != "RSA":
+        return None
+    n, e = _b64url_int(jwk, "n", ""), _b64url_int(jwk, "e", "")
+    try:
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError:
+        return None
+
+
+def _der_small_int(raw: bytes) -> int | None:
+    """A DER INTEGER 0..255 (how the VCEK's SPL extensions are encoded), else None."""
+    if len(raw) < 3 or raw[0] != 0x02 or raw[1] != len(raw) - 2 or raw[1] > 2:
+        return None
+    value = int.from_bytes(raw[2:], "big", signed=True)
+    return value if 0 <= value <= 255 else None
+
+
+def vcek_tcb(vcek: x509.Certificate) -> tuple[Tcb | None, bytes | None]:
+    """The TCB the VCEK was derived for, and its hwID (the chip id), from its extensions."""
+    def ext(oid):
+        try:
+            return vcek.extensions.get_extension_for_oid(oid).value.value
+        except (x509.ExtensionNotFound, AttributeError):
+            return None
+
+    spls = [ext(oid) for oid in (OID_BL_SPL, OID_TEE_SPL, OID_SNP_SPL, OID_UCODE_SPL)]
+    values = [_der_small_int(v) if v is not None else None for v in spls]
+    tcb = Tcb(*values) if None not in values else None
+    return tcb, ext(OID_HWID)
+
+
+# ---------------------------------------------------------------------------- checks
+
+def product_of(vcek: x509.Certificate) -> Product | None:
+    """The product whose ASK names the VCEK's issuer (only a name: `_vcek_chain` checks signatures)."""
+    return next((p for p in PRODUCTS if p.ask.subject == vcek.issuer), None)
+
+
+def _vcek_chain(certs: list[x509.Certificate], now: datetime) -> tuple[Product | None, str]:
+    """The product when VCEK ← ASK ← pinned ARK verifies at `now`, else None and why not."""
+    vcek, rest = certs[0], certs[1:]
+    product = product_of(vcek)
+    if product is None:
+        return None, f"VCEK issuer {_x509.cn(vcek.issuer)} is not AMD's SEV-Milan or SEV-Genoa ASK"
+    for cert in rest:
+        if cert.subject == cert.issuer and cert != product.ark:
+            return None, f"the ARK in the evidence ({_x509.cn(cert)}) is not AMD's ARK-{product.name}"
+    ask = next((c for c in rest if c.subject == vcek.issuer), product.ask)
+    if not _x509.issued_by(product.ark, product.ark):
+        return None, f"ARK-{product.name} is not self-signed"
+    if not _x509.issued_by(ask, product.ark):
+        return None, f"the ASK {_x509.cn(ask)} is not signed by AMD's ARK-{product.name}"
+    if not _x509.issued_by(vcek, ask):
+        return None, f"the VCEK is not signed by the ASK {_x509.cn(ask)}"
+    problems = [p for p in (_x509.validity_problem(c, now) for c in (vcek, ask, product.ark)) if p]
+    if problems:
+        return None, "; ".join(problems)
+    return product, f"VCEK ← {_x509.cn(ask)} ← ARK-{product.name}"
+
+
+def _report_signature(report: SnpReport, vcek: x509.Certificate) -> str | None:
+    """None when the VCEK signed the report, else why not."""
+    if report.signature_algo != ECDSA_P384_SHA384:
+        return f"signature algorithm {report.signature_algo}, expected 1 (ECDSA P-384 SHA-384)"
+    key = vcek.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        return "the VCEK key is not ECDSA P-384"
+    try:
+        key.verify(encode_dss_signature(report.r, report.s), report.signed, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        return "invalid"
+    return None
+
+
+def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy | None = None) -> list[Row]:
+    """Rows for "is this AK the vTPM AK of a genuine SEV-SNP confidential VM on Azure?"; the `ak`
+    row is the verdict."""
+    evidence = _x509.evidence_arg(evidence)
+    key = _x509.ak_key_arg(ak_key)
+    now = _x509.now_arg(now)
+    policy = SnpPolicy() if policy is None else policy
+    if not isinstance(policy, SnpPolicy):
+        raise BadInput("policy", f"expected an SnpPolicy, got {type(policy).__name__}")
+    verdict = "AK certified by AMD SEV-SNP (ARK → ASK → VCEK → report → HCL runtime data)"
+    missing = [name for name in ("hcl_report", "vcek_chain") if getattr(evidence, name) is None]
+    if missing:
+        return [Row("ak", verdict, f"missing from the evidence: {', '.join(missing)}", "enforce", "MISMATCH")]
+
+    hcl = parse_hcl_report(evidence.hcl_report)
+    certs = _x509.pem_bundle(evidence.vcek_chain, "evidence: vcek_chain")
+    report, vcek = hcl.report, certs[0]
+    rows = []
+
+    chained, how = _vcek_chain(certs, now)
+    rows.append(Row("snp vcek chain", f"VCEK ← ASK ← AMD ARK (Milan or Genoa) valid at {now:%Y-%m-%d}", how,
+                    "enforce", "ok" if chained else "MISMATCH"))
+
+    problem = _report_signature(report, vcek)
+    rows.append(Row("snp signature", "ECDSA P-384 by the VCEK", problem or "valid", "enforce",
+                    "ok" if problem is None else "MISMATCH"))
+
+    tcb, hwid = vcek_tcb(vcek)
+    tcb_ok = tcb == report.reported_tcb
+    hwid_ok = hwid is not None and hmac.compare_digest(hwid, report.chip_id)
+    rows.append(Row("snp vcek tcb", f"VCEK: {tcb or 'no SPL extensions'}, hwID {(hwid or b'').hex()[:16]}…",
+                    f"report: {report.reported_tcb}, chip_id {report.chip_id.hex()[:16]}…", "enforce",
+                    "ok" if tcb_ok and hwid_ok else "MISMATCH"))
+
+    digest = hashlib.new(hcl.hash_type, hcl.runtime_data).digest()
+    bound = report.report_data[:len(digest)]
+    rows.append(Row("snp report_data", f"{hcl.hash_type}(runtime data) {digest.hex()}", bound.hex(), "enforce",
+                    "ok" if hmac.compare_digest(digest, bound) else "MISMATCH"))
+
+    hcl_ak = _jwk_key(hcl.ak_jwk)
+    if hcl_ak is None:
+        rows.append(Row("snp HCLAkPub", _x509.key_text(key), "no RSA HCLAkPub in the runtime data", "enforce",
+                        "missing"))
+    else:
+        same = _x509.spki(hcl_ak) == _x509.spki(key)
+        rows.append(Row("snp HCLAkPub", _x509.key_text(key), _x509.key_text(hcl_ak), "enforce",
+                        "ok" if same else "MISMATCH"))
+
+    debug = bool(report.policy & POLICY_DEBUG)
+    rows.append(Row("snp debug", "debug allowed" if policy.allow_debug else "debug disallowed (policy bit 19 clear)",
+                    f"policy 0x{report.policy:x}: debug {'allowed' if debug else 'disallowed'}", "enforce",
+                    "ok" if policy.allow_debug or not debug else "MISMATCH"))
+    rows.append(Row("snp vmpl", str(policy.vmpl), str(report.vmpl), "enforce",
+                    "ok" if report.vmpl == policy.vmpl else "MISMATCH"))
+
+    product = product_of(vcek)  # SPLs are numbered per product; a forged VCEK fails the chain row
+    minimum = policy.min_tcb(product.name) if product else None
+    if minimum is None:
+        expected = f"at least the minimum for {product.name if product else 'an unknown product'}"
+        rows.append(Row("snp tcb", expected, f"{report.reported_tcb} (no minimum configured)", "enforce", "MISMATCH"))
+    else:
+        rows.append(Row("snp tcb", f"{product.name} ≥ {minimum}", str(report.reported_tcb), "enforce",
+                        "ok" if report.reported_tcb.at_least(minimum) else "MISMATCH"))
+
+    failed = [r.check for r in rows if r.failed]
+    if failed:
+        return [Row("ak", verdict, f"not certified ({', '.join(failed)} failed)", "enforce", "MISMATCH"), *rows]
+    actual = f"HCLAkPub of a {product.name} SEV-SNP guest, VMPL {report.vmpl}, TCB {report.reported_tcb}"
+    return [Row("ak", verdict, actual, "enforce", "ok"), *rows]
