@@ -114,8 +114,8 @@ def parse_evidence(data: bytes | str, where: str = "evidence") -> Evidence:
         raise BadInput(where, "not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise BadInput(where, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except RecursionError:
-        raise BadInput(where, "JSON nested too deeply") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits
+        raise BadInput(where, f"not usable JSON: {str(e).splitlines()[0][:120]}") from None
     if not isinstance(doc, dict):
         raise BadInput(where, "must be a JSON object")
     if doc.get("version") != VERSION or isinstance(doc.get("version"), bool):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from .certs import issued_by, load_pem
+from .certs import issued_by, pem_bundle
 from .errors import BadInput, MithrilError, VerificationFailed
 from .evidence import MAX_DOCUMENT, parse_evidence
 from .measurements import Measurements, Row, load_measurements, parse_measurements
@@ -184,7 +184,7 @@ class AttestedSession:
 
 def tls_row(presented_der: bytes, tls_ca_pem: bytes) -> Row:
     """The certificate presented on the connection must be the attested CA or issued by it."""
-    ca = load_pem(tls_ca_pem, "evidence: tls_ca")
+    ca = pem_bundle(tls_ca_pem, "evidence: tls_ca")[0]
     try:
         cert = x509.load_der_x509_certificate(presented_der)
     except ValueError:

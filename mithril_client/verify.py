@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .evidence import Evidence
 from .measurements import Measurements, Row
+from .platforms import check_ak
 from .tpm2 import load_ak, parse_public, parse_quote, parse_signature, quote_rows
 
 
@@ -56,22 +57,9 @@ def verify_evidence(evidence: Evidence, nonce: bytes, measurements: Measurements
                        allow_debug=trust.allow_debug)
     if _spki(load_ak(evidence.ak_pub, "evidence: ak_pub")) != _spki(ak.key):
         rows.append(Row("ak_pub", "the key of ak_public", "a different key", "enforce", "MISMATCH"))
-    rows += ak_rows(evidence, ak, trust, activate)
+    rows += check_ak(evidence, ak, ek_roots=trust.ek_roots, now=trust.now, snp_policy=trust.snp_policy,
+                     fetch=trust.fetch, activate=activate)
     return Report(rows, evidence)
-
-
-def ak_rows(evidence: Evidence, ak, trust: Trust, activate) -> list[Row]:
-    if evidence.platform == "qemu":
-        from .platforms import qemu
-
-        return qemu.check_ak(evidence, ak, ek_roots=trust.ek_roots, activate=activate, now=trust.now)
-    if evidence.platform == "azure-trusted-launch":
-        from .platforms import azure_trusted_launch
-
-        return azure_trusted_launch.check_ak(evidence, ak.key, now=trust.now, fetch=trust.fetch)
-    from .platforms import azure_cvm
-
-    return azure_cvm.check_ak(evidence, ak.key, now=trust.now, policy=trust.snp_policy)
 
 
 def _spki(key) -> bytes:

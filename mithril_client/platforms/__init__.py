@@ -1,25 +1,36 @@
 """AK trust per platform: does the AK that signed the quote belong to a genuine (virtual) TPM?
 
-One module per platform, each with `check_ak(evidence, ak_key, ...) -> list[Row]` whose row named
-`ak` is the verdict. `check_ak` here picks the module from `evidence.platform`.
+One module per platform, each with a `check_ak(...) -> list[Row]` whose row named `ak` is the
+verdict; `check_ak` here picks the module from `evidence.platform`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
+from ..certs import evidence_arg
 from ..measurements import Row
-from . import azure_cvm, azure_trusted_launch
-from ._x509 import evidence_arg
+from ..tpm2 import TpmPublic
 
 
-def check_ak(evidence, ak_key, *, now: datetime | None = None, snp_policy: azure_cvm.SnpPolicy | None = None,
-             fetch: azure_trusted_launch.Fetch | None = None) -> list[Row]:
+def check_ak(evidence, ak: TpmPublic, *, ek_roots: bytes | None = None, now: datetime | None = None,
+             snp_policy=None, fetch: Callable[[str], bytes] | None = None,
+             activate: Callable[[bytes, bytes], bytes] | None = None) -> list[Row]:
+    """`ek_roots`, `activate`: qemu (the per-boot swtpm EK CA; the credential activation round
+    trip). `fetch`: Azure Trusted Launch AIA issuers. `snp_policy`: Azure CVM (azure_cvm.SnpPolicy)."""
     evidence = evidence_arg(evidence)
+    if evidence.platform == "qemu":
+        from . import qemu
+
+        return qemu.check_ak(evidence, ak, ek_roots=ek_roots, activate=activate, now=now)
     if evidence.platform == "azure-trusted-launch":
-        return azure_trusted_launch.check_ak(evidence, ak_key, now=now, fetch=fetch)
+        from . import azure_trusted_launch
+
+        return azure_trusted_launch.check_ak(evidence, ak.key, now=now, fetch=fetch)
     if evidence.platform == "azure-cvm":
-        return azure_cvm.check_ak(evidence, ak_key, now=now, policy=snp_policy)
-    # qemu's AK is tied to its certified EK by credential activation (POST /attestation/activate)
-    return [Row("ak", f"AK trust for platform {evidence.platform!r}", "no certificate-based check for this platform",
-                "enforce", "MISMATCH")]
+        from . import azure_cvm
+
+        return azure_cvm.check_ak(evidence, ak.key, now=now, policy=snp_policy)
+    return [Row("ak", "AK tied to a genuine TPM", f"no AK check for platform {evidence.platform!r}", "enforce",
+                "MISMATCH")]

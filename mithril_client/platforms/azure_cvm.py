@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import BadInput
 from ..measurements import Row
-from . import _x509
+from .. import certs
 
 HCL_HEADER = 32
 SNP_REPORT = 1184
@@ -62,11 +62,11 @@ class Product:
 
 PRODUCTS = (
     Product("Milan",
-            _x509.data_cert("amd-milan-ark.pem", "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd"),
-            _x509.data_cert("amd-milan-ask.pem", "67d303bd3905fd38db8b20e0793699870e7fa612eaad5dec358293fd8c0bac1b")),
+            certs.data_cert("amd-milan-ark.pem", "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd"),
+            certs.data_cert("amd-milan-ask.pem", "67d303bd3905fd38db8b20e0793699870e7fa612eaad5dec358293fd8c0bac1b")),
     Product("Genoa",
-            _x509.data_cert("amd-genoa-ark.pem", "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1"),
-            _x509.data_cert("amd-genoa-ask.pem", "5464738c1546aed5f2cecf1dc98c5c960a92e8913238a61711bc90ec6e828521")),
+            certs.data_cert("amd-genoa-ark.pem", "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1"),
+            certs.data_cert("amd-genoa-ask.pem", "5464738c1546aed5f2cecf1dc98c5c960a92e8913238a61711bc90ec6e828521")),
 )
 
 
@@ -242,26 +242,26 @@ def product_of(vcek: x509.Certificate) -> Product | None:
     return next((p for p in PRODUCTS if p.ask.subject == vcek.issuer), None)
 
 
-def _vcek_chain(certs: list[x509.Certificate], now: datetime) -> tuple[Product | None, str]:
+def _vcek_chain(chain: list[x509.Certificate], now: datetime) -> tuple[Product | None, str]:
     """The product when VCEK ← ASK ← pinned ARK verifies at `now`, else None and why not."""
-    vcek, rest = certs[0], certs[1:]
+    vcek, rest = chain[0], chain[1:]
     product = product_of(vcek)
     if product is None:
-        return None, f"VCEK issuer {_x509.cn(vcek.issuer)} is not AMD's SEV-Milan or SEV-Genoa ASK"
+        return None, f"VCEK issuer {certs.cn(vcek.issuer)} is not AMD's SEV-Milan or SEV-Genoa ASK"
     for cert in rest:
         if cert.subject == cert.issuer and cert != product.ark:
-            return None, f"the ARK in the evidence ({_x509.cn(cert)}) is not AMD's ARK-{product.name}"
+            return None, f"the ARK in the evidence ({certs.cn(cert)}) is not AMD's ARK-{product.name}"
     ask = next((c for c in rest if c.subject == vcek.issuer), product.ask)
-    if not _x509.issued_by(product.ark, product.ark):
+    if not certs.issued_by(product.ark, product.ark):
         return None, f"ARK-{product.name} is not self-signed"
-    if not _x509.issued_by(ask, product.ark):
-        return None, f"the ASK {_x509.cn(ask)} is not signed by AMD's ARK-{product.name}"
-    if not _x509.issued_by(vcek, ask):
-        return None, f"the VCEK is not signed by the ASK {_x509.cn(ask)}"
-    problems = [p for p in (_x509.validity_problem(c, now) for c in (vcek, ask, product.ark)) if p]
+    if not certs.issued_by(ask, product.ark):
+        return None, f"the ASK {certs.cn(ask)} is not signed by AMD's ARK-{product.name}"
+    if not certs.issued_by(vcek, ask):
+        return None, f"the VCEK is not signed by the ASK {certs.cn(ask)}"
+    problems = [p for p in (certs.validity_problem(c, now) for c in (vcek, ask, product.ark)) if p]
     if problems:
         return None, "; ".join(problems)
-    return product, f"VCEK ← {_x509.cn(ask)} ← ARK-{product.name}"
+    return product, f"VCEK ← {certs.cn(ask)} ← ARK-{product.name}"
 
 
 def _report_signature(report: SnpReport, vcek: x509.Certificate) -> str | None:
@@ -281,9 +281,9 @@ def _report_signature(report: SnpReport, vcek: x509.Certificate) -> str | None:
 def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy | None = None) -> list[Row]:
     """Rows for "is this AK the vTPM AK of a genuine SEV-SNP confidential VM on Azure?"; the `ak`
     row is the verdict."""
-    evidence = _x509.evidence_arg(evidence)
-    key = _x509.ak_key_arg(ak_key)
-    now = _x509.now_arg(now)
+    evidence = certs.evidence_arg(evidence)
+    key = certs.ak_key_arg(ak_key)
+    now = certs.now_arg(now)
     policy = SnpPolicy() if policy is None else policy
     if not isinstance(policy, SnpPolicy):
         raise BadInput("policy", f"expected an SnpPolicy, got {type(policy).__name__}")
@@ -293,11 +293,11 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy
         return [Row("ak", verdict, f"missing from the evidence: {', '.join(missing)}", "enforce", "MISMATCH")]
 
     hcl = parse_hcl_report(evidence.hcl_report)
-    certs = _x509.pem_bundle(evidence.vcek_chain, "evidence: vcek_chain")
-    report, vcek = hcl.report, certs[0]
+    chain = certs.pem_bundle(evidence.vcek_chain, "evidence: vcek_chain")
+    report, vcek = hcl.report, chain[0]
     rows = []
 
-    chained, how = _vcek_chain(certs, now)
+    chained, how = _vcek_chain(chain, now)
     rows.append(Row("snp vcek chain", f"VCEK ← ASK ← AMD ARK (Milan or Genoa) valid at {now:%Y-%m-%d}", how,
                     "enforce", "ok" if chained else "MISMATCH"))
 
@@ -319,11 +319,11 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy
 
     hcl_ak = _jwk_key(hcl.ak_jwk)
     if hcl_ak is None:
-        rows.append(Row("snp HCLAkPub", _x509.key_text(key), "no RSA HCLAkPub in the runtime data", "enforce",
+        rows.append(Row("snp HCLAkPub", certs.key_text(key), "no RSA HCLAkPub in the runtime data", "enforce",
                         "missing"))
     else:
-        same = _x509.spki(hcl_ak) == _x509.spki(key)
-        rows.append(Row("snp HCLAkPub", _x509.key_text(key), _x509.key_text(hcl_ak), "enforce",
+        same = certs.spki(hcl_ak) == certs.spki(key)
+        rows.append(Row("snp HCLAkPub", certs.key_text(key), certs.key_text(hcl_ak), "enforce",
                         "ok" if same else "MISMATCH"))
 
     debug = bool(report.policy & POLICY_DEBUG)

@@ -18,14 +18,14 @@ from datetime import datetime
 from cryptography import x509
 
 from ..measurements import Row
-from . import _x509
+from .. import certs
 
-ROOT = _x509.data_cert("azure-vtpm-root-2023.pem",
+ROOT = certs.data_cert("azure-vtpm-root-2023.pem",
                        "e6c596b17f8ffefba5c300f714cfb1260c6028704ecf7becc4ab5018efb00e95")
 KNOWN_INTERMEDIATES = (
-    _x509.data_cert("azure-vtpm-global-ca-01.pem",
+    certs.data_cert("azure-vtpm-global-ca-01.pem",
                     "a2daccd149cd2eadb82045d3cd24336699a0b2d4e50237a76448d107896cf8c7"),
-    _x509.data_cert("azure-vtpm-global-ca-03.pem",
+    certs.data_cert("azure-vtpm-global-ca-03.pem",
                     "fd7c92dabce4dcec9feaa30f8b087ada0598413189182152b881f5564064a29c"),
 )
 TCG_KP_AIK_CERTIFICATE = x509.ObjectIdentifier("2.23.133.8.3")
@@ -59,20 +59,20 @@ def aia_issuer_urls(cert: x509.Certificate) -> list[str]:
 
 def _find_issuer(cert, pool, fetch: Fetch, notes: list[str]):
     for candidate in pool:
-        if candidate.subject == cert.issuer and _x509.issued_by(cert, candidate):
+        if candidate.subject == cert.issuer and certs.issued_by(cert, candidate):
             return candidate
     for url in aia_issuer_urls(cert):
         try:
-            fetched = _x509.parse_cert_bytes(fetch(url))
+            fetched = certs.parse_cert_bytes(fetch(url))
         except Exception as e:  # any failure of an injected or network fetcher is "not available"
             notes.append(f"fetching {url} failed: {e}")
             continue
         if fetched is None:
             notes.append(f"{url} did not serve a certificate")
-        elif fetched.subject == cert.issuer and _x509.issued_by(cert, fetched):
+        elif fetched.subject == cert.issuer and certs.issued_by(cert, fetched):
             return fetched
         else:
-            notes.append(f"{url} served a certificate that did not issue {_x509.cn(cert)}")
+            notes.append(f"{url} served a certificate that did not issue {certs.cn(cert)}")
     return None
 
 
@@ -80,60 +80,60 @@ def verify_chain(leaf: x509.Certificate, extra: list[x509.Certificate], now: dat
                  fetch: Fetch) -> tuple[list[x509.Certificate] | None, str]:
     """The path leaf → … → ROOT, or None and why not."""
     problems = []
-    if _x509.is_ca(leaf):
-        problems.append(f"{_x509.cn(leaf)} is a CA certificate, not an AK certificate")
+    if certs.is_ca(leaf):
+        problems.append(f"{certs.cn(leaf)} is a CA certificate, not an AK certificate")
     try:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if TCG_KP_AIK_CERTIFICATE not in eku:
-            problems.append(f"{_x509.cn(leaf)} lacks the tcg-kp-AIKCertificate extended key usage")
+            problems.append(f"{certs.cn(leaf)} lacks the tcg-kp-AIKCertificate extended key usage")
     except x509.ExtensionNotFound:
         pass
     pool = [c for c in extra if c.subject != c.issuer] + list(KNOWN_INTERMEDIATES)
     path, cert, notes = [leaf], leaf, []
     for _ in range(MAX_DEPTH):
-        if cert.issuer == ROOT.subject and _x509.issued_by(cert, ROOT):
+        if cert.issuer == ROOT.subject and certs.issued_by(cert, ROOT):
             path.append(ROOT)
             break
         issuer = _find_issuer(cert, pool, fetch, notes)
         if issuer is None:
-            why = f"no issuer found for {_x509.cn(cert)} (issuer {_x509.cn(cert.issuer)})"
+            why = f"no issuer found for {certs.cn(cert)} (issuer {certs.cn(cert.issuer)})"
             return None, "; ".join([why, *notes])
-        if not _x509.is_ca(issuer):
-            return None, f"{_x509.cn(issuer)} is not a CA certificate"
+        if not certs.is_ca(issuer):
+            return None, f"{certs.cn(issuer)} is not a CA certificate"
         path.append(issuer)
         cert = issuer
     else:
-        return None, f"no path to {_x509.cn(ROOT)} within {MAX_DEPTH} certificates"
-    problems += [p for p in (_x509.validity_problem(c, now) for c in path) if p]
+        return None, f"no path to {certs.cn(ROOT)} within {MAX_DEPTH} certificates"
+    problems += [p for p in (certs.validity_problem(c, now) for c in path) if p]
     if problems:
         return None, "; ".join(problems)
-    return path, " ← ".join(_x509.cn(c) for c in path)
+    return path, " ← ".join(certs.cn(c) for c in path)
 
 
 def check_ak(evidence, ak_key, *, now: datetime | None = None, fetch: Fetch | None = None) -> list[Row]:
     """Rows for "is this AK certified by Azure's vTPM CA?"; the `ak` row is the verdict."""
-    evidence = _x509.evidence_arg(evidence)
-    key = _x509.ak_key_arg(ak_key)
-    now = _x509.now_arg(now)
+    evidence = certs.evidence_arg(evidence)
+    key = certs.ak_key_arg(ak_key)
+    now = certs.now_arg(now)
     fetch = fetch or http_fetch
-    anchor = f"{_x509.cn(ROOT)} (sha256 {_x509.fingerprint(ROOT)[:16]}…)"
-    verdict = f"AK certified by {_x509.cn(ROOT)}"
+    anchor = f"{certs.cn(ROOT)} (sha256 {certs.fingerprint(ROOT)[:16]}…)"
+    verdict = f"AK certified by {certs.cn(ROOT)}"
     if evidence.ak_cert is None:
         rows = [Row("ak cert chain", f"chain to {anchor}", "no ak_cert in the evidence", "enforce", "missing"),
-                Row("ak cert key", _x509.key_text(key), "no ak_cert in the evidence", "enforce", "missing")]
+                Row("ak cert key", certs.key_text(key), "no ak_cert in the evidence", "enforce", "missing")]
         return [Row("ak", verdict, "no AK certificate (NV 0x01C101D0)", "enforce", "MISMATCH"), *rows]
 
-    leaf, *extra = _x509.pem_bundle(evidence.ak_cert, "evidence: ak_cert")
+    leaf, *extra = certs.pem_bundle(evidence.ak_cert, "evidence: ak_cert")
     path, how = verify_chain(leaf, extra, now, fetch)
-    key_ok = _x509.spki(leaf.public_key()) == _x509.spki(key)
+    key_ok = certs.spki(leaf.public_key()) == certs.spki(key)
     rows = [
         Row("ak cert chain", f"chain to {anchor} valid at {now:%Y-%m-%d %H:%M:%S}Z", how, "enforce",
             "ok" if path else "MISMATCH"),
-        Row("ak cert key", _x509.key_text(key), _x509.key_text(leaf.public_key()), "enforce",
+        Row("ak cert key", certs.key_text(key), certs.key_text(leaf.public_key()), "enforce",
             "ok" if key_ok else "MISMATCH"),
     ]
     if path and key_ok:
-        actual = f"{_x509.cn(leaf)} via {' ← '.join(_x509.cn(c) for c in path[1:-1]) or 'no intermediate'}"
+        actual = f"{certs.cn(leaf)} via {' ← '.join(certs.cn(c) for c in path[1:-1]) or 'no intermediate'}"
         return [Row("ak", verdict, actual, "enforce", "ok"), *rows]
     failed = ", ".join(r.check for r in rows if r.failed)
     return [Row("ak", verdict, f"not certified ({failed} failed)", "enforce", "MISMATCH"), *rows]

@@ -9,7 +9,7 @@ import hmac
 import os
 from collections.abc import Callable
 
-from ..certs import chain_to_anchor, load_pem, load_pem_bundle
+from ..certs import chain_to_anchor, pem_bundle
 from ..credential import make_credential
 from ..evidence import Evidence
 from ..measurements import Row
@@ -30,14 +30,14 @@ def check_ak(evidence: Evidence, ak: TpmPublic, *, ek_roots: bytes | None, activ
                         "enforce", "MISMATCH"))
         ek_key = None
     else:
-        ek = load_pem(evidence.ek_cert, "evidence: ek_cert")
+        ek = pem_bundle(evidence.ek_cert, "evidence: ek_cert")[0]
         ek_key = ek.public_key()
         if ek_roots is None:
             rows.append(Row("ek cert chain", "EK certificate from the swtpm CA", "no EK CA given", "enforce",
                             "UNVERIFIED (run `connect` in the project folder of `mithril-build run`, or "
                             "pass --ek-ca)"))
         else:
-            anchors = load_pem_bundle(ek_roots, "EK CA")
+            anchors = pem_bundle(ek_roots, "EK CA")
             ok, path = chain_to_anchor(ek, anchors, anchors, now)
             rows.append(Row("ek cert chain", "chains to the given EK CA", path, "enforce", "ok" if ok else "MISMATCH"))
     if ek_key is None:
