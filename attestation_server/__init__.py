@@ -1,0 +1,1 @@
+"""The attestation server that runs inside the guest image (docs/evidence.md)."""

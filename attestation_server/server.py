@@ -1,0 +1,319 @@
+"""The attestation server (docs/evidence.md): at start, the TLS CA measured into PCR 15 and the
+ingress's certificate; then `GET /attestation?nonce=HEX` (quote + AK-trust evidence) and
+`POST /attestation/activate` (credential activation, qemu).
+
+Runs on Debian bookworm's python3 with python3-cryptography 38 and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from mithril_client import tpm2
+from mithril_client.errors import BadInput
+from mithril_client.evidence import PLATFORMS, VERSION, parse_nonce
+
+from . import imds, tls
+from .tpm import AK_TEMPLATE, ALG_SHA256, EK_TEMPLATE, RC_HANDLE, RH_ENDORSEMENT, Key, Tpm, TpmError
+
+QUOTED_PCRS = range(16)
+QUOTE_ATTEMPTS = 3  # a PCR may move between TPM2_Quote and TPM2_PCR_Read: then quote again
+EK_HANDLE = 0x81010001  # TCG: the RSA 2048 EK's persistent handle (swtpm_setup puts it there)
+NV_EK_CERT = 0x01C00002  # TCG EK Credential Profile: RSA 2048 EK certificate
+AZURE_AK_HANDLE = 0x81000003
+NV_AZURE_AK_CERT = 0x01C101D0
+NV_AZURE_HCL_REPORT = 0x01400001  # read as the HCL wrote it at boot: docs/evidence.md, "HCL report"
+MAX_BODY = 1 << 16  # an activation body is about 1 KiB
+REQUEST_TIMEOUT = 30.0  # seconds a client may take to send its request
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    platform: str
+    tpm: str
+    tls_dir: Path
+    state_dir: Path
+    tls_owner: tuple[int, int] | None = None
+    pcr: int = 15
+    thim_url: str = imds.THIM_URL
+
+    def __post_init__(self):
+        if self.platform not in PLATFORMS:
+            raise ValueError(f"platform {self.platform!r} is not one of {', '.join(PLATFORMS)}")
+        if not 0 <= self.pcr <= 23:
+            raise ValueError(f"PCR {self.pcr}: expected 0..23")
+
+
+class StartError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------- start
+
+def _load_or_make_ca(state: Path):
+    key_path, cert_path = state / "ca.key", state / "ca.pem"
+    if key_path.exists() and cert_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        return key, x509.load_pem_x509_certificate(cert_path.read_bytes()), cert_path.read_bytes()
+    key, cert = tls.make_ca()
+    tls.write_atomic(key_path, tls.key_pem(key), mode=0o600)
+    tls.write_atomic(cert_path, tls.cert_pem(cert))
+    return key, cert, tls.cert_pem(cert)
+
+
+def _measure_ca(cfg: Config, ca_pem: bytes) -> None:
+    """Extend PCR `cfg.pcr` with sha256(CA PEM) exactly once per boot. The state folder records
+    the value before and the value after; the record is written before extending, so a restart
+    at any point can tell whether the extend happened."""
+    digest = hashlib.sha256(ca_pem).digest()
+    record_path = cfg.state_dir / "pcr.json"
+    with Tpm(cfg.tpm) as tpm:
+        current = tpm.pcr_read(ALG_SHA256, [cfg.pcr])[cfg.pcr]
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+        else:
+            record = {"pcr": cfg.pcr, "ca_sha256": digest.hex(), "before": current.hex(),
+                      "after": hashlib.sha256(current + digest).hexdigest()}
+            tls.write_atomic(record_path, json.dumps(record).encode())
+        if record["pcr"] != cfg.pcr or record["ca_sha256"] != digest.hex():
+            raise StartError(f"{record_path} is for PCR {record['pcr']} and CA sha256 {record['ca_sha256']}, "
+                             f"not PCR {cfg.pcr} and this CA ({digest.hex()}): empty the state folder")
+        if current.hex() == record["after"]:
+            log(f"PCR {cfg.pcr} already holds this CA: not extended again")
+        elif current.hex() == record["before"]:
+            tpm.pcr_extend(cfg.pcr, ALG_SHA256, digest)
+            log(f"PCR {cfg.pcr} extended with sha256(CA PEM) {digest.hex()}")
+        else:
+            raise StartError(f"PCR {cfg.pcr} is {current.hex()}, neither the value before ({record['before']}) "
+                             f"nor after ({record['after']}) the CA's extend: something else extended it")
+
+
+def start(cfg: Config) -> bytes:
+    """Make or reuse the CA, measure it, write the ingress's files; returns the CA PEM."""
+    cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cfg.tls_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    ca_key, ca_cert, ca_pem = _load_or_make_ca(cfg.state_dir)
+    _measure_ca(cfg, ca_pem)
+    leaf_key, leaf_cert = tls.issue_leaf(ca_key, ca_cert)
+    tls.write_atomic(cfg.tls_dir / "server.key", tls.key_pem(leaf_key), mode=0o600, owner=cfg.tls_owner)
+    tls.write_atomic(cfg.tls_dir / "server.pem", tls.cert_pem(leaf_cert) + ca_pem)
+    tls.write_atomic(cfg.tls_dir / "ca.pem", ca_pem)
+    return ca_pem
+
+
+# ---------------------------------------------------------------------------- requests
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _der_prefix(data: bytes) -> bytes:
+    """The DER element at the start of `data`: a certificate index may be larger than the
+    certificate (Azure's AK certificate index is 4096 bytes, zero-padded)."""
+    if len(data) < 2 or data[0] != 0x30:
+        return data
+    if data[1] < 0x80:
+        return data[:2 + data[1]]
+    n = data[1] & 0x7F
+    return data[:2 + n + int.from_bytes(data[2:2 + n], "big")]
+
+
+def _nv_cert_pem(tpm: Tpm, index: int) -> str:
+    der = _der_prefix(tpm.nv_read(index))
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as e:
+        raise TpmError("NV_Read", detail=f"NV 0x{index:08x} does not hold a DER certificate: {e}") from None
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _body_tpm2b(doc: dict, key: str) -> bytes:
+    """A base64 TPM2B from the activation body; returns its contents."""
+    value = doc.get(key)
+    if not isinstance(value, str):
+        raise BadInput("body", f"{key}: expected a base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput("body", f"{key}: not valid base64") from None
+    if len(raw) < 3 or int.from_bytes(raw[:2], "big") != len(raw) - 2:
+        raise BadInput("body", f"{key}: not a TPM2B (2-byte big-endian size, then that many bytes)")
+    return raw[2:]
+
+
+class Attestor:
+    """The TPM side of the two requests; one request at a time talks to the TPM."""
+
+    def __init__(self, cfg: Config, tls_ca: bytes):
+        self.cfg, self.tls_ca = cfg, tls_ca
+        self._lock = threading.Lock()
+
+    def _ak(self, tpm: Tpm) -> Key:
+        if self.cfg.platform == "qemu":
+            return tpm.create_primary(RH_ENDORSEMENT, AK_TEMPLATE)
+        return tpm.read_public(AZURE_AK_HANDLE)
+
+    def _quote(self, tpm: Tpm, ak: Key, nonce: bytes) -> tuple[bytes, bytes, dict[int, bytes]]:
+        for _ in range(QUOTE_ATTEMPTS):
+            attest, signature = tpm.quote(ak.handle, nonce, ALG_SHA256, QUOTED_PCRS)
+            values = tpm.pcr_read(ALG_SHA256, QUOTED_PCRS)
+            quote, sig = tpm2.parse_quote(attest), tpm2.parse_signature(signature)
+            if tpm2.pcr_digest(quote.selections, {"sha256": values}, sig.hash) == quote.pcr_digest:
+                return attest, signature, values
+        raise TpmError("Quote", detail=f"the PCRs changed between TPM2_Quote and TPM2_PCR_Read {QUOTE_ATTEMPTS} times")
+
+    def evidence(self, nonce: bytes) -> dict:
+        platform = self.cfg.platform
+        trust: dict[str, str] = {}  # the platform's evidence that the AK is a real TPM's
+        with self._lock, Tpm(self.cfg.tpm) as tpm:
+            ak = self._ak(tpm)
+            attest, signature, values = self._quote(tpm, ak, nonce)
+            if platform == "qemu":
+                try:
+                    trust["ek_cert"] = _nv_cert_pem(tpm, NV_EK_CERT)
+                except TpmError as e:
+                    if e.base != RC_HANDLE:  # a TPM without an EK certificate: the client decides
+                        raise
+            else:
+                trust["ak_cert"] = _nv_cert_pem(tpm, NV_AZURE_AK_CERT)
+            if platform == "azure-cvm":
+                trust["hcl_report"] = _b64(tpm.nv_read(NV_AZURE_HCL_REPORT))
+        if platform == "azure-cvm":  # outside the TPM lock: a slow IMDS must not hold up the TPM
+            trust["vcek_chain"] = imds.vcek_chain(self.cfg.thim_url).decode()
+        ak_pub = tpm2.load_ak(ak.public, "ak_public").public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return {"version": VERSION, "platform": platform, "nonce": nonce.hex(),
+                "quote": _b64(attest), "signature": _b64(signature),
+                "pcrs": {"sha256": {str(i): values[i].hex() for i in QUOTED_PCRS}},
+                "ak_pub": ak_pub.decode(), "ak_public": _b64(ak.public), "tls_ca": self.tls_ca.decode(), **trust}
+
+    def activate(self, credential_blob: bytes, secret: bytes) -> bytes:
+        """TPM2_ActivateCredential: the AK (password) certified by the EK (PolicySecret(endorsement))."""
+        with self._lock, Tpm(self.cfg.tpm) as tpm:
+            ak = self._ak(tpm)
+            try:
+                ek = tpm.read_public(EK_HANDLE)
+            except TpmError as e:
+                if e.base != RC_HANDLE:
+                    raise
+                ek = tpm.create_primary(RH_ENDORSEMENT, EK_TEMPLATE)  # the same key, made again
+            session = tpm.start_policy_session()
+            tpm.policy_secret(RH_ENDORSEMENT, session)
+            return tpm.activate_credential(ak.handle, ek.handle, session, credential_blob, secret)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """HTTP/1.0, one request per connection. Every answer is JSON; errors are {"error": "..."}."""
+
+    server_version = "mithril-attestation"
+    sys_version = ""
+    timeout = REQUEST_TIMEOUT
+    routes = {"/attestation": "GET", "/attestation/activate": "POST"}
+    attestor: Attestor  # set on the subclass made by `serve`
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 -- the base class's name
+        log(f"{self.client_address[0]} {format % args}")
+
+    def _answer(self, status: int, doc: dict, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self._answer(status, {"error": message}, headers)
+
+    def _body(self, length: int) -> dict:
+        try:
+            doc = json.loads(self.rfile.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise BadInput("body", "not JSON") from None
+        if not isinstance(doc, dict):
+            raise BadInput("body", "expected a JSON object")
+        return doc
+
+    def _handle(self) -> None:
+        url = urlsplit(self.path)
+        allowed = self.routes.get(url.path)
+        if allowed is None:
+            return self._error(HTTPStatus.NOT_FOUND, f"no such path: {url.path}")
+        if self.command != allowed:
+            return self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{url.path} takes {allowed}", {"Allow": allowed})
+        platform = self.attestor.cfg.platform
+        if url.path == "/attestation/activate" and platform != "qemu":
+            return self._error(HTTPStatus.NOT_FOUND, f"credential activation is served on qemu, not {platform}")
+        try:  # the request's input: a fault here is the client's
+            if url.path == "/attestation":
+                nonces = parse_qs(url.query).get("nonce", [])
+                if len(nonces) != 1:
+                    raise BadInput("nonce", "exactly one nonce=HEX query parameter is required")
+                args = (parse_nonce(nonces[0]),)
+            else:
+                length = self.headers.get("Content-Length", "")
+                if not length.isdigit():
+                    return self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
+                if int(length) > MAX_BODY:
+                    return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
+                doc = self._body(int(length))
+                args = (_body_tpm2b(doc, "credential_blob"), _body_tpm2b(doc, "secret"))
+        except BadInput as e:
+            return self._error(HTTPStatus.BAD_REQUEST, str(e))
+        try:
+            if url.path == "/attestation":
+                return self._answer(HTTPStatus.OK, self.attestor.evidence(*args))
+            return self._answer(HTTPStatus.OK, {"credential": _b64(self.attestor.activate(*args))})
+        except TpmError as e:
+            log(f"{self.command} {url.path}: {e}")
+            if url.path == "/attestation/activate" and e.parameter is not None:
+                return self._error(HTTPStatus.BAD_REQUEST, f"the TPM rejected the credential: {e}")
+            return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, str(e))
+        except imds.ImdsError as e:
+            log(f"{self.command} {url.path}: {e}")
+            return self._error(HTTPStatus.BAD_GATEWAY, str(e))
+
+    def _guarded(self) -> None:
+        try:
+            self._handle()
+        except Exception as e:  # never let one request take the server down
+            log(f"{self.command} {self.path}: internal error: {type(e).__name__}: {e}")
+            try:
+                self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+            except OSError:
+                pass  # the client is gone
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _guarded
+
+
+def serve(cfg: Config, host: str, port: int) -> None:
+    tls_ca = start(cfg)
+    handler = type("BoundHandler", (Handler,), {"attestor": Attestor(cfg, tls_ca)})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    log(f"attestation server listening on {server.server_address[0]}:{server.server_address[1]} "
+        f"(platform {cfg.platform}, TPM {cfg.tpm})")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
