@@ -7,7 +7,7 @@ import lzma
 import posixpath
 import tarfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,51 +50,99 @@ def validate_tar(path: Path, where: str | None = None) -> int:
     return count
 
 
-def deb_member(deb: Path, member: str) -> bytes:
-    """Read one file out of a Debian package's data.tar.* (ar archive), without dpkg."""
+def deb_data(deb: Path) -> bytes:
+    """The uncompressed data.tar of a Debian package (an ar archive), without dpkg. xz and gzip
+    are read in Python; zstd (the standard library has none before 3.14) with the zstd tool."""
     where = str(deb)
     data = deb.read_bytes()
     if not data.startswith(b"!<arch>\n"):
         raise BadInput(where, "not a Debian package (no ar header)")
     pos = 8
     while pos + 60 <= len(data):
-        name = data[pos:pos + 16].decode().strip().rstrip("/")
-        size = int(data[pos + 48:pos + 58].decode().strip())
+        name = data[pos:pos + 16].decode(errors="replace").strip().rstrip("/")
+        try:
+            size = int(data[pos + 48:pos + 58].decode().strip())
+        except ValueError:
+            raise BadInput(where, "corrupt ar member header") from None
         body = data[pos + 60:pos + 60 + size]
         pos += 60 + size + (size & 1)
         if not name.startswith("data.tar"):
             continue
-        if name.endswith(".xz"):
-            body = lzma.decompress(body)
-        elif name.endswith(".gz"):
-            body = zlib.decompress(body, 31)
-        elif name.endswith(".zst"):
-            raise BadInput(where, "zstd-compressed data.tar is not supported")
-        with tarfile.open(fileobj=io.BytesIO(body)) as tf:
-            for m in tf:
-                check_member_name(m.name, where)
-                if posixpath.normpath(m.name) == posixpath.normpath(member) and m.isfile():
-                    return tf.extractfile(m).read()
-        raise BadInput(where, f"package has no file {member!r}")
+        try:
+            if name == "data.tar":
+                return body
+            if name == "data.tar.xz":
+                return lzma.decompress(body)
+            if name == "data.tar.gz":
+                return zlib.decompress(body, 31)
+        except (lzma.LZMAError, zlib.error) as e:
+            raise BadInput(where, f"{name} does not decompress: {e}") from None
+        if name == "data.tar.zst":
+            from .run import run
+
+            return run(["zstd", "-d", "-c", "-q"], input=body).stdout
+        raise BadInput(where, f"unsupported member {name}")
     raise BadInput(where, "package has no data.tar member")
+
+
+def tar_entries(data: bytes, where: str) -> Iterator[Entry]:
+    """The members of an uncompressed tar as Entries, safely: no absolute or `..` names, no
+    device files or FIFOs, hardlinks only to earlier members (they carry their target's data and
+    name it in `link`). Symlink targets are kept as they are: they resolve inside the image."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+            for m in tf:
+                name = check_member_name(m.name, where)
+                if name == ".":
+                    continue
+                mode = m.mode & 0o7777
+                if m.isdir():
+                    yield Entry(name, mode)
+                elif m.issym():
+                    yield Entry(name, 0o777, target=m.linkname)
+                elif m.islnk():
+                    link = check_member_name(m.linkname, where)
+                    if link not in files:
+                        raise BadInput(where, f"hardlink {m.name!r} points to {m.linkname!r}, not an earlier file")
+                    yield Entry(name, mode, files[link], link=link)
+                elif m.isfile():
+                    files[name] = tf.extractfile(m).read()
+                    yield Entry(name, mode, files[name])
+                else:
+                    raise BadInput(where, f"archive member {m.name!r} is a device file or FIFO")
+    except tarfile.TarError as e:
+        raise BadInput(where, f"not a readable tar archive: {e}") from None
+
+
+def deb_member(deb: Path, member: str) -> bytes:
+    """Read one regular file out of a Debian package's data.tar."""
+    want = posixpath.normpath(member)
+    for e in tar_entries(deb_data(deb), str(deb)):
+        if e.path == want and e.data is not None:
+            return e.data
+    raise BadInput(str(deb), f"package has no file {member!r}")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One member of a reproducible tar: a file (data), a directory, or a symlink (target)."""
+    """One member of a reproducible tar: a file (data), a directory, a symlink (target) or a
+    hardlink to an earlier member (link)."""
 
     path: str
     mode: int = 0o644
     data: bytes | None = None
     target: str | None = None
+    link: str | None = None
 
     @property
     def is_dir(self) -> bool:
-        return self.data is None and self.target is None
+        return self.data is None and self.target is None and self.link is None
 
 
 def deterministic_tar(entries: Iterable[Entry], mtime: int) -> bytes:
-    """A ustar archive with sorted members, owner root:root, fixed mtime and modes."""
+    """A ustar archive with sorted members, owner root:root, fixed mtime and modes. A hardlink
+    must sort after its target (callers make the first path of a link group the file)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
         for e in sorted(entries, key=lambda e: e.path):
@@ -103,6 +151,9 @@ def deterministic_tar(entries: Iterable[Entry], mtime: int) -> bytes:
             info.mode = e.mode
             if e.target is not None:
                 info.type, info.linkname = tarfile.SYMTYPE, e.target
+                tf.addfile(info)
+            elif e.link is not None:
+                info.type, info.linkname = tarfile.LNKTYPE, e.link
                 tf.addfile(info)
             elif e.is_dir:
                 info.type = tarfile.DIRTYPE

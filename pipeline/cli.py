@@ -166,7 +166,8 @@ def status(ctx, as_json):
 
 
 @cli.command()
-@click.option("--all", "everything", is_flag=True, help="Also remove the input store (downloaded pinned files).")
+@click.option("--all", "everything", is_flag=True,
+              help="Also remove the input store (downloaded pinned files) and the Debian index cache.")
 @click.option("--outputs", is_flag=True, help="Also remove out/<profile>.")
 @project_options
 def clean(ctx, everything, outputs):
@@ -203,18 +204,34 @@ def init(directory, force, image, port, seed):
 @cli.command("lock")
 @click.option("--check", is_flag=True, help="Only report what is not pinned; exit 1 if anything is not.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--update-debs", is_flag=True, help="Re-resolve the .debs of the images built here against the "
+              "archive's current indices (to take security updates).")
 @project_options
-def lock_(ctx, check, as_json):
+def lock_(ctx, check, as_json, update_debs):
     """Write/refresh mithril.lock for the profile: pin what can be resolved from here, report the rest.
 
     With --model, (re)resolve that model's revision to a commit and record every file's digest."""
     model_given = ctx.profile.model != ctx.config.profiles[ctx.profile_name].model
     from .orchestrate import refresh_lock
 
-    report = refresh_lock(ctx, check=check, force_models=model_given)
+    report = refresh_lock(ctx, check=check, force_models=model_given, update_debs=update_debs)
     emit(report, as_json, "\n".join(f"{r['entry']:<40} {r['state']}" for r in report["entries"]))
     if check and report["unpinned"]:
         sys.exit(1)
+
+
+@cli.command("image")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The OCI archive to write (it is also a docker-archive).")
+@click.option("--json", "as_json", is_flag=True, help="Print name, ref, digests as JSON.")
+@project_options
+def image_(ctx, name, output, as_json):
+    """Build one image the app disk carries (caddy, attestation-server) from its pinned .debs."""
+    from .images import write
+
+    info = write(ctx, name, output)
+    emit(info, as_json, f"{output}: {info['ref']} {info['manifest_digest']} ({info['size']} bytes)")
 
 
 @cli.command("measure-disk")

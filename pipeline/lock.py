@@ -46,6 +46,19 @@ class ImagePin(_Strict):
         return f"{name.rsplit(':', 1)[0] if ':' in name.split('/')[-1] else name}@{self.digest}"
 
 
+class DebPin(_Strict):
+    """One Debian package, as its signed Packages index listed it. Every pin carries a URL and a
+    sha256, so the input store (and an offline export) can fetch and check it alone."""
+
+    version: str
+    sha256: str = Field(pattern=HEX64)
+    size: int = Field(ge=0)
+    url: str
+
+    def file(self) -> FilePin:
+        return FilePin(url=self.url, sha256=self.sha256, size=self.size)
+
+
 class ModelFile(_Strict):
     size: int | None = None
     sha256: str | None = Field(None, pattern=HEX64)  # LFS files
@@ -67,6 +80,8 @@ class Lock(_Strict):
     images: dict[str, ImagePin] = {}
     models: dict[str, ModelPin] = {}
     packages: dict[str, dict[str, str]] = {}
+    # debs.<image>.<package>: the .debs an image is built from (the OS image's own: debs.os).
+    debs: dict[str, dict[str, DebPin]] = {}
 
     def file(self, name: str, locked: bool = True) -> FilePin:
         pin = self.files.get(name)

@@ -23,13 +23,15 @@ def _json(obj) -> bytes:
 
 
 def image_archive(name: str, tag: str, rootfs: Sequence[Entry], *, entrypoint: Sequence[str],
-                  mtime: int, exposed_ports: Sequence[int] = (), user: str = "0:0") -> tuple[bytes, str]:
-    """Return (archive bytes, manifest digest) for a single-layer linux/amd64 image."""
+                  mtime: int, exposed_ports: Sequence[int] = (), user: str = "0:0",
+                  env: Sequence[str] = ()) -> tuple[bytes, str]:
+    """Return (archive bytes, manifest digest) for a single-layer linux/amd64 image.
+    `env` holds "NAME=value" strings, in the order given."""
     layer_digest, layer = _blob(deterministic_tar(rootfs, mtime))
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Entrypoint": list(entrypoint), "User": user, "WorkingDir": "/",
+        "config": {"Entrypoint": list(entrypoint), "User": user, "WorkingDir": "/", "Env": list(env) or None,
                    "ExposedPorts": {f"{p}/tcp": {} for p in exposed_ports} or None},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     }

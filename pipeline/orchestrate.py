@@ -46,7 +46,7 @@ def clean(ctx: Context, everything: bool, outputs: bool) -> list[str]:
     orch = _orchestrator(ctx)
     done = []
     with orch.cache.exclusive():
-        for name in ("stages", "tmp", *(["inputs"] if everything else [])):
+        for name in ("stages", "tmp", *(["inputs", "debian"] if everything else [])):
             path = ctx.cache_dir / name
             if path.exists():
                 shutil.rmtree(path)
@@ -70,9 +70,10 @@ def profile_inputs(ctx: Context) -> tuple[list[str], list[str]]:
     return images, models
 
 
-def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False) -> dict:
+def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, update_debs: bool = False) -> dict:
     """Report the lock entries the selected profile uses and, unless `check`, pin what can be
-    resolved from here: unpinned files (fetched, trust on first use), image digests (registry),
+    resolved from here: unpinned files (fetched, trust on first use), the .debs of the images
+    built here (signed Debian indices; re-resolved with `update_debs`), image digests (registry),
     the model (Hub commit and file digests; re-resolved with `force_models`), the OS package
     versions of the profile's last build, the mkosi version."""
     import json
@@ -109,6 +110,23 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False) 
             attempt(f"files.{name}", fetch)
         else:
             note(f"files.{name}", "unresolved: needs url or path")
+
+    from . import images as built
+
+    for name, recipe in built.RECIPES.items():  # both apps build all of them
+        have = ctx.lock.debs.get(name, {})
+        if have and all(p in have for p in recipe.packages) and not (update_debs and not check):
+            note(f"debs.{name}", f"pinned ({len(have)} packages)")
+            continue
+
+        def resolve_debs(name=name, recipe=recipe, have=have):
+            pins = built.resolve(ctx.lock.debian, ctx.cache_dir / "debian", recipe)
+            data.setdefault("debs", {})[name] = pins
+            if pins == {n: p.model_dump(mode="json") for n, p in have.items()}:
+                return f"pinned, unchanged ({len(pins)} packages)"
+            roots = ", ".join(f"{p} {pins[p]['version']}" for p in recipe.packages)
+            return f"pinned now ({len(pins)} packages: {roots})"
+        attempt(f"debs.{name}", resolve_debs)
 
     want_images, want_models = profile_inputs(ctx)
     for name in want_images:

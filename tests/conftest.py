@@ -37,3 +37,14 @@ def new_project(dest: Path) -> Path:
     res = mb("init", dest, "--seed", SEED)
     assert res.returncode == 0, res.stderr
     return dest
+
+
+@pytest.fixture(scope="session")
+def debian_archive(tmp_path_factory):
+    """The verified, merged Debian index of the suites in this repository's mithril.lock (fetched
+    from deb.debian.org and security.debian.org once per session)."""
+    from pipeline import debian
+    from pipeline import lock as lk
+
+    need("gpgv", debian.KEYRING)
+    return debian.archive(lk.load(REPO / "mithril.lock").debian, tmp_path_factory.mktemp("debian-indices"))

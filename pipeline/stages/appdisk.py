@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import log
+from .. import images, log
 from ..archive import Entry, deb_member, validate_tar
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult, tool_version
@@ -30,7 +30,7 @@ DISK = "application_disk.raw"
 RECORD = "appdisk.json"
 BLOCK = 4096
 DEMO_IMAGE = "localhost/mithril-demo"
-LLM_IMAGES = ("caddy", "attestation-server", "triton")  # lock image names the llm app needs
+LLM_IMAGES = ("triton",)  # registry images (lock `images:`) the llm app needs; caddy etc. are built here
 
 
 def components(ctx: Context) -> list[str]:
@@ -43,9 +43,9 @@ def lock_images(ctx: Context) -> list[str]:
 
 class AppDisk(Stage):
     name = "appdisk"
-    version = 1
+    version = 2
     deps = ("model",)
-    code = ("archive.py", "oci.py", "measure/verity.py", "measure/gpt.py")
+    code = ("archive.py", "oci.py", "images.py", "measure/verity.py", "measure/gpt.py")
 
     def key_inputs(self, ctx: Context) -> dict:
         lock = {f"images.{n}": ctx.lock.entry("images", n) for n in lock_images(ctx)}
@@ -57,6 +57,7 @@ class AppDisk(Stage):
                        "model": ctx.profile.model, "k3s": ctx.config.os.k3s,
                        "seed": str(ctx.seed), "source_date_epoch": ctx.source_date_epoch},
             "lock": lock,
+            "images": images.key_inputs(ctx),  # debs pins and our source trees, per built image
             "tools": {"mksquashfs": tool_version("mksquashfs", "-version"),
                       "systemd-repart": tool_version("systemd-repart", "--version")},
         }
@@ -66,7 +67,7 @@ class AppDisk(Stage):
             work = Path(work)
             tree = work / "tree"
             with log.step("Staging the application tree", "Staged the application tree"):
-                images = stage_tree(ctx, tree, deps.get("model"))
+                archives = stage_tree(ctx, tree, deps.get("model"))
                 files = file_manifest(tree)
             with log.step("Making the squashfs and dm-verity images", "Made squashfs and verity"):
                 data = make_squashfs(ctx, tree, work / "data.img")
@@ -79,7 +80,7 @@ class AppDisk(Stage):
             "verity": {"data_block_size": params.data_block_size, "hash_block_size": params.hash_block_size,
                        "data_blocks": params.data_blocks, "salt": params.salt.hex(),
                        "uuid": str(uuid.UUID(bytes=params.uuid)), "algorithm": params.algorithm},
-            "images": images,
+            "images": archives,
             "files": files,
         }
         (out / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -103,7 +104,7 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
         raise BadInput(str(src), "folder missing", "run `mithril-build init` to get a starter project")
     check_source_links(src)
     tree.mkdir()
-    images, refs = build_images(ctx, tree / "images")
+    archives, refs = build_images(ctx, tree / "images")
     cfg = ctx.config.appdisk
     values = {"namespace": cfg.namespace, "ingress_port": cfg.ingress_port, "app_port": cfg.app_port,
               "attestation_port": cfg.attestation_port, "app": ctx.profile.app, "components": components(ctx),
@@ -129,7 +130,7 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
             os.chmod(tpl.with_suffix(""), os.stat(tpl).st_mode)
             tpl.unlink()
     normalise(tree)
-    return images
+    return archives
 
 
 def _env(src: Path):
@@ -161,15 +162,21 @@ def check_source_links(src: Path) -> None:
 
 
 def build_images(ctx: Context, dest: Path) -> tuple[list[dict], dict[str, str]]:
-    """Image archives for the disk: the demo image (built here) or the pinned images of the lock."""
+    """Image archives for the disk: those built here (the demo app, and caddy and the attestation
+    server from pinned .debs) and the registry images pinned in the lock."""
     dest.mkdir(parents=True)
-    images, refs = [], {}
+    built, refs = [], {}
+
+    def add(name: str, ref: str, data: bytes, digest: str) -> None:
+        (dest / f"{name}.tar").write_bytes(data)
+        refs[name] = ref
+        built.append({"name": name, "ref": ref, "manifest_digest": digest, "sha256": hashlib.sha256(data).hexdigest()})
+
     if ctx.profile.app == "demo":
-        data, digest = demo_image(ctx)
-        (dest / "app.tar").write_bytes(data)
-        refs["app"] = f"{DEMO_IMAGE}:1"
-        images.append({"name": "app", "ref": refs["app"], "manifest_digest": digest,
-                       "sha256": hashlib.sha256(data).hexdigest()})
+        add("app", f"{DEMO_IMAGE}:1", *demo_image(ctx))
+    for recipe in images.RECIPES.values():
+        with log.step(f"Building the {recipe.name} image", f"Built the {recipe.name} image"):
+            add(recipe.name, recipe.ref, *images.build(ctx, recipe))
     for name in lock_images(ctx):
         pin = ctx.lock.image(name, ctx.locked)
         if pin.archive is None or not pin.archive.sha256:
@@ -181,8 +188,8 @@ def build_images(ctx: Context, dest: Path) -> tuple[list[dict], dict[str, str]]:
         shutil.copyfile(path, target)
         ref = pin.pinned_ref if pin.digest else pin.ref  # unpinned refs are refused under --locked
         refs["app" if name == "triton" else name] = ref
-        images.append({"name": name, "ref": ref, "sha256": pin.archive.sha256})
-    return images, refs
+        built.append({"name": name, "ref": ref, "sha256": pin.archive.sha256})
+    return built, refs
 
 
 def demo_image(ctx: Context) -> tuple[bytes, str]:
@@ -191,8 +198,7 @@ def demo_image(ctx: Context) -> tuple[bytes, str]:
     busybox = deb_member(deb, "./bin/busybox")
     www = (ctx.root / SOURCE / "www")
     rootfs = [Entry("bin", 0o755), Entry("bin/busybox", 0o755, busybox), Entry("bin/sh", 0o777, target="busybox"),
-              Entry("etc", 0o755), Entry("etc/passwd", 0o644, b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"),
-              Entry("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n"), Entry("www", 0o755)]
+              *images.accounts(), Entry("www", 0o755)]
     for p in sorted(www.rglob("*")) if www.is_dir() else []:
         rel = "www/" + p.relative_to(www).as_posix()
         rootfs.append(Entry(rel, 0o755) if p.is_dir() else Entry(rel, 0o644, p.read_bytes()))

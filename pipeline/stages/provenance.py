@@ -52,6 +52,10 @@ def resolved_dependencies(ctx: Context, source: dict) -> list[dict]:
         # The exact package versions of the last build (mkosi's manifest), by digest.
         deps.append({"name": f"debian-packages:{name}", "digest": {"sha256": digest(pkgs)},
                      "annotations": {"count": len(pkgs)}})
+    for image, debs in sorted(lock.debs.items()):  # every .deb an image is built from
+        for name, pin in sorted(debs.items()):
+            deps.append({"name": f"deb:{image}/{name}", "uri": pin.url, "digest": {"sha256": pin.sha256},
+                         "annotations": {"version": pin.version}})
     for name, pin in sorted(lock.files.items()):
         d: dict = {"name": f"file:{name}"}
         if pin.url:
