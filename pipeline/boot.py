@@ -240,7 +240,7 @@ def _attempt(accel: str, work: Path, os_disk: Path, app_disk: Path | None, deadl
 
 @contextlib.contextmanager
 def _signals_interrupt():
-    """SIGTERM/SIGHUP raise KeyboardInterrupt (like Ctrl-C) so `finally` blocks clean up."""
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt so `finally` blocks clean up."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -248,7 +248,8 @@ def _signals_interrupt():
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a command started in the background by a shell inherits it ignored
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

@@ -409,7 +409,7 @@ def boot_(ctx, platform, timeout, accel, as_json):
               help="Seconds to wait for the attestation endpoint to answer.")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
               help="auto: KVM when /dev/kvm works, falling back to TCG when KVM fails to start.")
-@click.option("--json", "as_json", is_flag=True, help="Print {url, accel, seconds} as JSON once it answers.")
+@click.option("--json", "as_json", is_flag=True, help="Print {url, accel, seconds, run_record} as one JSON line once it answers.")
 @project_options
 def run_(ctx, port, timeout, accel, as_json):
     """Boot out/<profile>'s disks under QEMU + OVMF + swtpm with the ingress on 127.0.0.1:PORT and
@@ -431,8 +431,8 @@ def run_(ctx, port, timeout, accel, as_json):
         with running(out / "os_disk.raw", app if app.exists() else None, port, timeout, out / "run-serial.log",
                      evidence_endpoint_answers, accel) as vm:
             record = write_run_record(ctx.root, ctx.profile_name, vm.url, vm.ek_ca)
-            emit({"url": vm.url, "accel": vm.accel, "seconds": round(vm.seconds, 1), "run_record": str(record)},
-                 as_json, vm.url)
+            info = {"url": vm.url, "accel": vm.accel, "seconds": round(vm.seconds, 1), "run_record": str(record)}
+            click.echo(json.dumps(info, sort_keys=True) if as_json else vm.url)  # one line: scripts read it
             sys.stdout.flush()
             click.echo(f"serving {ctx.profile_name} ({vm.accel}, up after {vm.seconds:.0f} s); "
                        f"try: mithril-build connect {vm.url}/   Ctrl-C stops it", err=True)

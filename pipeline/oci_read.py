@@ -216,6 +216,7 @@ def unpack(path: Path, dest: Path, where: str | None = None) -> Image:
     where = where or str(path)
     image = read_image(path, where)
     dest.mkdir(parents=True)
+    os.chmod(dest, 0o755)
     a = _Archive(path, where)
     try:
         for layer in image.layers:
@@ -254,6 +255,17 @@ def _inside(root: Path, rel: str, where: str, follow_last: bool = False) -> Path
     return root.joinpath(*current)
 
 
+def _mkdirs(root: Path, folder: Path) -> None:
+    """Create folder and missing parents with mode 0755 (not the caller's umask)."""
+    missing = []
+    while not folder.exists() and folder != root:
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        d.mkdir()
+        os.chmod(d, 0o755)
+
+
 def _remove(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
@@ -277,7 +289,7 @@ def _apply_layer(tf: tarfile.TarFile, root: Path, where: str) -> None:
         if base.startswith(WHITEOUT):
             _remove(target_dir / base[len(WHITEOUT):])
             continue
-        target_dir.mkdir(parents=True, exist_ok=True)
+        _mkdirs(root, target_dir)
         target = target_dir / base
         mode = m.mode & 0o7777 & ~(stat.S_ISUID | stat.S_ISGID)  # nothing setuid on the app disk
         if m.isdir():

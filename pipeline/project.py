@@ -117,5 +117,5 @@ def _app_image(image: Path, port: int | None) -> tuple[Path, str, int]:
         port = img.config.exposed_ports[0]
     if not img.config.argv:
         raise BadInput(str(image), "the image has no Entrypoint or Cmd", "rebuild it with an ENTRYPOINT")
-    ref = img.ref if img.ref and ":latest" not in img.ref else f"localhost/app:1"
+    ref = img.ref if img.ref and ":latest" not in img.ref else "localhost/app:1"
     return Path(image), ref, port

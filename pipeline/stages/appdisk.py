@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import stat
 import tempfile
@@ -18,11 +19,12 @@ import uuid
 from pathlib import Path
 
 from .. import images, log
-from ..archive import Entry, deb_member, validate_tar
+from ..archive import Entry, deb_member
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult, tool_version
 from ..measure import gpt, verity
 from ..oci import image_archive
+from ..oci_read import read_image, unpack
 from ..run import run
 
 SOURCE = "appdisk"
@@ -31,21 +33,30 @@ RECORD = "appdisk.json"
 BLOCK = 4096
 DEMO_IMAGE = "localhost/mithril-demo"
 LLM_IMAGES = ("triton",)  # registry images (lock `images:`) the llm app needs; caddy etc. are built here
+COMPONENTS = ("app", "caddy", "attestation-server")  # ingress -> caddy -> app | attestation server
+STATE = "/run/mithril"  # the guest's tmpfs state folder (measured-setup, setup.d, run.d)
+TLS_DIR, ATTESTATION_STATE = f"{STATE}/tls", f"{STATE}/attestation"
 
 
 def components(ctx: Context) -> list[str]:
-    return ["app", "caddy", "attestation-server"] if ctx.profile.app == "llm" else ["app"]
+    return list(COMPONENTS)
+
+
+def app_lock_image(ctx: Context) -> str | None:
+    """The lock image that is the app: triton for llm, appdisk.app_image for app `image`."""
+    return {"llm": "triton", "image": ctx.config.appdisk.app_image}.get(ctx.profile.app)
 
 
 def lock_images(ctx: Context) -> list[str]:
-    return (list(LLM_IMAGES) if ctx.profile.app == "llm" else []) + list(ctx.config.appdisk.extra_images)
+    app = app_lock_image(ctx)
+    return ([app] if app else []) + [n for n in ctx.config.appdisk.extra_images if n != app]
 
 
 class AppDisk(Stage):
     name = "appdisk"
-    version = 2
+    version = 3
     deps = ("model",)
-    code = ("archive.py", "oci.py", "images.py", "measure/verity.py", "measure/gpt.py")
+    code = ("archive.py", "oci.py", "oci_read.py", "images.py", "measure/verity.py", "measure/gpt.py")
 
     def key_inputs(self, ctx: Context) -> dict:
         lock = {f"images.{n}": ctx.lock.entry("images", n) for n in lock_images(ctx)}
@@ -54,7 +65,7 @@ class AppDisk(Stage):
         return {
             "files": ctx.checkout_digests(SOURCE),
             "config": {"appdisk": ctx.config.appdisk.model_dump(mode="json"), "app": ctx.profile.app,
-                       "model": ctx.profile.model, "k3s": ctx.config.os.k3s,
+                       "model": ctx.profile.model, "k3s": ctx.config.os.k3s, "platform": ctx.profile.platform,
                        "seed": str(ctx.seed), "source_date_epoch": ctx.source_date_epoch},
             "lock": lock,
             "images": images.key_inputs(ctx),  # debs pins and our source trees, per built image
@@ -106,10 +117,14 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
     tree.mkdir()
     archives, refs = build_images(ctx, tree / "images")
     cfg = ctx.config.appdisk
+    k3s = ctx.config.os.k3s
     values = {"namespace": cfg.namespace, "ingress_port": cfg.ingress_port, "app_port": cfg.app_port,
               "attestation_port": cfg.attestation_port, "app": ctx.profile.app, "components": components(ctx),
-              "images": refs, "model": ctx.profile.model, "triton": None,
-              "model_host_path": "/run/mithril/model"}
+              "images": refs, "model": ctx.profile.model, "triton": None, "platform": ctx.profile.platform,
+              "k3s": k3s, "tls_dir": TLS_DIR, "model_host_path": f"{STATE}/model",
+              "upstreams": upstreams(ctx, k3s), "services": {}}
+    if not k3s:  # no container runtime: each image runs from its own unpacked root (run.d)
+        values["services"] = unpack_services(ctx, tree)
     if model is not None:
         from .model_engine import triton_manifest_values  # only with a model selected
 
@@ -117,6 +132,9 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
         shutil.copytree(model.dir / "model_repository", tree / "model", symlinks=True)
         shutil.copy2(model.dir / "engine.json", tree / "model" / "engine.json")
     env = _env(src)
+    if not k3s:
+        (tree / "caddy").mkdir()
+        (tree / "caddy" / "Caddyfile").write_text(_render(env, "Caddyfile.j2", values))
     for rel, text in render_manifests(env, src, values).items():
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_text(text)
@@ -177,19 +195,94 @@ def build_images(ctx: Context, dest: Path) -> tuple[list[dict], dict[str, str]]:
     for recipe in images.RECIPES.values():
         with log.step(f"Building the {recipe.name} image", f"Built the {recipe.name} image"):
             add(recipe.name, recipe.ref, *images.build(ctx, recipe))
+    app = app_lock_image(ctx)
     for name in lock_images(ctx):
         pin = ctx.lock.image(name, ctx.locked)
         if pin.archive is None or not pin.archive.sha256:
             raise BadInput("mithril.lock", f"images.{name}.archive: no archive of {pin.ref} is pinned",
                            "run `mithril-build lock` where the registry is reachable")
         path = ctx.store.pinned(pin.archive, f"images.{name}.archive")
-        validate_tar(path, f"mithril.lock: images.{name}.archive ({path.name})")
-        target = dest / f"{'app' if name == 'triton' else name}.tar"
+        read_image(path, f"mithril.lock: images.{name}.archive ({path.name})")  # a whole, consistent image
+        target = dest / f"{'app' if name == app else name}.tar"
         shutil.copyfile(path, target)
         ref = pin.pinned_ref if pin.digest else pin.ref  # unpinned refs are refused under --locked
-        refs["app" if name == "triton" else name] = ref
+        refs["app" if name == app else name] = ref
         built.append({"name": name, "ref": ref, "sha256": pin.archive.sha256})
     return built, refs
+
+
+def upstreams(ctx: Context, k3s: bool) -> dict[str, str]:
+    """Where Caddy sends /attestation and everything else: k3s services, or the guest's loopback."""
+    cfg = ctx.config.appdisk
+    if k3s:
+        return {"app": f"app.{cfg.namespace}.svc:{cfg.app_port}",
+                "attestation": f"attestation-server.{cfg.namespace}.svc:{cfg.attestation_port}"}
+    return {"app": f"127.0.0.1:{cfg.app_port}", "attestation": f"127.0.0.1:{cfg.attestation_port}"}
+
+
+def unpack_services(ctx: Context, tree: Path) -> dict[str, str]:
+    """Unpack app, caddy and the attestation server into rootfs/<name> (their archives leave the
+    disk) and return, per service, the systemd-run arguments run.d/main starts it with. Devices
+    are closed by cgroup policy (DevicePolicy=closed: /dev/null, /dev/urandom and the like only);
+    only the attestation server may open the TPM."""
+    configs = {}
+    for name in COMPONENTS:
+        archive = tree / "images" / f"{name}.tar"
+        configs[name] = unpack(archive, tree / "rootfs" / name, f"images/{name}.tar").config
+        archive.unlink()
+    if not any((tree / "images").iterdir()):
+        (tree / "images").rmdir()
+    caddy_user = run_user(tree / "rootfs" / "caddy", configs["caddy"].user)
+    cfg = ctx.config.appdisk
+    extra = {
+        "attestation-server": (
+            [f"--property=BindPaths={TLS_DIR} {ATTESTATION_STATE}", "--property=DevicePolicy=closed",
+             "--property=DeviceAllow=/dev/tpmrm0 rw"],
+            ["--listen", f"127.0.0.1:{cfg.attestation_port}", "--platform", ctx.profile.platform, "--tpm",
+             "/dev/tpmrm0", "--tls-dir", TLS_DIR, "--state-dir", ATTESTATION_STATE, "--tls-owner", caddy_user]),
+        # 65534 binds the ingress port with CAP_NET_BIND_SERVICE; Caddy keeps its state in /tmp
+        "caddy": (["--property=DevicePolicy=closed", "--property=AmbientCapabilities=CAP_NET_BIND_SERVICE",
+                   f"--property=BindReadOnlyPaths={TLS_DIR}", "--setenv=HOME=/tmp",
+                   "--setenv=XDG_CONFIG_HOME=/tmp/caddy", "--setenv=XDG_DATA_HOME=/tmp/caddy"],
+                  ["run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]),
+        "app": (["--property=DevicePolicy=closed"], []),
+    }
+    services = {}
+    for name, (props, args) in extra.items():
+        c = configs[name]
+        uid, gid = run_user(tree / "rootfs" / name, c.user).split(":")
+        argv = [*c.argv, *args]
+        if not argv:
+            raise BadInput(f"images/{name}.tar", "the image has no Entrypoint or Cmd")
+        user = [f"--property=User={uid}", f"--property=Group={gid}"] if (uid, gid) != ("0", "0") else []
+        services[name] = shlex.join([*user, f"--working-directory={c.workdir or '/'}",
+                                     *(f"--setenv={e}" for e in c.env), *props, "--", *argv])
+    return services
+
+
+def run_user(rootfs: Path, user: str) -> str:
+    """An image's User ("name", "uid", "name:group", "uid:gid") as "uid:gid", names resolved in the
+    image's own /etc/passwd and /etc/group (the guest's service manager would use the host's)."""
+    name, _, group = (user or "0").partition(":")
+
+    def lookup(table: str, key: str, field: int) -> str:
+        if key.isdigit():
+            return key
+        path = rootfs / "etc" / table
+        for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+            parts = line.split(":")
+            if len(parts) > field and parts[0] == key:
+                return parts[field]
+        raise BadInput(f"image {rootfs.name}", f"User {user!r}: no {key!r} in its /etc/{table}")
+
+    uid = lookup("passwd", name, 2)
+    if group:
+        gid = lookup("group", group, 2)
+    elif name.isdigit():
+        gid = name
+    else:
+        gid = lookup("passwd", name, 3)
+    return f"{uid}:{gid}"
 
 
 def demo_image(ctx: Context) -> tuple[bytes, str]:
@@ -208,9 +301,10 @@ def demo_image(ctx: Context) -> tuple[bytes, str]:
 
 
 def normalise(tree: Path) -> None:
-    """Fixed permissions: 0755 for folders and executables, 0644 for everything else."""
+    """Fixed permissions: 0755 for folders and executables, 0644 for everything else (unpacked
+    image roots keep the modes their layers give)."""
     for p in [tree, *tree.rglob("*")]:
-        if p.is_symlink():
+        if p.is_symlink() or p.relative_to(tree).parts[:1] == ("rootfs",) and p != tree / "rootfs":
             continue
         executable = p.is_dir() or os.stat(p).st_mode & stat.S_IXUSR
         os.chmod(p, 0o755 if executable else 0o644)

@@ -148,7 +148,8 @@ def kernel_cmdline(mode: str, roothash: str) -> str:
     if mode == "production":
         args += ["rd.shell=0", "rd.emergency=reboot", "systemd.debug_shell=0", "panic=10", "quiet"]
     else:
-        args += ["console=ttyS0,115200", "systemd.show_status=yes"]
+        # debug: the journal on the serial console too, so `run`/`boot` logs show what services did
+        args += ["console=ttyS0,115200", "systemd.show_status=yes", "systemd.journald.forward_to_console=1"]
     return " ".join(args)
 
 

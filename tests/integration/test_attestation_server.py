@@ -12,14 +12,11 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
-import http.client
 import json
 import os
-import re
 import struct
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -35,8 +32,10 @@ from mithril_client import tpm2
 from mithril_client.evidence import parse_evidence
 from pipeline import run as runner
 from pipeline.errors import ToolFailed
+from pipeline import swtpm
 from pipeline.swtpm import Swtpm
-from tests.conftest import REPO, need
+from tests.stack import AttestationServer
+from tests.conftest import need
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 NONCE = bytes(range(32))
@@ -61,20 +60,8 @@ def need_tools() -> None:
 
 def manufacture(work: Path) -> tuple[Path, Path]:
     """A TPM with an EK certificate from this test's own swtpm-localca: (TPM state, CA folder)."""
-    ca, state = work / "localca", work / "tpm"
-    ca.mkdir()
-    state.mkdir()
-    (work / "localca.conf").write_text(f"statedir = {ca}\nsigningkey = {ca}/signkey.pem\n"
-                                       f"issuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n")
-    (work / "localca.options").write_text("--platform-manufacturer mithril-test\n--platform-version 2.1\n"
-                                          "--platform-model swtpm\n")
-    (work / "swtpm_setup.conf").write_text(f"create_certs_tool = /usr/bin/swtpm_localca\n"
-                                           f"create_certs_tool_config = {work}/localca.conf\n"
-                                           f"create_certs_tool_options = {work}/localca.options\n"
-                                           "active_pcr_banks = sha256\n")
-    runner.run(["swtpm_setup", "--tpm2", "--tpm-state", state, "--create-ek-cert", "--create-platform-cert",
-                "--config", work / "swtpm_setup.conf"], timeout=300)
-    return state, ca
+    swtpm.manufacture(work / "tpm", work / "localca")
+    return work / "tpm", work / "localca"
 
 
 def pcr(tpm: Swtpm, work: Path, index: int) -> bytes:
@@ -83,68 +70,8 @@ def pcr(tpm: Swtpm, work: Path, index: int) -> bytes:
     return out.read_bytes()
 
 
-class Server:
-    """`python3 -m attestation_server` on Debian's Python, its stderr in a file."""
-
-    def __init__(self, tpm: Swtpm, work: Path, *extra: str, platform: str = "qemu"):
-        self.work, self.log = work, work / "server.log"
-        self.argv = [DEBIAN_PYTHON, "-m", "attestation_server", "--listen", "127.0.0.1:0", "--platform", platform,
-                     "--tpm", f"swtpm:{tpm.socket}", "--tls-dir", str(work / "tls"),
-                     "--state-dir", str(work / "state"), *extra]
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> Server:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, cwd=self.work,
-                                         env={**os.environ, "PYTHONPATH": str(REPO)})
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (found := re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log_text()[offset:])):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"the attestation server did not start:\n{self.log_text()[offset:]}")
-            time.sleep(0.05)
-        self.port = int(found.group(1))
-        return self
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict | None, http.client.HTTPResponse]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=START_TIMEOUT)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        return resp.status, json.loads(data) if data else None, resp
-
-    def evidence(self, nonce: bytes = NONCE) -> dict:
-        status, doc, _ = self.request("GET", f"/attestation?nonce={nonce.hex()}")
-        assert status == 200, doc
-        return doc
-
-    def activate(self, blob: bytes, secret: bytes) -> tuple[int, dict]:
-        body = json.dumps({"credential_blob": base64.b64encode(blob).decode(),
-                           "secret": base64.b64encode(secret).decode()}).encode()
-        status, doc, _ = self.request("POST", "/attestation/activate", body, {"Content-Type": "application/json"})
-        return status, doc
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+def Server(tpm: Swtpm, work: Path, *extra: str, platform: str = "qemu") -> AttestationServer:
+    return AttestationServer(f"swtpm:{tpm.socket}", work, *extra, platform=platform)
 
 
 @dataclass

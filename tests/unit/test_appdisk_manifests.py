@@ -9,14 +9,16 @@ from pipeline.stages.appdisk import _env, render_manifests
 
 SRC = Path(__file__).resolve().parents[2] / "appdisk"
 BASE = {"namespace": "mithril", "ingress_port": 443, "app_port": 8000, "attestation_port": 8400,
-        "model": None, "triton": None, "model_host_path": "/run/mithril/model"}
+        "model": None, "triton": None, "model_host_path": "/run/mithril/model", "platform": "azure-trusted-launch",
+        "k3s": True, "tls_dir": "/run/mithril/tls", "services": {},
+        "upstreams": {"app": "app.mithril.svc:8000", "attestation": "attestation-server.mithril.svc:8400"}}
 TRITON = {"gpus": 1, "runtime_class": "nvidia", "shm_size": "2Gi", "model_root": "/models",
           "args": ["tritonserver", "--model-repository=/models/triton"], "env": {"HOME": "/tmp"}}
 
 
 def render(app: str) -> dict[str, list[dict]]:
     values = {**BASE, "app": app,
-              "components": ["app", "caddy", "attestation-server"] if app == "llm" else ["app"],
+              "components": ["app", "caddy", "attestation-server"],
               "images": {"app": "localhost/app@sha256:" + "a" * 64, "caddy": "caddy@sha256:" + "b" * 64,
                          "attestation-server": "att@sha256:" + "c" * 64},
               "triton": TRITON if app == "llm" else None}
@@ -40,8 +42,9 @@ def allowed_flows(docs) -> set[tuple[str, str, int]]:
     return flows
 
 
-def test_llm_flows_are_exactly_ingress_caddy_app_attestation():
-    docs = render("llm")
+@pytest.mark.parametrize("app", ["demo", "llm"])
+def test_flows_are_exactly_ingress_caddy_app_attestation(app):
+    docs = render(app)
     assert policies(docs)["default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     assert allowed_flows(docs) == {("outside", "caddy", 443), ("caddy", "app", 8000),
                                    ("caddy", "attestation-server", 8400)}
@@ -59,11 +62,17 @@ def test_llm_deployment_runs_triton_by_digest_with_a_gpu():
     assert {v["name"] for v in pod["volumes"]} == {"model-repository", "dshm", "tmp"}
 
 
-def test_demo_has_only_the_app_and_its_ingress():
+def test_demo_app_has_no_gpu_and_caddy_routes_attestation():
     docs = render("demo")
-    assert set(docs) == {"manifests/00-namespace.yaml", "manifests/app.yaml",
-                         "manifests/networkpolicies/default-deny.yaml", "manifests/networkpolicies/ingress-to-app.yaml"}
-    assert allowed_flows(docs) == {("outside", "app", 8000)}
+    app = next(d for d in docs["manifests/app.yaml"] if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in app and "resources" not in app["containers"][0]
+    caddy = {d["kind"]: d for d in docs["manifests/caddy.yaml"]}
+    caddyfile = caddy["ConfigMap"]["data"]["Caddyfile"]
+    assert "handle /attestation*" in caddyfile and "attestation-server.mithril.svc:8400" in caddyfile
+    assert "tls /run/mithril/tls/server.pem /run/mithril/tls/server.key" in caddyfile
+    server = next(d for d in docs["manifests/attestation-server.yaml"] if d["kind"] == "Deployment")
+    args = server["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--platform") + 1] == "azure-trusted-launch" and "--tls-owner" in args
 
 
 @pytest.mark.parametrize("app", ["demo", "llm"])

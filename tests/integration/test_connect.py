@@ -1,0 +1,152 @@
+"""`connect` and AttestedSession against the real serving stack (tests/stack.py: swtpm with a
+certified EK, the attestation server on Debian's Python, Debian's Caddy, a static app), no VM.
+
+The expected PCRs come from tpm2_pcrread; the refusals are the point: other measurements, a
+missing or foreign EK CA, a TLS-terminating proxy in between, a replayed evidence document, a
+server whose certificate changed during the session.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mithril_client import AttestationFailed, AttestedSession
+from tests.conftest import mb
+from tests.stack import PAGE, Stack, TlsProxy, free_port, need_stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    need_stack()
+    s = Stack(tmp_path_factory.mktemp("stack"))
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+
+
+def rows(stderr: str) -> dict[str, str]:
+    """{check: result} from the table `connect` prints on stderr."""
+    out = {}
+    for line in stderr.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[-1] in ("ok", "MISMATCH", "warn", "missing") or "UNVERIFIED" in line:
+            out[line[:16].strip()] = "UNVERIFIED" if "UNVERIFIED" in line else parts[-1]
+    return out
+
+
+def connect(stack: Stack, *extra, url: str | None = None, measurements: Path | None = None, ek_ca: bool = True):
+    args = ["connect", url or stack.url + "/", "--measurements", measurements or stack.measurements]
+    if ek_ca:
+        args += ["--ek-ca", stack.work / "ek-ca.pem"]
+    return mb(*args, *extra, timeout=300)
+
+
+def test_connect_returns_the_page_over_the_attested_channel(stack):
+    res = connect(stack)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.encode() == PAGE
+    r = rows(res.stderr)
+    for check in ("signature", "nonce", "pcr digest", "PCR 15", "ek cert chain", "ak activation", "ak",
+                  "tls certificate"):
+        assert r.get(check) == "ok", res.stderr
+    assert "ATTESTED" in res.stderr
+
+
+def test_json_report(stack):
+    res = connect(stack, "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["attested"] and data["status"] == 200 and data["body"].encode() == PAGE
+    assert {r["check"] for r in data["rows"]} >= {"ak", "tls certificate", "PCR 15"}
+
+
+def test_other_measurements_are_refused_naming_the_pcr(stack, tmp_path):
+    other = stack.write_measurements(tmp_path / "m.json", stack.pcrs, pcr15="ab" * 32)
+    res = connect(stack, measurements=other)
+    assert res.returncode == 1, res.stderr
+    assert rows(res.stderr)["PCR 15"] == "MISMATCH" and res.stdout == ""
+    assert "ATTESTATION FAILED" in res.stderr and "PCR 15" in res.stderr.splitlines()[-1]
+
+
+def test_without_the_ek_ca_the_ak_is_not_trusted(stack, tmp_path):
+    # run outside any project: there is no run record to find the EK CA in
+    res = mb("connect", stack.url + "/", "--measurements", stack.measurements, cwd=tmp_path, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert rows(res.stderr)["ek cert chain"] == "UNVERIFIED" and rows(res.stderr)["ak"] == "MISMATCH"
+
+
+def test_a_foreign_ek_ca_is_refused(stack, tmp_path):
+    from pipeline.swtpm import manufacture
+
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(manufacture(tmp_path / "tpm", tmp_path / "ca"))
+    res = mb("connect", stack.url + "/", "--measurements", stack.measurements, "--ek-ca", other, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert rows(res.stderr)["ek cert chain"] == "MISMATCH"
+
+
+def test_a_tls_proxy_with_another_certificate_is_refused(stack, tmp_path):
+    proxy = TlsProxy(stack.port, tmp_path)
+    try:
+        res = connect(stack, url=f"https://127.0.0.1:{proxy.port}/")
+    finally:
+        proxy.close()
+    assert res.returncode == 1, res.stderr
+    r = rows(res.stderr)
+    assert r["tls certificate"] == "MISMATCH"
+    assert r["ak"] == "ok" and r["PCR 15"] == "ok"  # the relayed evidence itself is genuine
+    assert res.stdout == ""
+
+
+def fetch_evidence(stack: Stack, nonce: bytes) -> bytes:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with urllib.request.urlopen(f"{stack.url}/attestation?nonce={nonce.hex()}", context=ctx, timeout=60) as r:
+        return r.read()
+
+
+def test_replayed_evidence_is_refused(stack, tmp_path):
+    doc = tmp_path / "evidence.json"
+    doc.write_bytes(fetch_evidence(stack, b"\x01" * 32))
+    base = ["attest", "verify", "--evidence", doc, "--measurements", stack.measurements,
+            "--ek-ca", stack.work / "ek-ca.pem", "--json"]
+    replay = mb(*base, "--nonce", "02" * 32)
+    assert replay.returncode == 1, replay.stderr
+    r = {x["check"]: x["result"] for x in json.loads(replay.stdout)["rows"]}
+    assert r["nonce"] == "MISMATCH"
+    # the same document with its own nonce passes every check that an offline file can:
+    # credential activation needs the live server, so the AK stays unverified and exit is 1
+    same = mb(*base, "--nonce", "01" * 32)
+    r = {x["check"]: x["result"] for x in json.loads(same.stdout)["rows"]}
+    assert same.returncode == 1 and r["nonce"] == "ok" and r["PCR 15"] == "ok" and r["ek cert chain"] == "ok"
+    assert r["ak activation"].startswith("UNVERIFIED") and r["ak"] == "MISMATCH"
+
+
+def test_session_reattests_each_connection_and_pins_the_certificate(stack, tmp_path):
+    relay = TlsProxy(stack.port, tmp_path, mitm=False)
+    try:
+        with AttestedSession(f"https://127.0.0.1:{relay.port}", stack.measurements, ek_ca=stack.ek_ca) as s:
+            assert s.get("/").body == PAGE
+            first = s.report.evidence.nonce
+            assert s.get("/").body == PAGE and s.report.evidence.nonce == first  # same connection, attested once
+            s.close()  # a new connection: a new nonce, a new verification
+            assert s.get("/").body == PAGE
+            assert s.report.evidence.nonce != first
+            s.close()
+            relay.mitm = True  # the next connection ends at another certificate
+            with pytest.raises(AttestationFailed) as e:
+                s.get("/")
+            assert {r.check for r in e.value.report.all_rows if r.failed} == {"tls certificate", "tls pin"}
+    finally:
+        relay.close()
+
+
+def test_unreachable_is_exit_3(stack):
+    res = mb("connect", f"https://127.0.0.1:{free_port()}/", "--measurements", stack.measurements, timeout=60)
+    assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
