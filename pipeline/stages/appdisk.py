@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from .. import images, log
-from ..archive import Entry, deb_member
+from ..archive import Entry, deb_member, validate_tar
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult, tool_version
 from ..measure import gpt, verity
@@ -202,7 +202,9 @@ def build_images(ctx: Context, dest: Path) -> tuple[list[dict], dict[str, str]]:
             raise BadInput("mithril.lock", f"images.{name}.archive: no archive of {pin.ref} is pinned",
                            "run `mithril-build lock` where the registry is reachable")
         path = ctx.store.pinned(pin.archive, f"images.{name}.archive")
-        read_image(path, f"mithril.lock: images.{name}.archive ({path.name})")  # a whole, consistent image
+        where = f"mithril.lock: images.{name}.archive ({path.name})"
+        validate_tar(path, where)  # no hostile members in the archive itself
+        read_image(path, where)  # and a whole, consistent image
         target = dest / f"{'app' if name == app else name}.tar"
         shutil.copyfile(path, target)
         ref = pin.pinned_ref if pin.digest else pin.ref  # unpinned refs are refused under --locked

@@ -150,3 +150,43 @@ def test_session_reattests_each_connection_and_pins_the_certificate(stack, tmp_p
 def test_unreachable_is_exit_3(stack):
     res = mb("connect", f"https://127.0.0.1:{free_port()}/", "--measurements", stack.measurements, timeout=60)
     assert res.returncode == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_evidence_matches_the_published_schema(stack):
+    import jsonschema
+
+    from tests.conftest import REPO
+
+    schema = json.loads((REPO / "docs/evidence.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    doc = json.loads(fetch_evidence(stack, b"\x07" * 32))
+    jsonschema.validate(doc, schema)
+    assert set(doc) >= {"ek_cert", "tls_ca", "ak_public"} and sorted(doc["pcrs"]["sha256"], key=int) == \
+        [str(i) for i in range(16)]
+    for bad in ({**doc, "nonce": "abc"}, {**doc, "version": 2}, {**doc, "surprise": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d, raw: raw[: len(raw) // 2],  # truncated
+    lambda d, raw: b"\xff\xfe" + raw,  # not UTF-8
+    lambda d, raw: json.dumps({**d, "quote": 5}).encode(),
+    lambda d, raw: json.dumps({**d, "pcrs": []}).encode(),
+    lambda d, raw: json.dumps({**d, "nonce": 12}).encode(),
+    lambda d, raw: json.dumps({**d, "tls_ca": "-----BEGIN CERTIFICATE-----\n" + "A" * (1 << 20)}).encode(),
+    lambda d, raw: json.dumps({**d, "quote": d["quote"][:24]}).encode(),  # valid base64, truncated TPMS_ATTEST
+    lambda d, raw: json.dumps({**d, "ak_public": "AAAA"}).encode(),
+    lambda d, raw: json.dumps({**d, "ek_cert": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"}).encode(),
+    lambda d, raw: json.dumps([d]).encode(),
+], ids=["truncated", "not-utf8", "quote-int", "pcrs-list", "nonce-int", "field-over-1MiB", "quote-truncated",
+        "ak-public-garbage", "ek-cert-garbage", "array"])
+def test_malformed_evidence_is_one_line_exit_2(stack, tmp_path, mutate):
+    raw = fetch_evidence(stack, b"\x05" * 32)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(mutate(json.loads(raw), raw))
+    res = mb("attest", "verify", "--evidence", bad, "--nonce", "05" * 32, "--measurements", stack.measurements,
+             "--ek-ca", stack.work / "ek-ca.pem")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert str(bad) in res.stderr or "evidence" in res.stderr
