@@ -10,47 +10,24 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import yaml
-
-from pipeline.archive import Entry, deb_member, deterministic_tar
-from pipeline.lock import download, sha256_file
 from pipeline.oci_read import read_image, unpack
-from pipeline.run import run
-from tests.conftest import REPO, need
+from tests import podman
+from tests.conftest import need
 
-CONTAINERFILE = """FROM localhost/mithril-test-base:1
+CONTAINERFILE = """FROM BASE
 RUN ["/bin/busybox", "sh", "-c", "for a in mkdir rm ln echo; do /bin/busybox ln -s busybox /bin/$a; done; \\
 mkdir -p /data/keep /data/gone /opq && echo a > /data/keep/a && echo b > /data/gone/b && ln -s /data/keep /link \\
 && echo x > /hard1 && ln /hard1 /hard2 && echo 1 > /opq/one"]
 RUN ["/bin/sh", "-c", "rm -rf /data/gone /www/index.html && rm -rf /opq && mkdir /opq && echo 2 > /opq/two \\
 && echo c > /link/c"]
 """
-RUNC = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]  # see ENVIRONMENT.md
 
 
 @pytest.fixture(scope="module")
 def podman_image(tmp_path_factory):
     need("podman")
     d = tmp_path_factory.mktemp("podman")
-    pin = yaml.safe_load((REPO / "mithril.lock").read_text())["files"]["busybox-static"]
-    deb = d / "busybox.deb"
-    download(pin["url"], deb, "busybox-static")
-    assert sha256_file(deb) == pin["sha256"]
-    rootfs = [Entry("bin", 0o755), Entry("bin/busybox", 0o755, deb_member(deb, "./bin/busybox")),
-              Entry("bin/sh", 0o777, target="busybox"), Entry("www", 0o755), Entry("www/index.html", data=b"hi\n")]
-    (d / "rootfs.tar").write_bytes(deterministic_tar(rootfs, 0))
-    (d / "Containerfile").write_text(CONTAINERFILE)
-    tag = f"localhost/mithril-test:{os.getpid()}"
-    run(["podman", "import", d / "rootfs.tar", "localhost/mithril-test-base:1"])
-    run(["podman", "build", "-q", *RUNC, "-t", tag, d])
-    try:
-        run(["podman", "save", "-q", "--format", "docker-archive", "-o", d / "docker.tar", tag])
-        run(["podman", "save", "-q", "--format", "oci-archive", "-o", d / "oci.tar", tag])
-        cid = run(["podman", "create", tag, "/bin/sh"]).text.strip()
-        run(["podman", "export", "-o", d / "export.tar", cid])
-        run(["podman", "rm", cid])
-    finally:
-        run(["podman", "rmi", "-f", tag, "localhost/mithril-test-base:1"], ok=range(256))
+    podman.build(d, CONTAINERFILE)
     return d
 
 
