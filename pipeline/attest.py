@@ -49,13 +49,27 @@ def verify_files(quote: Path, signature: Path, pcrs: Path, ak_pub: Path, nonce: 
 
 
 def verify_evidence_file(evidence: Path, nonce: str, measurements: Path, ek_ca: Path | None = None,
-                         allow_debug: bool = False) -> Report:
+                         allow_debug: bool = False, snp_policy: Path | None = None) -> Report:
     """An evidence document saved from GET /attestation. Offline, qemu's credential activation
     cannot run, so a qemu AK stays unverified here: `connect` does the round trip."""
     m = load_measurements(measurements)
     doc = parse_evidence(read_file(evidence, "--evidence"), str(evidence))
-    trust = Trust(ek_roots=read_file(ek_ca, "--ek-ca") if ek_ca else None, allow_debug=allow_debug)
+    trust = Trust(ek_roots=read_file(ek_ca, "--ek-ca") if ek_ca else None, allow_debug=allow_debug,
+                  snp_policy=load_snp_policy(snp_policy))
     return verify_evidence(doc, parse_nonce(nonce), m, trust)
+
+
+def load_snp_policy(path: Path | None):
+    """--snp-policy FILE (JSON), or None for the defaults."""
+    if path is None:
+        return None
+    from mithril_client.platforms.azure_cvm import SnpPolicy
+
+    try:
+        doc = json.loads(read_file(path, "--snp-policy"))
+    except (ValueError, RecursionError):
+        raise BadInput(str(path), "not valid JSON (given as --snp-policy)") from None
+    return SnpPolicy.from_json(doc, str(path))
 
 
 def rows_json(rows: list[Row], ok: bool) -> dict:

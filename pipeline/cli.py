@@ -519,10 +519,13 @@ def attest_group():
               help="With the files: the attestation server's TLS root CA (PEM) that it extended into PCR 15.")
 @click.option("--ek-ca", type=click.Path(path_type=Path, dir_okay=False),
               help="With --evidence on qemu: the swtpm EK CA (PEM bundle) the EK certificate must chain to.")
+@click.option("--snp-policy", type=click.Path(path_type=Path, dir_okay=False),
+              help="Azure CVM: JSON {allow_debug, vmpl, min_tcb_milan, min_tcb_genoa} (default: debug off, VMPL 0, "
+                   "the built-in minimum TCBs).")
 @click.option("--allow-debug", is_flag=True, help="Accept a debug-mode measurements file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, ek_ca, allow_debug,
-                  as_json):
+def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, ek_ca, snp_policy,
+                  allow_debug, as_json):
     """Check a quote (signature, nonce, PCR digest), compare its PCRs with measurements.json, and
     check what ties the AK to a genuine TPM (the `ak` row).
 
@@ -540,13 +543,13 @@ def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements,
     if evidence is not None:
         if any(files.values()) or ca_pem:
             raise BadInput("--evidence", "give either --evidence or the quote files, not both")
-        report = verify_evidence_file(evidence, nonce, measurements, ek_ca, allow_debug)
+        report = verify_evidence_file(evidence, nonce, measurements, ek_ca, allow_debug, snp_policy)
         rows, ok, data = report.rows, report.ok, rows_json(report.rows, report.ok)
     else:
         if missing := [k for k, v in files.items() if v is None]:
             raise BadInput(", ".join(missing), "missing", "give --evidence, or all of --quote --signature --pcrs --ak-pub")
-        if ek_ca:
-            raise BadInput("--ek-ca", "only with --evidence")
+        if ek_ca or snp_policy:
+            raise BadInput("--ek-ca" if ek_ca else "--snp-policy", "only with --evidence")
         report = verify_files(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, allow_debug)
         rows, ok, data = report.rows, report.ok, report_json(report)
     emit(data, as_json, format_table(rows) + "\n" + ("QUOTE VERIFIED" if ok else "QUOTE VERIFICATION FAILED"))
@@ -564,11 +567,13 @@ def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements,
 @click.option("-X", "--request", "method", default=None, metavar="METHOD", help="HTTP method (default GET, POST with --data).")
 @click.option("-d", "--data", help="Request body; @FILE reads a file, @- standard input.")
 @click.option("-H", "--header", "headers", multiple=True, metavar="NAME: VALUE", help="Extra request header (repeat).")
+@click.option("--snp-policy", type=click.Path(path_type=Path, dir_okay=False),
+              help="Azure CVM: JSON {allow_debug, vmpl, min_tcb_milan, min_tcb_genoa}.")
 @click.option("--allow-debug", is_flag=True, help="Accept a debug-mode measurements file.")
 @click.option("--project", type=click.Path(path_type=Path, file_okay=False), help="Project folder (default: here or above).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print {attested, rows, status, body} as JSON on stdout instead of the table and the body.")
-def connect(url, measurements, ek_ca, method, data, headers, allow_debug, project, as_json):
+def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_debug, project, as_json):
     """Attest the server at URL, then send the request over the attested TLS channel.
 
     The verification table goes to stderr, the response body to stdout. The server must prove,
@@ -580,10 +585,11 @@ def connect(url, measurements, ek_ca, method, data, headers, allow_debug, projec
     from mithril_client.session import AttestationFailed, AttestedSession
     from mithril_client.verify import Trust
 
-    from .attest import resolve_target, rows_json
+    from .attest import load_snp_policy, resolve_target, rows_json
     from .errors import BadInput
 
     target = resolve_target(url, measurements, ek_ca, project)
+    policy = load_snp_policy(snp_policy)
     body = None
     if data is not None:
         if data.startswith("@"):
@@ -597,7 +603,7 @@ def connect(url, measurements, ek_ca, method, data, headers, allow_debug, projec
             raise BadInput("--header", f"{h!r} is not NAME: VALUE")
         hdrs[name.strip()] = value.strip()
     session = AttestedSession(target.base_url, target.measurements,
-                              trust=Trust(ek_roots=target.ek_ca, allow_debug=allow_debug))
+                              trust=Trust(ek_roots=target.ek_ca, allow_debug=allow_debug, snp_policy=policy))
     try:
         resp = session.request(method or ("POST" if body is not None else "GET"), target.path, body=body, headers=hdrs)
     except AttestationFailed as e:

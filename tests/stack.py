@@ -39,6 +39,31 @@ ROOTHASH = hashlib.sha256(b"an application disk").hexdigest()
 PAGE = b"<!doctype html><title>attested</title><p>hello from inside the measured image</p>\n"
 
 
+# The app: the page on GET, and a stand-in for Triton's generate extension on POST (it echoes the
+# prompt; the request and answer shapes are Triton's: text_input/max_tokens -> text_output).
+APP = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+page = open(sys.argv[2], "rb").read()
+class App(BaseHTTPRequestHandler):
+    def reply(self, code, body, kind):
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        self.reply(200, page, "text/html")
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path != "/v2/models/ensemble/generate" or "text_input" not in body:
+            return self.reply(400, b'{"error": "bad request"}', "application/json")
+        out = {"model_name": "ensemble", "text_output": "echo: " + body["text_input"][: body.get("max_tokens", 16)]}
+        self.reply(200, json.dumps(out).encode(), "application/json")
+HTTPServer(("127.0.0.1", int(sys.argv[1])), App).serve_forever()
+"""
+
+
 def need_stack() -> None:
     need("swtpm", "swtpm_setup", "/usr/bin/swtpm_localca", "tpm2_startup", "tpm2_pcrread", "tpm2_pcrextend",
          "caddy", DEBIAN_PYTHON)
@@ -157,12 +182,9 @@ class Stack:
 
         self.server = AttestationServer(f"swtpm:{self.tpm.socket}", work, "--tls-owner",
                                         f"{os.getuid()}:{os.getgid()}").start()
-        www = work / "www"
-        www.mkdir()
-        (www / "index.html").write_bytes(PAGE)
+        (work / "index.html").write_bytes(PAGE)
         app_port = free_port()
-        self._spawn([DEBIAN_PYTHON, "-m", "http.server", "--bind", "127.0.0.1", str(app_port), "--directory", www],
-                    "app.log", app_port)
+        self._spawn([DEBIAN_PYTHON, "-c", APP, str(app_port), work / "index.html"], "app.log", app_port)
         self.port = free_port()
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "appdisk"), undefined=jinja2.StrictUndefined)
         caddyfile = env.get_template("Caddyfile.j2").render(

@@ -114,6 +114,27 @@ class SnpPolicy:
     def min_tcb(self, product: str) -> Tcb | None:
         return {"Milan": self.min_tcb_milan, "Genoa": self.min_tcb_genoa}.get(product)
 
+    @classmethod
+    def from_json(cls, doc, where: str = "policy") -> SnpPolicy:
+        """{"allow_debug", "vmpl", "min_tcb_milan": {bootloader, tee, snp, microcode}, "min_tcb_genoa"};
+        fields left out keep their defaults."""
+        if not isinstance(doc, dict):
+            raise BadInput(where, "expected a JSON object")
+        unknown = set(doc) - {"allow_debug", "vmpl", "min_tcb_milan", "min_tcb_genoa"}
+        if unknown:
+            raise BadInput(where, f"unknown field {sorted(unknown)[0]!r}")
+        fields = dict(doc)
+        for name in ("min_tcb_milan", "min_tcb_genoa"):
+            if name in fields:
+                tcb = fields[name]
+                keys = ("bootloader", "tee", "snp", "microcode")
+                if not (isinstance(tcb, dict) and set(tcb) == set(keys)
+                        and all(isinstance(tcb[k], int) and not isinstance(tcb[k], bool) and 0 <= tcb[k] <= 255
+                                for k in keys)):
+                    raise BadInput(where, f"{name}: expected {{bootloader, tee, snp, microcode}}, each 0..255")
+                fields[name] = Tcb(**tcb)
+        return cls(**fields)
+
 
 # ---------------------------------------------------------------------------- parsing
 

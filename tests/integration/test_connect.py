@@ -190,3 +190,13 @@ def test_malformed_evidence_is_one_line_exit_2(stack, tmp_path, mutate):
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
     assert str(bad) in res.stderr or "evidence" in res.stderr
+
+
+def test_triton_generate_helper_over_the_attested_session(stack):
+    from mithril_client.errors import BadInput
+    from mithril_client.triton import generate
+
+    with AttestedSession(stack.url, stack.measurements, ek_ca=stack.ek_ca) as s:
+        assert generate(s, "What is attestation?", max_tokens=7) == "echo: What is"
+        with pytest.raises(BadInput, match="HTTP 400"):
+            generate(s, "x", model="other")
