@@ -51,8 +51,26 @@ def validate_tar(path: Path, where: str | None = None) -> int:
 
 
 def deb_data(deb: Path) -> bytes:
-    """The uncompressed data.tar of a Debian package (an ar archive), without dpkg. xz and gzip
-    are read in Python; zstd (the standard library has none before 3.14) with the zstd tool."""
+    """The uncompressed data.tar of a Debian package (an ar archive), without dpkg."""
+    return _deb_tar(deb, "data")
+
+
+def deb_control(deb: Path) -> str:
+    """The control file of a Debian package (its stanza: Package, Version, Depends, …)."""
+    where = str(deb)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(_deb_tar(deb, "control"))) as tf:
+            for m in tf:
+                if posixpath.normpath(m.name) == "control" and m.isfile():
+                    return tf.extractfile(m).read().decode("utf-8")
+    except (tarfile.TarError, UnicodeDecodeError) as e:
+        raise BadInput(where, f"unreadable control.tar: {e}") from None
+    raise BadInput(where, "control.tar has no control file")
+
+
+def _deb_tar(deb: Path, part: str) -> bytes:
+    """The uncompressed <part>.tar (data or control) of a .deb. xz and gzip are read in Python;
+    zstd (the standard library has none before 3.14) with the zstd tool."""
     where = str(deb)
     data = deb.read_bytes()
     if not data.startswith(b"!<arch>\n"):
@@ -66,23 +84,23 @@ def deb_data(deb: Path) -> bytes:
             raise BadInput(where, "corrupt ar member header") from None
         body = data[pos + 60:pos + 60 + size]
         pos += 60 + size + (size & 1)
-        if not name.startswith("data.tar"):
+        if not name.startswith(f"{part}.tar"):
             continue
         try:
-            if name == "data.tar":
+            if name == f"{part}.tar":
                 return body
-            if name == "data.tar.xz":
+            if name == f"{part}.tar.xz":
                 return lzma.decompress(body)
-            if name == "data.tar.gz":
+            if name == f"{part}.tar.gz":
                 return zlib.decompress(body, 31)
         except (lzma.LZMAError, zlib.error) as e:
             raise BadInput(where, f"{name} does not decompress: {e}") from None
-        if name == "data.tar.zst":
+        if name == f"{part}.tar.zst":
             from .run import run
 
             return run(["zstd", "-d", "-c", "-q"], input=body).stdout
         raise BadInput(where, f"unsupported member {name}")
-    raise BadInput(where, "package has no data.tar member")
+    raise BadInput(where, f"package has no {part}.tar member")
 
 
 def tar_entries(data: bytes, where: str) -> Iterator[Entry]:

@@ -217,8 +217,10 @@ def _recorded_source(stmt: dict) -> tuple[str, str, dict]:
     return commit, (source.get("annotations") or {}).get("subdir", ""), bd.get("externalParameters", {})
 
 
-def audit(against: str, repo: Path, cache_dir: Path | None = None, keep: bool = False) -> dict:
-    """Rebuild the release `against` (folder or https URL) from `repo` and compare."""
+def audit(against: str, repo: Path, cache_dir: Path | None = None, keep: bool = False,
+          inputs: Path | None = None) -> dict:
+    """Rebuild the release `against` (folder or https URL) from `repo` and compare; with `inputs`
+    (an export-inputs folder) every external input comes from there, offline."""
     work = Path(tempfile.mkdtemp(prefix="mithril-audit-"))
     try:
         if Path(against).is_dir():
@@ -244,6 +246,8 @@ def audit(against: str, repo: Path, cache_dir: Path | None = None, keep: bool = 
         if params.get("model"):
             argv += ["--model", params["model"]]
         argv += ["--cache-dir", cache_dir or work / "cache"]
+        if inputs is not None:
+            argv += ["--inputs", Path(inputs).resolve()]
         # Build with the recorded commit's own pipeline code when it has one.
         env = {"PYTHONPATH": str(clone)} if (clone / "pipeline").is_dir() else {}
         with log.step("Rebuilding from the lock (--locked)", "Rebuilt"):

@@ -42,16 +42,18 @@ def project_options(f):
                   help="Stage cache. Default: .mithril/cache in the project ($MITHRIL_CACHE_DIR).")
     @click.option("--locked/--unlocked", default=None,
                   help="Refuse any input that is not pinned in mithril.lock. Default: on when $CI is set.")
+    @click.option("--inputs", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                  help="Take every external input from this `export-inputs` folder, never from the network.")
     @click.option("-v", "--verbose", is_flag=True, help="Print every external command.")
     @functools.wraps(f)
-    def wrapper(*args, project, profile, model, cache_dir, locked, verbose, **kwargs):
+    def wrapper(*args, project, profile, model, cache_dir, locked, inputs, verbose, **kwargs):
         from . import project as proj
         from . import run
 
         run.verbose = verbose
         if locked is None:
             locked = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-        ctx = proj.context(project, profile, model, cache_dir, locked)
+        ctx = proj.context(project, profile, model, cache_dir, locked, inputs)
         return f(ctx, *args, **kwargs)
     return wrapper
 
@@ -204,8 +206,8 @@ def init(directory, force, image, port, seed):
 @cli.command("lock")
 @click.option("--check", is_flag=True, help="Only report what is not pinned; exit 1 if anything is not.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--update-debs", is_flag=True, help="Re-resolve the .debs of the images built here against the "
-              "archive's current indices (to take security updates).")
+@click.option("--update-debs", is_flag=True, help="Re-resolve every .deb against the archive as it is now (to take "
+              "security updates): the images' from the signed indices, the OS image's by building it online.")
 @project_options
 def lock_(ctx, check, as_json, update_debs):
     """Write/refresh mithril.lock for the profile: pin what can be resolved from here, report the rest.
@@ -232,6 +234,22 @@ def image_(ctx, name, output, as_json):
 
     info = write(ctx, name, output)
     emit(info, as_json, f"{output}: {info['ref']} {info['manifest_digest']} ({info['size']} bytes)")
+
+
+@cli.command("export-inputs")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@project_options
+def export_inputs(ctx, directory, as_json):
+    """Write every external input of the profile's build (every .deb, pinned file and archive,
+    checked against mithril.lock) into DIRECTORY, with an index.
+
+    `mithril-build all --inputs DIRECTORY` and `audit --inputs DIRECTORY` then build with no
+    network at all, byte for byte the same."""
+    from .inputs import export
+
+    summary = export(ctx, directory)
+    emit(summary, as_json, f"wrote {summary['inputs']} inputs ({summary['bytes']} bytes) to {summary['folder']}")
 
 
 @cli.command("measure-disk")
@@ -316,13 +334,19 @@ def provenance_sign(key, output, file):
               help="PEM public key; without it a signature is not checked.")
 @click.option("--dir", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder holding the subjects. Default: FILE's folder.")
+@click.option("--allow-unsigned", is_flag=True,
+              help="Without --key: check statements and digests only, and say loudly that no signature was checked.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-def provenance_verify(key, out_dir, as_json, file):
-    """Check signature, statement and predicate types, and every subject's sha256. Exit 1 on failure."""
+def provenance_verify(key, out_dir, allow_unsigned, as_json, file):
+    """Check the signature, statement and predicate types, and every subject's sha256 (measurements.json
+    must be one). Without --key this fails unless --allow-unsigned. Exit 1 on failure."""
     from .provenance import verify_file
 
-    report = verify_file(file, key, out_dir)
+    if allow_unsigned and key is None:
+        click.echo("WARNING: --allow-unsigned: NO SIGNATURE IS CHECKED; this only shows the files match the "
+                   "provenance, not who made it", err=True)
+    report = verify_file(file, key, out_dir, allow_unsigned)
     lines = [f"{'OK' if s['ok'] else 'FAIL'}  {s['name']}" for s in report["subjects"]]
     lines += [f"signature: {report['signature']}"] + [f"problem: {p}" for p in report["problems"]]
     lines.append("VERIFIED" if report["ok"] else "VERIFICATION FAILED")
@@ -357,15 +381,21 @@ def compare(a, b, as_json):
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Stage cache for the rebuild. Default: a fresh one (a full, honest rebuild).")
 @click.option("--keep", is_flag=True, help="Keep the temporary clone and rebuilt outputs.")
+@click.option("--inputs", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Rebuild from this `export-inputs` folder alone (no network).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def audit(against, repo, cache_dir, keep, as_json):
+def audit(against, repo, cache_dir, keep, inputs, as_json):
     """Rebuild a release from its recorded commit and lock (--locked) and compare with it.
 
     Exit 0 when everything matches, 1 on differences, 2 when it could not be rebuilt."""
     from .audit import audit as do_audit
     from .audit import format_report
 
-    report = do_audit(against, repo, cache_dir, keep)
+    if inputs is not None:
+        from .inputs import check_folder
+
+        check_folder(inputs)
+    report = do_audit(against, repo, cache_dir, keep, inputs)
     emit(report, as_json, format_report(report, "expected", "rebuilt")
          + (f"\nkept: {report['work_dir']}" if report["work_dir"] else ""))
     if not report["match"]:
@@ -712,6 +742,9 @@ def azure_destroy(ctx, dry_run, as_json):
 
 
 def main() -> None:
+    # Outputs must not depend on the caller's umask: files and folders we and our tools create
+    # get the usual 0644/0755 (an auditor with umask 077 rebuilds the same bytes).
+    os.umask(0o022)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

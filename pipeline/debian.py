@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import hashlib
 import lzma
 import os
 import re
+import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import log
+from .archive import deb_control
 from .errors import BadInput
 from .lock import LOCK_FILE, download, sha256_file
 from .run import run
@@ -362,3 +365,50 @@ def resolve(arch: Archive, roots: Iterable[str], excludes: Iterable[str], where:
             else:
                 raise BadInput(where, f"{pkg.name} {pkg.version} needs {text}: nothing in the locked suites meets it")
     return Resolution(dict(sorted(chosen.items())), {k: sorted(set(v)) for k, v in sorted(excluded.items())})
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinned builds: what an online build downloaded, and a local repository of exactly the pins
+
+def pins_from_debs(debs: Iterable[Path], arch: Archive, where: str) -> dict[str, dict]:
+    """Lock entries for .debs an online build downloaded, each checked against the signed index
+    (the same name, version and sha256 must be listed there: that is where its URL comes from)."""
+    pins = {}
+    for deb in sorted(debs):
+        fields = next(parse_stanzas(deb_control(deb)), {})
+        name, version = fields.get("Package", ""), fields.get("Version", "")
+        listed = next((p for p in arch.by_name.get(name, []) if p.version == version), None)
+        digest = sha256_file(deb)
+        if listed is None or listed.sha256 != digest:
+            raise BadInput(where, f"{deb.name}: {name} {version} with sha256 {digest[:16]}… is not in the signed "
+                                  "indices of the locked suites", "the mirror changed during the build; retry")
+        pins[name] = listed.pin()
+    return dict(sorted(pins.items()))
+
+
+def local_repository(debs: Mapping[str, Path], dest: Path, suite: str, source_date_epoch: int) -> Path:
+    """A plain APT repository in dest holding exactly these .debs (name -> file): pool/ with
+    the files, dists/<suite>/main/binary-amd64/Packages from their control files, and a Release
+    listing that index. Unsigned: apt trusts it because every .deb was checked against the lock."""
+    pool = dest / "pool"
+    index = dest / "dists" / suite / "main" / f"binary-{ARCH}"
+    pool.mkdir(parents=True)
+    index.mkdir(parents=True)
+    stanzas = []
+    for name, src in sorted(debs.items()):
+        target = pool / src.name if src.name.endswith(".deb") else pool / f"{name}.deb"
+        try:
+            os.link(src, target)
+        except OSError:
+            shutil.copyfile(src, target)
+        control = deb_control(target).rstrip("\n")
+        stanzas.append(f"{control}\nFilename: pool/{target.name}\nSize: {target.stat().st_size}\n"
+                       f"SHA256: {sha256_file(target)}\n")
+    packages = "\n".join(stanzas).encode()
+    (index / "Packages").write_bytes(packages)
+    date = email.utils.format_datetime(datetime.fromtimestamp(source_date_epoch, timezone.utc), usegmt=True)
+    (dest / "dists" / suite / "Release").write_text(
+        f"Origin: mithril-build\nLabel: pinned packages\nSuite: {suite}\nCodename: {suite}\nDate: {date}\n"
+        f"Architectures: {ARCH}\nComponents: main\nSHA256:\n"
+        f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-{ARCH}/Packages\n")
+    return dest

@@ -24,7 +24,7 @@ from . import log
 from .cache import Cache, output_digests, publish, write_sha256sums
 from .config import Config, Profile
 from .errors import BadInput
-from .lock import InputStore, Lock, sha256_file
+from .lock import FilePin, InputStore, Lock, sha256_file
 
 SKIP_DIRS = {"__pycache__", ".pytest_cache"}
 
@@ -130,6 +130,11 @@ class Stage:
 
     def key_inputs(self, ctx: Context) -> dict:
         raise NotImplementedError
+
+    def pins(self, ctx: Context) -> dict[str, FilePin]:
+        """The external files this stage fetches ({lock entry: pin}): what `export-inputs`
+        writes, so that `--inputs` can build offline."""
+        return {}
 
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
         raise NotImplementedError

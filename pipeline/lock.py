@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -79,7 +80,6 @@ class Lock(_Strict):
     files: dict[str, FilePin] = {}
     images: dict[str, ImagePin] = {}
     models: dict[str, ModelPin] = {}
-    packages: dict[str, dict[str, str]] = {}
     # debs.<image>.<package>: the .debs an image is built from (the OS image's own: debs.os).
     debs: dict[str, dict[str, DebPin]] = {}
 
@@ -179,10 +179,15 @@ def download(url: str, dest: Path, what: str) -> None:
 
 
 class InputStore:
-    """Pinned files, fetched once into <cache>/inputs/sha256/<hex>, re-verified on every use."""
+    """Pinned files, fetched once into <cache>/inputs/sha256/<hex>, re-verified on every use.
 
-    def __init__(self, root: Path, lock: Lock, project: Path):
-        self.root, self.lock, self.project = root, lock, project
+    With `offline` (an `export-inputs` folder), a file missing from the store is taken from that
+    folder, never from the network. Otherwise a URL that no longer serves the file (Debian drops
+    superseded versions from its pool) is retried on snapshot.debian.org at the lock's
+    `debian.snapshot` timestamp."""
+
+    def __init__(self, root: Path, lock: Lock, project: Path, offline: Path | None = None):
+        self.root, self.lock, self.project, self.offline = root, lock, project, offline
 
     def path(self, name: str) -> Path:
         pin = self.lock.file(name)
@@ -201,7 +206,7 @@ class InputStore:
                 raise BadInput(LOCK_FILE, f"{what}: needs `url` or `path`")
             target = self.root / "sha256" / pin.sha256
             if not target.exists():
-                download(pin.url, target, what)
+                self._fetch(pin, target, what)
         actual = sha256_file(target)
         if actual != pin.sha256:
             if not pin.path:
@@ -209,3 +214,38 @@ class InputStore:
             raise BadInput(LOCK_FILE, f"{what}.sha256: expected {pin.sha256}, the fetched file has {actual}",
                            "the source changed or the pin is wrong; re-pin only if you trust the new file")
         return target
+
+    def _fetch(self, pin: FilePin, target: Path, what: str) -> None:
+        if self.offline is not None:
+            src = self.offline / "sha256" / pin.sha256
+            if not src.is_file():
+                raise BadInput(str(src), f"missing from the inputs folder ({what})",
+                               "export it again with `mithril-build export-inputs` (same lock)")
+            if sha256_file(src) != pin.sha256:
+                raise BadInput(str(src), f"content does not match its name ({what})", "the inputs folder is corrupt")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.part")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, target)
+            return
+        try:
+            download(pin.url, target, what)
+        except ToolFailed:
+            snapshot = snapshot_url(pin.url, self.lock.debian)
+            if snapshot is None:
+                raise
+            log.warn(f"{what}: {pin.url} is gone; trying snapshot.debian.org")
+            download(snapshot, target, what)
+
+
+def snapshot_url(url: str, debian: dict) -> str | None:
+    """The snapshot.debian.org URL of a pool file of the lock's mirror or security archive, at
+    the lock's `debian.snapshot` time (e.g. 20261128T000000Z), or None."""
+    stamp = debian.get("snapshot")
+    if not stamp:
+        return None
+    for key, archive in (("mirror", "debian"), ("security", "debian-security")):
+        base = str(debian.get(key, "")).rstrip("/")
+        if base and url.startswith(base + "/pool/"):
+            return f"https://snapshot.debian.org/archive/{archive}/{stamp}/{url[len(base) + 1:]}"
+    return None

@@ -14,9 +14,19 @@ def _orchestrator(ctx: Context) -> Orchestrator:
     return Orchestrator(ctx, STAGES)
 
 
+def stages_of(ctx: Context) -> list:
+    """The profile's enabled stages, in build order."""
+    orch = _orchestrator(ctx)
+    return orch.selected(list(orch.stages))
+
+
 def build(ctx: Context, targets: list[str] | None, explain: bool = False, force: bool = False) -> dict:
     orch = _orchestrator(ctx)
     targets = targets or list(orch.stages)
+    if ctx.store.offline is not None:
+        from .inputs import verify_folder
+
+        verify_folder(ctx)
     log.info(f"profile {ctx.profile_name}: platform {ctx.profile.platform}, mode {ctx.profile.mode}, "
              f"app {ctx.profile.app}" + (f", model {ctx.profile.model}" if ctx.profile.model else "")
              + (", --locked" if ctx.locked else ""))
@@ -76,7 +86,6 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
     built here (signed Debian indices; re-resolved with `update_debs`), image digests (registry),
     the model (Hub commit and file digests; re-resolved with `force_models`), the OS package
     versions of the profile's last build, the mkosi version."""
-    import json
     import tempfile
 
     from . import lock as lk
@@ -160,12 +169,16 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
             return f"pinned now {m.repo}@{data['models'][name]['commit'][:12]}"
         attempt(f"models.{name}", resolve_model)
 
-    packages = ctx.out_dir / "packages.json"
-    if packages.is_file() and not check:
-        data.setdefault("packages", {})["os"] = json.loads(packages.read_text())["packages"]
-        note("packages.os", f"recorded from {packages.relative_to(ctx.root)}")
+    have_os = ctx.lock.debs.get("os")
+    if check or (have_os and not update_debs):
+        note("debs.os", f"pinned ({len(have_os)} packages)" if have_os else "unresolved: run `mithril-build lock`")
     else:
-        note("packages.os", "recorded" if ctx.lock.packages.get("os") else "unresolved: build `os` first")
+        def resolve_os():
+            os_debs = os_build_debs(ctx)
+            data.setdefault("debs", {})["os"] = os_debs
+            data.setdefault("debian", {})["snapshot"] = snapshot_stamp()
+            return f"pinned now ({len(os_debs)} packages, from an online build of the OS image)"
+        attempt("debs.os", resolve_os)
     mkosi = tool_version("mkosi", "--version").removeprefix("mkosi ").strip()
     if not check and mkosi != "missing":
         data.setdefault("tools", {})["mkosi"] = mkosi
@@ -176,3 +189,21 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
         if new != ctx.lock:
             lk.dump(new, ctx.root / lk.LOCK_FILE)
     return {"entries": entries, "unpinned": unpinned}
+
+
+def os_build_debs(ctx: Context) -> dict:
+    """Build the OS image online (the lock's debs.os set aside) and return the pins of every
+    .deb it used, as the stage recorded them (each checked against the signed Debian index)."""
+    import dataclasses
+    import json
+
+    lock = ctx.lock.model_copy(update={"debs": {k: v for k, v in ctx.lock.debs.items() if k != "os"}})
+    result = build(dataclasses.replace(ctx, lock=lock, locked=False), ["os"])["os"]
+    return json.loads((result.dir / "packages.json").read_text())["debs"]
+
+
+def snapshot_stamp() -> str:
+    """snapshot.debian.org's timestamp for now: the archive state the new pins were taken from."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -13,6 +13,7 @@ from . import config as cfg
 from . import lock as lk
 from .errors import BadInput
 from .graph import Context
+from .inputs import check_folder
 
 # What `init` copies: the project's declarative inputs (stage folders hold data, not code).
 STARTER = ("mithril.yaml", "mithril.lock", "appdisk", "mkosi", "measurements", "model_engine")
@@ -33,14 +34,15 @@ def find_root(start: Path | None) -> Path:
 
 
 def context(project: Path | None, profile: str | None, model: str | None, cache_dir: Path | None,
-            locked: bool) -> Context:
+            locked: bool, inputs: Path | None = None) -> Context:
     root = find_root(project)
     config = cfg.load(root / cfg.CONFIG_FILE)
     name, prof = config.profile(profile, model, str(root / cfg.CONFIG_FILE))
     lock = lk.load(root / lk.LOCK_FILE)
     cache = (cache_dir or root / ".mithril" / "cache").resolve()
     return Context(root=root, config=config, profile_name=name, profile=prof, lock=lock,
-                   store=lk.InputStore(cache / "inputs", lock, root), cache_dir=cache,
+                   store=lk.InputStore(cache / "inputs", lock, root, offline=check_folder(inputs) if inputs else None),
+                   cache_dir=cache,
                    out_dir=root / "out" / name, locked=locked)
 
 

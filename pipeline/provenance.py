@@ -196,10 +196,15 @@ def sign_file(path: Path, key: Path, output: Path | None = None) -> Path:
     return output
 
 
-def verify_file(path: Path, public_key: Path | None = None, out_dir: Path | None = None) -> dict:
-    """Check signature (when a key is given), statement and predicate types, and every subject's
-    sha256 against the files in out_dir (default: the file's folder). Returns a report whose
-    `problems` list is empty when everything holds."""
+REQUIRED_SUBJECTS = ("measurements.json",)  # what clients verify against must be attested too
+
+
+def verify_file(path: Path, public_key: Path | None = None, out_dir: Path | None = None,
+                allow_unsigned: bool = False) -> dict:
+    """Check the signature, statement and predicate types, and every subject's sha256 against the
+    files in out_dir (default: the file's folder). Without a key nothing vouches for the file, so
+    it is a problem unless `allow_unsigned` (then only the digests are checked). Returns a report
+    whose `problems` list is empty when everything holds."""
     Envelope, VerificationError = _dsse()
     key = load_public_key(public_key) if public_key else None
     out_dir = out_dir or path.parent
@@ -217,7 +222,7 @@ def verify_file(path: Path, public_key: Path | None = None, out_dir: Path | None
                 problems.append(f"line {n}: payloadType is {env.payload_type!r}, expected {PAYLOAD_TYPE}")
                 continue
             if key is None:
-                signature = "not checked (no --key)"
+                signature = "NOT CHECKED (no --key)"
             else:
                 try:
                     env.verify([key], 1)
@@ -249,6 +254,11 @@ def verify_file(path: Path, public_key: Path | None = None, out_dir: Path | None
             if not ok:
                 problems.append(f"subject {s['name']}: " + ("missing in " + str(out_dir) if got is None
                                                            else f"sha256 {got} != {want}"))
+    if key is None and not allow_unsigned:
+        problems.append("no --key: the signature is not checked (pass --key, or --allow-unsigned to check the "
+                        "digests only)")
+    names = {s["name"] for s in subjects}
+    problems += [f"{n} is not a subject of the provenance" for n in REQUIRED_SUBJECTS if n not in names]
     return {"file": str(path), "signature": signature, "subjects": subjects, "problems": problems,
             "ok": not problems}
 

@@ -59,8 +59,14 @@ def cmdline(argv: Sequence[str | os.PathLike]) -> str:
     return redact(shlex.join(str(a) for a in argv))
 
 
+# What a tool sees of the caller's locale and time zone never reaches an output: every tool runs
+# in the C.UTF-8 locale and UTC (and, see cli.main, with umask 022).
+FIXED_ENV = {"LC_ALL": "C.UTF-8", "TZ": "UTC"}
+
+
 def _env(env: Mapping[str, str] | None, extra_env: Mapping[str, str] | None) -> dict[str, str]:
-    base = dict(os.environ if env is None else env)
+    base = {k: v for k, v in (os.environ if env is None else env).items() if k not in ("LANGUAGE", "LANG")}
+    base.update(FIXED_ENV)
     base.update(extra_env or {})
     return base
 

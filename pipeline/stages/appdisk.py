@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import images, log
 from ..archive import Entry, deb_member, validate_tar
 from ..errors import BadInput
+from ..lock import DebPin
 from ..graph import Context, Stage, StageResult, tool_version
 from ..measure import gpt, verity
 from ..oci import image_archive
@@ -72,6 +73,16 @@ class AppDisk(Stage):
             "tools": {"mksquashfs": tool_version("mksquashfs", "-version"),
                       "systemd-repart": tool_version("systemd-repart", "--version")},
         }
+
+    def pins(self, ctx: Context) -> dict:
+        out = {f"files.{n}": ctx.lock.file(n) for n in (["busybox-static"] if ctx.profile.app == "demo" else [])}
+        for name, recipe in images.RECIPES.items():
+            out.update({f"debs.{name}.{n}": DebPin(**p).file() for n, p in images.pins(ctx, recipe).items()})
+        for name in lock_images(ctx):  # archives in the checkout travel with it
+            pin = ctx.lock.image(name, ctx.locked)
+            if pin.archive is not None and pin.archive.url:
+                out[f"images.{name}.archive"] = pin.archive
+        return out
 
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix="appdisk-work-") as work:

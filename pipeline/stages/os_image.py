@@ -24,7 +24,7 @@ import jinja2
 from .. import log
 from ..errors import BadInput, ToolFailed, VerificationFailed
 from ..graph import Context, Stage, StageResult, tool_version, tree_digests
-from ..lock import LOCK_FILE, sha256_file
+from ..lock import LOCK_FILE, DebPin, sha256_file
 from ..measure import gpt, verity
 from ..run import SYSTEM_PATH, run
 
@@ -33,7 +33,8 @@ DISK, UKI, PACKAGES, RECORD = "os_disk.raw", "uki.efi", "packages.json", "os.jso
 BLOCK = 4096
 UKIFY = "/usr/lib/systemd/ukify"
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
-LOCK_PACKAGES = "os"  # mithril.lock `packages.os`: {name: version} of the last accepted build
+OS_DEBS = "os"  # mithril.lock `debs.os`: every .deb mkosi may install (image and initrd)
+SOURCES = "mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources.j2"  # the online archive; pinned builds use a local one
 K3S_PINS = ("k3s", "k3s-airgap-images")
 MIB = 1 << 20
 
@@ -80,7 +81,7 @@ def render_tree(src: Path, variables: dict, dest: Path | None, skip: tuple[str, 
     digests = {}
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src).as_posix()
-        if path.is_dir() or rel.split("/")[0] in skip or "__pycache__" in rel:
+        if path.is_dir() or rel.split("/")[0] in skip or rel in skip or "__pycache__" in rel:
             continue
         mode = 0o755 if os.stat(path).st_mode & stat.S_IXUSR else 0o644
         if path.suffix == ".j2":
@@ -100,12 +101,14 @@ def render_tree(src: Path, variables: dict, dest: Path | None, skip: tuple[str, 
 
 
 def render_config(ctx: Context, dest: Path | None) -> dict[str, str]:
-    """The mkosi configuration (without repart.d/ and k3s/, which are rendered later)."""
+    """The mkosi configuration (without repart.d/ and k3s/, which are rendered later). A pinned
+    build leaves out the online sources: mkosi then installs from the local repository only."""
     src = ctx.root / SOURCE
     if not (src / "mkosi.conf.j2").is_file():
         raise BadInput(f"{SOURCE}/mkosi.conf.j2", "not found", "the mkosi/ folder of the checkout is incomplete")
     variables = template_vars(ctx)
-    digests = render_tree(src, variables, dest, skip=("repart.d", "k3s", "README.md"))
+    skip = ("repart.d", "k3s", "README.md") + ((SOURCES,) if os_pins(ctx) else ())
+    digests = render_tree(src, variables, dest, skip=skip)
     if ctx.config.os.k3s:  # the k3s unit and tmpfiles rule join the image's extra tree
         extra = render_tree(src / "k3s", variables, dest / "mkosi.extra" if dest else None)
         digests.update({f"k3s/{k}": v for k, v in extra.items()})
@@ -153,9 +156,11 @@ def kernel_cmdline(mode: str, roothash: str) -> str:
     return " ".join(args)
 
 
-def mkosi_argv(config_dir: Path, output_dir: Path, workspace: Path, package_cache: Path) -> list[str]:
-    return ["mkosi", "--directory", str(config_dir), "--output-dir", str(output_dir),
-            "--workspace-dir", str(workspace), "--package-cache-dir", str(package_cache), "--force", "build"]
+def mkosi_argv(config_dir: Path, output_dir: Path, workspace: Path, package_cache: Path,
+               local_mirror: Path | None = None) -> list[str]:
+    mirror = ["--local-mirror", f"file://{local_mirror}"] if local_mirror else []
+    return ["mkosi", "--directory", str(config_dir), "--output-dir", str(output_dir), "--workspace-dir",
+            str(workspace), "--package-cache-dir", str(package_cache), *mirror, "--force", "build"]
 
 
 def tool_env(ctx: Context) -> dict[str, str]:
@@ -199,32 +204,57 @@ def package_versions(manifest: Path) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def package_diff(pinned: dict[str, str], built: dict[str, str]) -> list[str]:
-    lines = []
-    for name in sorted(set(pinned) | set(built)):
-        old, new = pinned.get(name), built.get(name)
-        if old == new:
-            continue
-        lines.append(f"+ {name} {new}" if old is None else f"- {name} {old}" if new is None
-                     else f"~ {name} {old} -> {new}")
-    return lines
-
-
-def check_packages(ctx: Context, built: dict[str, str]) -> None:
-    pinned = ctx.lock.packages.get(LOCK_PACKAGES)
-    if pinned is None:
-        if ctx.locked:
-            raise BadInput(LOCK_FILE, f"packages.{LOCK_PACKAGES}: not recorded (--locked)",
-                           "run `mithril-build lock` to record the package versions of this build")
-        return
-    diff = package_diff(pinned, built)
-    if not diff:
-        return
-    shown = "; ".join(diff[:20]) + (f"; (+{len(diff) - 20} more)" if len(diff) > 20 else "")
+def os_pins(ctx: Context) -> dict[str, DebPin] | None:
+    """debs.os of the lock: the only packages a pinned build can install. None when not pinned
+    (an online build, --unlocked only)."""
+    pins = ctx.lock.debs.get(OS_DEBS)
+    if pins:
+        return pins
     if ctx.locked:
-        raise VerificationFailed(f"{LOCK_FILE}: packages.{LOCK_PACKAGES} differs from the packages "
-                                 f"that went into the image ({len(diff)} changes): {shown}")
-    log.warn(f"package versions drifted from {LOCK_FILE} packages.{LOCK_PACKAGES}: {shown}")
+        raise BadInput(LOCK_FILE, f"debs.{OS_DEBS}: not pinned (--locked)",
+                       "build once with --unlocked, then run `mithril-build lock`")
+    return None
+
+
+def check_packages(pins: dict[str, DebPin], built: dict[str, str]) -> None:
+    """A pinned build installs pinned versions only (apt had nothing else to choose from)."""
+    diff = [f"{n} {v}" + (f" (pinned {pins[n].version})" if n in pins else " (not pinned)")
+            for n, v in sorted(built.items()) if n not in pins or pins[n].version != v]
+    if diff:
+        raise VerificationFailed(f"the image holds packages the lock does not pin: {'; '.join(diff[:20])}")
+
+
+def local_repo(ctx: Context, pins: dict[str, DebPin], dest: Path) -> Path:
+    """Fetch (or take from the input store) every pinned .deb, checked against its sha256, and
+    serve them to mkosi as a local repository."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..debian import local_repository
+
+    with log.step(f"Fetching {len(pins)} pinned packages", "Fetched the pinned packages"):
+        with ThreadPoolExecutor(4) as pool:  # a cold fetch is dominated by per-request latency
+            futures = {n: pool.submit(ctx.store.pinned, p.file(), f"debs.{OS_DEBS}.{n}") for n, p in pins.items()}
+        debs = {n: f.result() for n, f in sorted(futures.items())}
+    return local_repository(debs, dest, ctx.config.os.release, ctx.source_date_epoch)
+
+
+def record_debs(ctx: Context, package_cache: Path) -> dict[str, dict]:
+    """After an online build: a pin for every .deb mkosi downloaded (image and initrd), each
+    checked against the signed Debian index, and the files kept in the input store."""
+    from ..debian import archive, pins_from_debs
+
+    debs = sorted((package_cache / "cache" / "apt" / "archives").glob("*.deb"))
+    with log.step(f"Recording the {len(debs)} packages the build used", "Recorded the packages"):
+        pins = pins_from_debs(debs, archive(ctx.lock.debian, ctx.cache_dir / "debian"), "the online OS build")
+        store = ctx.store.root / "sha256"
+        store.mkdir(parents=True, exist_ok=True)
+        for deb in debs:
+            digest = sha256_file(deb)
+            if not (store / digest).exists():
+                tmp = store / f".{digest}.part"
+                shutil.copyfile(deb, tmp)
+                os.replace(tmp, store / digest)
+    return pins
 
 
 # ---------------------------------------------------------------- the stage
@@ -236,13 +266,11 @@ class OsImage(Stage):
     code = ("measure/verity.py", "measure/gpt.py")
 
     def key_inputs(self, ctx: Context) -> dict:
-        lock: dict = {"debian": ctx.lock.debian}
+        pins = os_pins(ctx)
+        lock: dict = {"debian": ctx.lock.debian,
+                      "debs": {n: p.model_dump(mode="json") for n, p in sorted(pins.items())} if pins else None}
         if ctx.config.os.k3s:
             lock["files"] = _k3s_pins(ctx)
-        if ctx.locked:  # the drift check is part of a locked build's result
-            lock["packages"] = ctx.lock.packages.get(LOCK_PACKAGES)
-            if lock["packages"] is None:  # fail before building, not after
-                check_packages(ctx, {})
         mkosi = tool_version("mkosi", "--version")
         pinned = ctx.lock.tools.get("mkosi")
         if pinned and mkosi.split()[-1] != pinned:
@@ -263,25 +291,38 @@ class OsImage(Stage):
                 "mkfs.vfat": ("mkfs.vfat", "--help"), "mtools": ("mcopy", "--version")}.items()},
         }
 
+    def pins(self, ctx: Context) -> dict:
+        out = {f"debs.{OS_DEBS}.{n}": p.file() for n, p in sorted((os_pins(ctx) or {}).items())}
+        if ctx.config.os.k3s:
+            out.update({f"files.{n}": ctx.lock.file(n) for n in K3S_PINS})
+        return out
+
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
-        package_cache = ctx.cache_dir / "mkosi-packages"  # warm builds reuse the .debs
-        package_cache.mkdir(parents=True, exist_ok=True)
         scratch = ctx.cache_dir / "tmp"  # emptied when the next run takes the cache lock
+        if any(c.isspace() for c in str(scratch)):
+            # mkosi 24 runs `cat >{path}` through a shell and apt takes the local repository as a
+            # file: URI, both unquoted: a build path with spaces needs mkosi's work elsewhere
+            scratch = Path("/var/tmp")
         scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="os-work-", dir=scratch) as tmp:
-            return build_image(ctx, Path(tmp), out, package_cache)
+        with tempfile.TemporaryDirectory(prefix="mithril-os-work-", dir=scratch) as tmp:
+            return build_image(ctx, Path(tmp), out)
 
 
-def build_image(ctx: Context, work: Path, out: Path, package_cache: Path) -> dict:
+def build_image(ctx: Context, work: Path, out: Path) -> dict:
     env = tool_env(ctx)
     cfg, mk_out, ws = work / "config", work / "mkosi-out", work / "workspace"
     ws.mkdir(parents=True)
     render_config(ctx, cfg)
     if ctx.config.os.k3s:
         _install_k3s(ctx, cfg)
-
+    # Pinned: apt sees only a local repository of the pinned .debs. Online: a fresh package cache,
+    # so that what it holds afterwards is exactly what this build downloaded.
+    pins = os_pins(ctx)
+    package_cache = work / "packages"
+    package_cache.mkdir()
+    mirror = local_repo(ctx, pins, work / "repo") if pins else None
     with log.step("Running mkosi (packages, kernel, initrd)", "mkosi finished"):
-        run(mkosi_argv(cfg, mk_out, ws, package_cache), extra_env=env, timeout=3 * 3600)
+        run(mkosi_argv(cfg, mk_out, ws, package_cache, mirror), extra_env=env, timeout=3 * 3600)
     tree = mk_out / "image"
     for name in ("image.vmlinuz", "image.initrd", "image.manifest"):
         if not (mk_out / name).is_file():
@@ -293,8 +334,14 @@ def build_image(ctx: Context, work: Path, out: Path, package_cache: Path) -> dic
         raise ToolFailed(f"the image has no systemd-stub at /{STUB} (package systemd-boot-efi)")
 
     packages = package_versions(mk_out / "image.manifest")
-    check_packages(ctx, packages)
-    (out / PACKAGES).write_bytes(json.dumps({"packages": packages}, indent=1, sort_keys=True).encode() + b"\n")
+    if pins:
+        check_packages(pins, packages)
+        debs = {n: p.model_dump(mode="json") for n, p in sorted(pins.items())}
+    else:
+        debs = record_debs(ctx, package_cache)
+    # packages: what the image holds; debs: every .deb the build could install (`lock` pins them)
+    (out / PACKAGES).write_bytes(json.dumps({"packages": packages, "debs": debs}, indent=1, sort_keys=True).encode()
+                                 + b"\n")
 
     # Keep the stub and os-release for the UKI; the ESP content mkosi left in the tree is not root.
     stub, osrel = work / "stub.efi", work / "os-release"
@@ -526,5 +573,5 @@ def esp_files(disk: Path) -> list[str]:
                   if line.strip() and not line.strip().endswith("/"))
 
 
-__all__ = ["OsImage", "diff_disks", "diff_ukis", "esp_files", "kernel_cmdline", "package_diff",
+__all__ = ["OsImage", "diff_disks", "diff_ukis", "esp_files", "kernel_cmdline", "os_pins",
            "pe_sections", "render_config", "stub_version"]

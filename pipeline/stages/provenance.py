@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import provenance as prov
 from ..config import CONFIG_FILE
 from ..errors import ToolFailed
-from ..graph import Context, Stage, StageResult, digest
+from ..graph import Context, Stage, StageResult
 from ..lock import LOCK_FILE
 from ..run import run
 
@@ -45,13 +45,9 @@ def resolved_dependencies(ctx: Context, source: dict) -> list[dict]:
     deps = [src]
     if lock.debian:
         deb = {"name": "debian-archive", "annotations": dict(lock.debian)}
-        if isinstance(lock.debian.get("snapshot") or lock.debian.get("mirror"), str):
-            deb["uri"] = lock.debian.get("snapshot") or lock.debian["mirror"]
+        if isinstance(lock.debian.get("mirror"), str):
+            deb["uri"] = lock.debian["mirror"]
         deps.append(deb)
-    for name, pkgs in sorted(lock.packages.items()):
-        # The exact package versions of the last build (mkosi's manifest), by digest.
-        deps.append({"name": f"debian-packages:{name}", "digest": {"sha256": digest(pkgs)},
-                     "annotations": {"count": len(pkgs)}})
     for image, debs in sorted(lock.debs.items()):  # every .deb an image is built from
         for name, pin in sorted(debs.items()):
             deps.append({"name": f"deb:{image}/{name}", "uri": pin.url, "digest": {"sha256": pin.sha256},

@@ -17,8 +17,11 @@ def test_two_clean_builds_match(demo_build: Path, demo_rebuild: Path):
     res = mb("compare", demo_build, demo_rebuild)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "ALL MATCH" in res.stdout and "DIFFER" not in res.stdout
-    verified = mb("provenance", "verify", demo_build / "provenance.intoto.jsonl")
+    verified = mb("provenance", "verify", "--allow-unsigned", demo_build / "provenance.intoto.jsonl")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "NO SIGNATURE IS CHECKED" in verified.stderr
+    unsigned = mb("provenance", "verify", demo_build / "provenance.intoto.jsonl")
+    assert unsigned.returncode == 1 and "no --key" in unsigned.stdout
 
 
 def test_changed_appdisk_file_is_named(demo_project: Path, demo_build: Path, tmp_path: Path):

@@ -36,7 +36,7 @@ def render(root: Path, profile: str | None = None) -> Path:
 
 
 def test_production_render(tmp_path):
-    out = render(make_project(tmp_path))
+    out = render(make_project(tmp_path, lock_extra="debs: {}\n"))  # unpinned: the online sources
     conf = (out / "mkosi.conf").read_text()
     assert "Format=directory" in conf and "linux-image-cloud-amd64" in conf
     assert "Autologin" not in conf and "openssh" not in conf
@@ -78,16 +78,22 @@ def test_key_changes_with_mode_and_templates(tmp_path):
     assert os_image.render_config(ctx_for(root), None) != prod
 
 
-def test_package_diff_and_locked(tmp_path):
-    assert os_image.package_diff({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "1"}) == ["~ b 2 -> 3", "+ c 1"]
-    root = make_project(tmp_path, lock_extra="packages:\n  os:\n    systemd: \"252.1\"\n")
-    with pytest.raises(VerificationFailed, match=r"packages.os differs.*~ systemd 252.1 -> 252.39"):
-        os_image.check_packages(ctx_for(root, locked=True), {"systemd": "252.39"})
-    os_image.check_packages(ctx_for(root, locked=False), {"systemd": "252.39"})  # only a warning
-    os_image.check_packages(ctx_for(root, locked=True), {"systemd": "252.1"})
-    bare = make_project(tmp_path / "bare")
-    with pytest.raises(BadInput, match="packages.os: not recorded"):
-        os_image.check_packages(ctx_for(bare, locked=True), {"systemd": "252.1"})
+PIN = "{sha256: '%s', size: 1, url: 'http://deb.debian.org/debian/pool/main/s/systemd/s.deb', version: '%s'}\n"
+
+
+def test_pinned_builds_install_only_pinned_versions(tmp_path):
+    root = make_project(tmp_path, lock_extra="debs:\n  os:\n    systemd: " + PIN % ("0" * 64, "252.1"))
+    pins = os_image.os_pins(ctx_for(root, locked=True))
+    os_image.check_packages(pins, {"systemd": "252.1"})
+    with pytest.raises(VerificationFailed, match=r"systemd 252.39 \(pinned 252.1\); udev 1 \(not pinned\)"):
+        os_image.check_packages(pins, {"systemd": "252.39", "udev": "1"})
+    # a pinned build renders no online sources: mkosi sees the local repository only
+    assert not any("sources.list.d" in k for k in os_image.render_config(ctx_for(root, locked=True), None))
+    bare = make_project(tmp_path / "bare", lock_extra="debs: {}\n")  # a later key replaces the repository's
+    assert os_image.os_pins(ctx_for(bare, locked=False)) is None
+    assert any("sources.list.d" in k for k in os_image.render_config(ctx_for(bare, locked=False), None))
+    with pytest.raises(BadInput, match=r"debs.os: not pinned \(--locked\)"):
+        os_image.os_pins(ctx_for(bare, locked=True))
 
 
 def test_stub_version():
@@ -130,7 +136,7 @@ def test_k3s_with_pins_renders(tmp_path):
             "  k3s-airgap-images:\n    url: https://example.invalid/k3s-airgap-images-amd64.tar.zst\n"
             "    sha256: " + "b" * 64 + "\n")
     root = make_project(tmp_path, lambda t: t.replace("  k3s: false", "  k3s: true"))
-    text = (root / "mithril.lock").read_text().replace("files:\n", "files:\n" + lock, 1)
+    text = (root / "mithril.lock").read_text().replace("\nfiles:\n", "\nfiles:\n" + lock, 1)
     (root / "mithril.lock").write_text(text)
     ctx = ctx_for(root)
     assert set(os_image.OsImage().key_inputs(ctx)["lock"]["files"]) == {"k3s", "k3s-airgap-images"}
@@ -143,7 +149,7 @@ def test_k3s_with_pins_renders(tmp_path):
 
 
 def test_locked_without_package_pins_fails_before_building(tmp_path):
-    root = make_project(tmp_path)
+    root = make_project(tmp_path, lock_extra="debs: {}\n")  # a later key replaces the repository's
     one_error_line(mb("os", "--project", root, "--cache-dir", root / ".cache", "--locked"),
-                   "mithril.lock", "packages.os: not recorded")
+                   "mithril.lock", "debs.os: not pinned (--locked)")
     assert not (root / "out").exists()

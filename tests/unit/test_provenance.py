@@ -91,8 +91,9 @@ def test_statement_validates_and_subjects_match_files(tmp_path):
     assert deps["image:caddy"]["digest"] == {"sha256": IMAGE_SHA}
     assert deps["tool:mkosi"]["annotations"] == {"version": "24.3"}
     assert stmt["predicate"]["buildDefinition"]["externalParameters"]["profile"] == "demo"
-    report = prov.verify_file(out / prov.FILE)
+    report = prov.verify_file(out / prov.FILE, allow_unsigned=True)
     assert report["ok"], report["problems"]
+    assert "measurements.json" in names
 
 
 def test_identical_inputs_give_identical_bytes(tmp_path):
@@ -116,9 +117,30 @@ def test_invalid_statements_are_rejected():
 def test_changed_file_fails_verification(tmp_path):
     out = build(make_project(tmp_path), tmp_path)
     (out / "uki.efi").write_bytes(b"tampered")
-    report = prov.verify_file(out / prov.FILE)
+    report = prov.verify_file(out / prov.FILE, allow_unsigned=True)
     assert not report["ok"]
     assert [s["name"] for s in report["subjects"] if not s["ok"]] == ["uki.efi"]
+
+
+def test_no_false_pass_without_a_key(tmp_path):
+    """A signed envelope checked without --key is not "ok": nothing vouched for it."""
+    out = build(make_project(tmp_path), tmp_path)
+    priv, _ = keypair(tmp_path)
+    signed = prov.sign_file(out / prov.FILE, priv)
+    for path in (signed, out / prov.FILE):
+        report = prov.verify_file(path)
+        assert not report["ok"] and any("no --key" in p for p in report["problems"])
+        assert prov.verify_file(path, allow_unsigned=True)["ok"]
+    assert prov.verify_file(signed, allow_unsigned=True)["signature"] == "NOT CHECKED (no --key)"
+
+
+def test_measurements_json_must_be_a_subject(tmp_path):
+    out = build(make_project(tmp_path), tmp_path)
+    stmt = json.loads((out / prov.FILE).read_text())
+    stmt["subject"] = [s for s in stmt["subject"] if s["name"] != "measurements.json"]
+    (out / "edited.jsonl").write_text(json.dumps(stmt) + "\n")
+    report = prov.verify_file(out / "edited.jsonl", allow_unsigned=True)
+    assert report["problems"] == ["measurements.json is not a subject of the provenance"]
 
 
 def test_signed_envelope_verifies_and_tampered_does_not(tmp_path):
