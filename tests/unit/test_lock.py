@@ -90,3 +90,32 @@ def test_bad_lock(tmp_path, text, msg):
     (tmp_path / "mithril.lock").write_text(text)
     with pytest.raises(BadInput, match=msg):
         lk.load(tmp_path / "mithril.lock")
+
+
+def test_snapshot_url_of_pool_files():
+    debian = {"mirror": "http://deb.debian.org/debian", "security": "http://security.debian.org/debian-security",
+              "snapshot": "20261128T233728Z"}
+    assert lk.snapshot_url("http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb", debian) == \
+        "https://snapshot.debian.org/archive/debian/20261128T233728Z/pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb"
+    assert lk.snapshot_url("http://security.debian.org/debian-security/pool/updates/main/o/openssl/x.deb", debian) == \
+        "https://snapshot.debian.org/archive/debian-security/20261128T233728Z/pool/updates/main/o/openssl/x.deb"
+    assert lk.snapshot_url("https://example.com/pool/x.deb", debian) is None
+    assert lk.snapshot_url("http://deb.debian.org/debian/pool/x.deb", {**debian, "snapshot": None}) is None
+
+
+def test_offline_store_takes_files_from_the_inputs_folder_only(tmp_path):
+    import hashlib
+
+    data = b"a pinned input"
+    sha = hashlib.sha256(data).hexdigest()
+    lock = lk.Lock.model_validate({"files": {"x": {"url": "http://192.0.2.1/x", "sha256": sha}}})
+    inputs = tmp_path / "inputs"
+    (inputs / "sha256").mkdir(parents=True)
+    store = lk.InputStore(tmp_path / "store", lock, tmp_path, offline=inputs)
+    with pytest.raises(BadInput, match=f"{sha}: missing from the inputs folder"):
+        store.path("x")  # never the network (192.0.2.1 is unreachable by definition)
+    (inputs / "sha256" / sha).write_bytes(b"something else")
+    with pytest.raises(BadInput, match="content does not match its name"):
+        store.path("x")
+    (inputs / "sha256" / sha).write_bytes(data)
+    assert store.path("x").read_bytes() == data
