@@ -1,10 +1,12 @@
 """mithril-build command line: click commands only — parse, call, print. No build logic here.
 
-Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 3 external tool failed.
+Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 3 external tool failed,
+70 internal error (a bug: one line on stderr, the redacted traceback in a file).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -50,10 +52,12 @@ def project_options(f):
         from . import project as proj
         from . import run
 
+        global _crash_dir
         run.verbose = verbose
         if locked is None:
             locked = os.environ.get("CI", "").lower() in ("1", "true", "yes")
         ctx = proj.context(project, profile, model, cache_dir, locked, inputs)
+        _crash_dir = ctx.cache_dir
         return f(ctx, *args, **kwargs)
     return wrapper
 
@@ -68,6 +72,10 @@ def cli():
       mithril-build all                      build the default profile (local QEMU demo)
       mithril-build boot                     boot it under QEMU + swtpm and check every PCR
       mithril-build all --model Llama-2-7b-hf --profile llama
+
+    \b
+    Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 3 an external tool failed,
+    70 internal error (a bug; the traceback is written to a file named on stderr).
     """
 
 
@@ -741,25 +749,101 @@ def azure_destroy(ctx, dry_run, as_json):
     emit(deleted, as_json, "\n".join(f"deleted {n}" for n in deleted) or "nothing to delete")
 
 
-def main() -> None:
+INTERNAL_ERROR = 70  # sysexits EX_SOFTWARE: never 0-3, so a crash never reads as a verdict
+# OSErrors about a path the user named or controls (a missing folder, a file where a folder must
+# be, no permission): bad input, exit 2. Any other exception is a bug: exit INTERNAL_ERROR.
+_PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EXDEV}
+_crash_dir: Path | None = None  # the cache of the command's project, once known
+
+
+def one_line(text: str) -> str:
+    """Control characters (newlines, escape sequences) escaped: an error stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _fail(message: str, code: int) -> None:
+    from .run import redact
+
+    click.echo(f"mithril-build: error: {one_line(redact(message))}", err=True)
+    sys.exit(code)
+
+
+def _crash_report(exc: BaseException) -> str:
+    """Write the redacted traceback under the cache (else a temp folder); return the file's path."""
+    import datetime
+    import tempfile
+    import traceback
+
+    from .run import redact
+
+    text = redact("".join(traceback.format_exception(exc)))
+    text = f"mithril-build {_version()} {' '.join(sys.argv[1:])}\n{text}"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for folder in ([_crash_dir / "crash"] if _crash_dir else []) + [Path(tempfile.gettempdir())]:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(dir=folder, prefix=f"mithril-build-crash-{stamp}-", suffix=".txt")
+            with os.fdopen(fd, "w") as f:
+                f.write(redact(text))
+            return path
+        except OSError:
+            continue
+    return "(nowhere: no writable folder)"
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mithril-build")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script. `argv` (default sys.argv[1:]) lets tests run it in-process."""
     # Outputs must not depend on the caller's umask: files and folders we and our tools create
     # get the usual 0644/0755 (an auditor with umask 077 rebuilds the same bytes).
     os.umask(0o022)
+    global _crash_dir
+    _crash_dir = None
+    from .run import add_env_secrets
+
+    add_env_secrets()
     try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
+        cli.main(args=argv, prog_name="mithril-build", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("mithril-build: interrupted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "mithril-build"
+        _fail(f"{e.format_message()} (see `{where} --help`)", 2)
     except click.ClickException as e:
-        e.show()
-        sys.exit(2)
+        _fail(e.format_message(), 2)
     except MithrilError as e:
         from .run import redact
 
+        if e.exit_code == 2:
+            _fail(str(e), 2)
         click.echo(f"mithril-build: error: {redact(str(e))}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("mithril-build: interrupted", err=True)
-        sys.exit(130)
+    except OSError as e:
+        if e.errno in _PATH_ERRNOS:
+            where = f"{e.filename}: " if e.filename is not None else ""
+            _fail(f"{where}{e.strerror or e}", 2)
+        _internal(e)
+    except Exception as e:  # noqa: BLE001 -- the last resort: a bug must not look like a verdict
+        _internal(e)
+
+
+def _internal(e: Exception) -> None:
+    from .run import redact
+
+    where = _crash_report(e)
+    first = (str(e).splitlines() or [""])[0][:200]
+    click.echo(one_line(redact(f"mithril-build: internal error: {type(e).__name__}: {first}, details in {where}")),
+               err=True)
+    sys.exit(INTERNAL_ERROR)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -25,6 +25,11 @@ Platform = Literal["qemu", "azure-trusted-launch", "azure-cvm"]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Integers as YAML writes them: `true`, 1.0 or "443" for a port or a count is a mistake, not a number.
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+Count = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]  # TensorRT-LLM takes int32
 
 
 class OsConfig(Strict):
@@ -41,9 +46,9 @@ class OsConfig(Strict):
 class AppDiskConfig(Strict):
     """The dm-verity application disk."""
 
-    ingress_port: int = Field(443, ge=1, le=65535)
-    app_port: int = Field(8000, ge=1, le=65535)
-    attestation_port: int = Field(8400, ge=1, le=65535)
+    ingress_port: Port = 443
+    app_port: Port = 8000
+    attestation_port: Port = 8400
     namespace: str = Field("mithril", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     extra_images: tuple[str, ...] = Field(
         (), description="names under `images` in mithril.lock whose archives go on the disk too (your own images)")
@@ -59,16 +64,16 @@ class ModelConfig(Strict):
     revision: str = "main"
     backend: Literal["tensorrt-engine", "pytorch"] = "tensorrt-engine"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    tensor_parallel: int = Field(1, ge=1, le=8)
-    max_batch_size: int = Field(8, ge=1)
-    max_input_len: int = Field(2048, ge=1)
-    max_seq_len: int = Field(4096, ge=1)
+    tensor_parallel: Annotated[StrictInt, Field(ge=1, le=8)] = 1
+    max_batch_size: Count = 8
+    max_input_len: Count = 2048
+    max_seq_len: Count = 4096
     allow_patterns: tuple[str, ...] = ("*.json", "*.model", "*.safetensors", "tokenizer*")
     # engine build (trtllm-build) and Triton serving options
     gemm_plugin: Literal["auto", "disable", "float16", "bfloat16", "float32"] = "auto"
     paged_kv_cache: bool = Field(True, description="paged KV cache (needed for inflight batching)")
     inflight_batching: bool = Field(True, description="Triton gpt_model_type inflight_fused_batching (else V1)")
-    max_beam_width: int = Field(1, ge=1, le=8)
+    max_beam_width: Annotated[StrictInt, Field(ge=1, le=8)] = 1
     kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0, le=1)
     image: str = Field("triton", description="name under `images` in mithril.lock of the Triton TRT-LLM image")
     engine_dir: str | None = Field(None, description="import an engine built elsewhere (folder with engine.json)")
@@ -124,7 +129,8 @@ class Config(Strict):
     project: str = Field("mithril", pattern=r"^[a-z0-9][-a-z0-9]*$")
     default_profile: str = "demo"
     seed: uuid.UUID = Field(description="fixed seed for disk/partition UUIDs and verity salts")
-    source_date_epoch: int = Field(ge=0, description="timestamp written into every output")
+    # squashfs stores 32-bit unsigned times: later than 2106-02-07 cannot be written
+    source_date_epoch: StrictInt = Field(ge=0, le=2**32 - 1, description="timestamp written into every output")
     profiles: dict[str, Profile]
     os: OsConfig = OsConfig()
     appdisk: AppDiskConfig = AppDiskConfig()
@@ -178,15 +184,10 @@ def _error_line(path: Path, err: ValidationError) -> str:
 
 
 def load(path: Path) -> Config:
+    from .readers import load_yaml
+
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise BadInput(where, "not found", "run `mithril-build init` or pass --project DIR") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise BadInput(where, f"not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    raw = load_yaml(path, where, fix="run `mithril-build init` or pass --project DIR")
     if not isinstance(raw, dict):
         raise BadInput(where, "must be a YAML mapping")
     try:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, StrictInt, ValidationError, field_validator
 
 from . import log
 from .errors import BadInput, ToolFailed
 
 LOCK_FILE = "mithril.lock"
+VERSION = 1
 HEX64 = r"^[0-9a-f]{64}$"
 
 
@@ -31,7 +32,7 @@ class FilePin(_Strict):
     url: str | None = None
     path: str | None = None
     sha256: str | None = Field(None, pattern=HEX64)
-    size: int | None = None
+    size: NonNegativeInt | None = None
 
 
 class ImagePin(_Strict):
@@ -61,7 +62,7 @@ class DebPin(_Strict):
 
 
 class ModelFile(_Strict):
-    size: int | None = None
+    size: NonNegativeInt | None = None
     sha256: str | None = Field(None, pattern=HEX64)  # LFS files
     git_sha1: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")  # other files
 
@@ -74,7 +75,7 @@ class ModelPin(_Strict):
 
 
 class Lock(_Strict):
-    version: int = 1
+    version: StrictInt = VERSION
     debian: dict[str, Any] = {}
     tools: dict[str, str] = {}
     files: dict[str, FilePin] = {}
@@ -82,6 +83,14 @@ class Lock(_Strict):
     models: dict[str, ModelPin] = {}
     # debs.<image>.<package>: the .debs an image is built from (the OS image's own: debs.os).
     debs: dict[str, dict[str, DebPin]] = {}
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != VERSION:
+            raise ValueError(f"unknown lock version {v}: this mithril-build reads version {VERSION} "
+                             "(upgrade mithril-build, or re-create the lock with `mithril-build lock`)")
+        return v
 
     def file(self, name: str, locked: bool = True) -> FilePin:
         pin = self.files.get(name)
@@ -110,11 +119,10 @@ class Lock(_Strict):
 
 
 def load(path: Path) -> Lock:
+    from .readers import load_yaml
+
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) if path.exists() else {}
-    except yaml.YAMLError as e:
-        raise BadInput(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    raw = load_yaml(path, where) if path.exists() or path.is_symlink() else {}
     if not isinstance(raw, dict):
         raise BadInput(where, "must be a YAML mapping")
     try:
@@ -122,7 +130,7 @@ def load(path: Path) -> Lock:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise BadInput(where, f"{loc}: {msg}") from None
 
 

@@ -38,7 +38,8 @@ def step(doing: str, done: str | None = None) -> Iterator[None]:
 
 
 def progress(total: int | None, desc: str, unit: str = "B"):
-    """A tqdm bar on stderr; bytes are shown scaled."""
+    """A tqdm bar on stderr; bytes are shown scaled. Only on a terminal: in a log or a pipe a bar
+    would leave carriage-return fragments in front of the next line."""
     from tqdm import tqdm
 
     return tqdm(
@@ -48,7 +49,14 @@ def progress(total: int | None, desc: str, unit: str = "B"):
         unit_scale=unit == "B",
         unit_divisor=1024 if unit == "B" else 1000,
         file=sys.stderr,
-        disable=quiet,
+        disable=quiet or not _is_tty(sys.stderr),
         leave=False,
         mininterval=0.5,
     )
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False

@@ -23,9 +23,21 @@ from .errors import ToolFailed
 verbose = False
 _secrets: set[str] = set()
 _PATTERNS = [
-    (re.compile(r"([?&](?:sig|se|st|skoid|sktid|sks|skv|skt|ske)=)[^&\s\"']+"), r"\1REDACTED"),
+    # Azure SAS query parameters (the signature and what it is bound to), also URL-encoded ("%26sig%3D")
+    (re.compile(r"((?:[?&;]|%3[Ff]|%26)(?:sig|se|st|skoid|sktid|sks|skv|skt|ske)(?:=|%3[Dd]))[^&\s\"'<>]+"),
+     r"\1REDACTED"),
+    # connection strings and key=value secrets
+    (re.compile(r"(?i)\b((?:AccountKey|SharedAccessKey|SharedAccessSignature|client_secret|password|passwd|"
+                r"api[_-]?key|access[_-]?token|token)=)[^;&\s\"'<>]+"), r"\1REDACTED"),
+    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 REDACTED"),
     (re.compile(r"\bhf_[A-Za-z0-9]{8,}\b"), "hf_REDACTED"),
+    (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})\b"), "gh_REDACTED"),
+    (re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.S),
+     r"-----BEGIN \1PRIVATE KEY----- REDACTED -----END \1PRIVATE KEY-----"),
 ]
+# Environment variables whose values are secrets wherever they appear (see add_secret).
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_STORAGE_KEY",
+              "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "MITHRIL_SIGNING_KEY_PASSWORD")
 # mkosi needs Debian's Python (with pefile) first on PATH: see ENVIRONMENT.md.
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -35,8 +47,13 @@ def add_secret(value: str | None) -> None:
         _secrets.add(value)
 
 
+def add_env_secrets() -> None:
+    for name in SECRET_ENV:
+        add_secret(os.environ.get(name))
+
+
 def redact(text: str) -> str:
-    for secret in _secrets:
+    for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)

@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import images, log
+from .. import images, log, templates
 from ..archive import Entry, deb_member, validate_tar
 from ..errors import BadInput
 from ..lock import DebPin
@@ -60,6 +60,7 @@ class AppDisk(Stage):
     code = ("archive.py", "oci.py", "oci_read.py", "images.py", "measure/verity.py", "measure/gpt.py")
 
     def key_inputs(self, ctx: Context) -> dict:
+        check_templates(ctx.root / SOURCE)
         lock = {f"images.{n}": ctx.lock.entry("images", n) for n in lock_images(ctx)}
         if ctx.profile.app == "demo":
             lock["files.busybox-static"] = ctx.lock.entry("files", "busybox-static")
@@ -110,14 +111,15 @@ class AppDisk(Stage):
 
 
 def _render(env, rel: str, values: dict) -> str:
-    import jinja2
+    return templates.render(env, rel, values, f"{SOURCE}/{rel}")
 
-    try:
-        return env.get_template(rel).render(values)
-    except jinja2.TemplateSyntaxError as e:
-        raise BadInput(f"{SOURCE}/{rel}", f"template syntax error at line {e.lineno}: {e.message}") from None
-    except jinja2.UndefinedError as e:
-        raise BadInput(f"{SOURCE}/{rel}", f"template uses an undefined value: {e.message}") from None
+
+def check_templates(src: Path) -> None:
+    """Every template of appdisk/ decodes and parses (they render only during the build)."""
+    env = _env(src)
+    for path in sorted(src.rglob("*.j2")) if src.is_dir() else []:
+        rel = path.relative_to(src).as_posix()
+        templates.check_syntax(env, rel, f"{SOURCE}/{rel}")
 
 
 def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict]:
@@ -163,10 +165,7 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
 
 
 def _env(src: Path):
-    import jinja2
-
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(src), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, autoescape=False)
+    return templates.environment(src)
 
 
 def render_manifests(env, src: Path, values: dict) -> dict[str, str]:

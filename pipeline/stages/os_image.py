@@ -19,9 +19,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import jinja2
-
-from .. import log
+from .. import log, templates
 from ..errors import BadInput, ToolFailed, VerificationFailed
 from ..graph import Context, Stage, StageResult, tool_version, tree_digests
 from ..lock import LOCK_FILE, DebPin, sha256_file
@@ -58,34 +56,24 @@ def template_vars(ctx: Context) -> dict:
     }
 
 
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              trim_blocks=True, lstrip_blocks=True, autoescape=False)
+def _env(folder: Path):
+    return templates.environment(folder, trim_blocks=True, lstrip_blocks=True)
 
 
-def _render_one(src: Path, rel: str, variables: dict) -> bytes:
-    where = f"{SOURCE}/{rel}"
-    try:
-        return _env().from_string(src.read_text()).render(**variables).encode()
-    except jinja2.TemplateSyntaxError as e:
-        raise BadInput(where, f"template syntax error at line {e.lineno}: {e.message}") from None
-    except jinja2.UndefinedError as e:
-        raise BadInput(where, f"template uses an unknown variable: {e.message}",
-                       "variables: " + ", ".join(sorted(variables))) from None
-
-
-def render_tree(src: Path, variables: dict, dest: Path | None, skip: tuple[str, ...] = ()) -> dict[str, str]:
+def render_tree(src: Path, variables: dict, dest: Path | None, skip: tuple[str, ...] = (),
+                label: str = SOURCE) -> dict[str, str]:
     """Render every `*.j2` below src (dropping `.j2`), copy other files; return {relpath: sha256}.
 
     With dest=None nothing is written (used to check templates and build cache keys)."""
     digests = {}
+    env = _env(src)
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src).as_posix()
         if path.is_dir() or rel.split("/")[0] in skip or rel in skip or "__pycache__" in rel:
             continue
         mode = 0o755 if os.stat(path).st_mode & stat.S_IXUSR else 0o644
         if path.suffix == ".j2":
-            rel, data = rel[:-3], _render_one(path, rel, variables)
+            rel, data = rel[:-3], templates.render(env, rel, variables, f"{label}/{rel}").encode()
         else:
             data = path.read_bytes()
         digests[rel] = hashlib.sha256(data).hexdigest() + ("+x" if mode == 0o755 else "")
@@ -110,15 +98,12 @@ def render_config(ctx: Context, dest: Path | None) -> dict[str, str]:
     skip = ("repart.d", "k3s", "README.md") + ((SOURCES,) if os_pins(ctx) else ())
     digests = render_tree(src, variables, dest, skip=skip)
     if ctx.config.os.k3s:  # the k3s unit and tmpfiles rule join the image's extra tree
-        extra = render_tree(src / "k3s", variables, dest / "mkosi.extra" if dest else None)
+        extra = render_tree(src / "k3s", variables, dest / "mkosi.extra" if dest else None, label=f"{SOURCE}/k3s")
         digests.update({f"k3s/{k}": v for k, v in extra.items()})
     # repart definitions: syntax-checked now, rendered once the roothash is known
+    env = _env(src / "repart.d")
     for path in sorted((src / "repart.d").glob("*.j2")):
-        try:
-            _env().parse(path.read_text())
-        except jinja2.TemplateSyntaxError as e:
-            raise BadInput(f"{SOURCE}/repart.d/{path.name}",
-                           f"template syntax error at line {e.lineno}: {e.message}") from None
+        templates.check_syntax(env, path.name, f"{SOURCE}/repart.d/{path.name}")
     return digests
 
 
@@ -396,7 +381,7 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
         defs = work / "repart.d"
         variables = {"esp_size": esp_size, "root_uuid": str(uuid.UUID(roothash[:32])),
                      "verity_uuid": str(uuid.UUID(roothash[32:]))}
-        render_tree(ctx.root / SOURCE / "repart.d", variables, defs)
+        render_tree(ctx.root / SOURCE / "repart.d", variables, defs, label=f"{SOURCE}/repart.d")
         disk = out / DISK
         run(["systemd-repart", "--offline=yes", "--empty=create", "--size=auto", "--dry-run=no",
              f"--seed={ctx.seed}", f"--definitions={defs}", f"--root={work}", "--no-pager", disk],
