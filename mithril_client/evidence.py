@@ -118,7 +118,7 @@ def parse_evidence(data: bytes | str, where: str = "evidence") -> Evidence:
         raise BadInput(where, f"not usable JSON: {str(e).splitlines()[0][:120]}") from None
     if not isinstance(doc, dict):
         raise BadInput(where, "must be a JSON object")
-    if doc.get("version") != VERSION or isinstance(doc.get("version"), bool):
+    if type(doc.get("version")) is not int or doc["version"] != VERSION:  # not True, not 1.0
         raise BadInput(where, f"version: expected {VERSION}, got {doc.get('version')!r}",
                        "the server and this client speak different evidence versions")
     platform = _str(doc, "platform", where)

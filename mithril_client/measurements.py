@@ -50,7 +50,7 @@ class Row:
 def parse_measurements(raw: object, where: str) -> Measurements:
     if not isinstance(raw, dict):
         raise BadInput(where, "must be a JSON object")
-    if raw.get("version") != 1:
+    if type(raw.get("version")) is not int or raw["version"] != 1:  # not True, not 1.0
         raise BadInput(where, f"version: expected 1, got {raw.get('version')!r}",
                        "rebuild with `mithril-build measurements`")
     mode = raw.get("mode")
@@ -96,6 +96,8 @@ def load_measurements(path: Path) -> Measurements:
         raise BadInput(where, f"cannot read: {e}") from None
     except json.JSONDecodeError as e:
         raise BadInput(where, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except (ValueError, RecursionError):  # an integer of thousands of digits, deep nesting
+        raise BadInput(where, "not usable JSON (a huge number or deep nesting)") from None
     return parse_measurements(raw, where)
 
 

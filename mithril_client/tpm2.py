@@ -371,13 +371,17 @@ def parse_pcr_file(data: bytes, where: str, selections: tuple[PcrSelection, ...]
                 doc = json.loads(text)
             except json.JSONDecodeError as e:
                 raise BadInput(where, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+            except (ValueError, RecursionError):  # an integer of thousands of digits, deep nesting
+                raise BadInput(where, "not usable JSON (a huge number or deep nesting)") from None
         else:
             import yaml  # tpm2-tools' YAML output; only `attest verify` reads it, the client SDK never does
 
             try:
                 doc = yaml.safe_load(text)
             except yaml.YAMLError as e:
-                raise BadInput(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+                raise BadInput(where, f"not valid YAML: {str(getattr(e, 'problem', None) or e).splitlines()[0]}") from None
+            except (ValueError, RecursionError):
+                raise BadInput(where, "not usable YAML (a huge number or deep nesting)") from None
         return _values_from_mapping(doc, where)
     order = [(s.bank, i) for s in selections for i in s.pcrs]
     if order and len(data) == sum(DIGEST_SIZE[b] for b, _ in order):

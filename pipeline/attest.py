@@ -161,7 +161,7 @@ def _run_record(project: Path | None, host: str, port: int) -> dict | None:
             u = urllib.parse.urlsplit(rec["url"])
             if (u.hostname, u.port or 443) == (host, port) and isinstance(rec.get("ek_ca"), str):
                 return rec
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             continue  # a stale or foreign file: not ours to trust
     return None
 

@@ -33,8 +33,10 @@ class CouldNotBuild(MithrilError):
 
 
 def read_sums(path: Path) -> dict[str, str]:
+    from .readers import read_text
+
     sums = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         hexdigest, _, rel = line.partition("  ")
@@ -62,12 +64,11 @@ def artifacts(folder: Path) -> dict[str, str]:
 
 
 def _load_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    from .readers import load_json
+
+    if not path.exists():
         return None
-    except ValueError:
-        raise BadInput(str(path), "not valid JSON") from None
+    data = load_json(path)
     return data if isinstance(data, dict) else None
 
 
@@ -76,7 +77,7 @@ def compare_measurements(a: dict | None, b: dict | None) -> list[dict]:
     if a is None or b is None:
         return []
     rows = []
-    pa, pb = a.get("pcrs") or {}, b.get("pcrs") or {}
+    pa, pb = (m.get("pcrs") if isinstance(m.get("pcrs"), dict) else {} for m in (a, b))
     for pcr in sorted(set(pa) | set(pb), key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, k)):
         va, vb = pa.get(pcr), pb.get(pcr)
         rows.append({"item": f"PCR {pcr}", "a": va, "b": vb, "match": va == vb})
@@ -88,6 +89,16 @@ def compare_measurements(a: dict | None, b: dict | None) -> list[dict]:
             vb = vb.get(k) if isinstance(vb, dict) else None
         rows.append({"item": item, "a": va, "b": vb, "match": va == vb})
     return rows
+
+
+def _manifest(record: dict, folder: Path) -> bool:
+    """Whether appdisk.json has a per-file manifest; BadInput when it has a broken one."""
+    files = record.get("files")
+    if files is None:
+        return False
+    if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str) for f in files):
+        raise BadInput(str(folder / "appdisk.json"), "files: expected a list of {path, mode, size, sha256|target}")
+    return True
 
 
 def compare_manifests(a: list[dict], b: list[dict]) -> list[dict]:
@@ -136,7 +147,7 @@ def compare(a: Path, b: Path) -> dict:
                 report["corrupt"].append(f"{side}: {rel} does not match its {SUMS} entry")
     if differ & {"application_disk.raw", "appdisk.json"}:
         ja, jb = _load_json(a / "appdisk.json") or {}, _load_json(b / "appdisk.json") or {}
-        if "files" in ja and "files" in jb:
+        if _manifest(ja, a) and _manifest(jb, b):
             report["disk_files"]["application_disk.raw"] = compare_manifests(ja["files"], jb["files"])
         else:
             report["notes"].append("appdisk.json has no per-file manifest on one side")

@@ -70,9 +70,20 @@ def parse_footer(data: bytes) -> dict:
             "geometry": f[11:14], "unique_id": f[16]}
 
 
+def check_timestamp(source_date_epoch: int, where: str = "source_date_epoch") -> None:
+    """The footer holds seconds since 2000-01-01 in 32 bits: anything else would wrap silently."""
+    if not VHD_EPOCH <= source_date_epoch <= VHD_EPOCH + 0xFFFFFFFF:
+        raise BadInput(where, f"{source_date_epoch} is outside what a VHD footer can hold "
+                              f"({VHD_EPOCH}..{VHD_EPOCH + 0xFFFFFFFF}, 2000-01-01 to 2136-02-07)")
+
+
 def disk_footer(disk: Path, disk_sha256: str, source_date_epoch: int) -> tuple[int, bytes]:
     """(padded data size, footer) for a raw disk."""
-    size = padded_size(disk.stat().st_size)
+    check_timestamp(source_date_epoch)
+    raw = disk.stat().st_size
+    if raw == 0:
+        raise BadInput(str(disk), "the disk image is empty", "build it first or pass the right path")
+    size = padded_size(raw)
     return size, footer(size, source_date_epoch, unique_id(disk_sha256))
 
 
@@ -96,12 +107,27 @@ def data_extents(path: Path) -> list[tuple[int, int]]:
     return out
 
 
+def check_paths(disk: Path, out: Path) -> None:
+    """A readable, non-empty disk and an output that is neither the disk nor a folder, in a folder
+    that exists (nothing is created on the way)."""
+    if not disk.is_file():
+        raise BadInput(str(disk), "disk image not found" if not disk.exists() else "not a regular file",
+                       "build it first or pass the right path")
+    if disk.stat().st_size == 0:
+        raise BadInput(str(disk), "the disk image is empty", "build it first or pass the right path")
+    if out.is_dir():
+        raise BadInput(str(out), "is a folder", "pass the VHD file to write with -o")
+    if not out.parent.is_dir():
+        raise BadInput(str(out), f"folder {out.parent} does not exist", "create it first")
+    if out.resolve() == disk.resolve() or out.exists() and os.path.samefile(out, disk):
+        raise BadInput(str(out), "is the input disk itself", "write the VHD to another file")
+
+
 def write_vhd(disk: Path, out: Path, disk_sha256: str, source_date_epoch: int) -> dict:
     """Write a sparse fixed VHD of `disk` to `out` (atomically): only data extents are copied."""
-    if not disk.is_file():
-        raise BadInput(str(disk), "disk image not found", "build it first or pass the right path")
+    check_paths(disk, out)
     size, foot = disk_footer(disk, disk_sha256, source_date_epoch)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with open(disk, "rb") as src, open(tmp, "wb") as dst:
             for off, length in data_extents(disk):

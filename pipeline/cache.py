@@ -44,17 +44,35 @@ class Cache:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """One mithril-build at a time per cache; stale temp folders of killed runs are removed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lf:
-            try:
-                fcntl.flock(lf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info(f"waiting for another mithril-build using {self.root}")
-                fcntl.flock(lf, fcntl.LOCK_EX)
+        with self._locked(fcntl.LOCK_EX, create=True):
             shutil.rmtree(self.root / "tmp", ignore_errors=True)
             yield
 
-    def lookup(self, stage: str, key: str, verify: bool = True) -> StageResult | None:
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """For commands that only read the cache (plan, status): they wait for a running build
+        rather than read results being replaced. No cache yet: nothing to read, nothing created."""
+        if not self.root.is_dir():
+            yield
+            return
+        with self._locked(fcntl.LOCK_SH, create=False):
+            yield
+
+    @contextlib.contextmanager
+    def _locked(self, mode: int, create: bool) -> Iterator[None]:
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as lf:
+            try:
+                fcntl.flock(lf, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info(f"waiting for another mithril-build using {self.root}")
+                fcntl.flock(lf, mode)
+            yield
+
+    def lookup(self, stage: str, key: str, verify: bool = True, discard: bool = True) -> StageResult | None:
+        """The stored result for key, its outputs re-hashed (verify). A broken result is removed
+        (discard), except by readers, which only report it as missing."""
         from .graph import StageResult
 
         folder = self.stage_dir(stage) / key
@@ -63,17 +81,19 @@ class Cache:
             return None
         try:
             record = json.loads(rec_path.read_text())
-        except ValueError:
+        except (OSError, ValueError, RecursionError):
             record = None
-        if not record or record.get("key") != key:
-            self._discard(folder, "its record is unreadable")
+        if not isinstance(record, dict) or record.get("key") != key or not isinstance(record.get("outputs"), dict):
+            if discard:
+                self._discard(folder, "its record is unreadable")
             return None
         if verify:
             actual = output_digests(folder)
             if actual != record["outputs"]:
                 bad = sorted(k for k in set(actual) | set(record["outputs"])
                              if actual.get(k) != record["outputs"].get(k))
-                self._discard(folder, "outputs changed since they were stored: " + ", ".join(bad[:5]))
+                if discard:
+                    self._discard(folder, "outputs changed since they were stored: " + ", ".join(bad[:5]))
                 return None
         return StageResult(folder, record)
 
@@ -107,7 +127,7 @@ class Cache:
         path = self.stage_dir(stage) / f"last-{profile}.json"
         try:
             return json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
 
 
@@ -116,29 +136,47 @@ RECORDS = "records"  # out/<profile>/records/<stage>.json (appdisk.json and os.j
 UNSUMMED = {"SHA256SUMS", "boot-serial.log", "run-serial.log", "deployment.json"}
 
 
+TMP_PREFIX = ".mithril-publish-"  # a publish under way; a killed one's leftovers go with the next
+
+
 def publish(result: StageResult, stage: str, out_dir: Path) -> None:
     """Hard-link (or copy) a stage's outputs into out/<profile>/, each file replaced atomically;
-    files the previous build of this stage published and this one does not are removed."""
+    files the previous build of this stage published and this one does not are removed. No
+    temporary name survives: a file already linked to the cached one is left as it is (renaming
+    a hard link onto itself would do nothing and leave the temporary name behind)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.rglob(TMP_PREFIX + "*"):
+        leftover.unlink(missing_ok=True)
     rec_path = out_dir / RECORDS / f"{stage}.json"
-    with contextlib.suppress(OSError, ValueError, KeyError):
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
         for old in set(json.loads(rec_path.read_text())["outputs"]) - set(result.outputs):
-            (out_dir / old).unlink(missing_ok=True)
+            if ".." not in Path(old).parts and not Path(old).is_absolute():
+                (out_dir / old).unlink(missing_ok=True)
     for rel in result.outputs:
         src, dst = result.dir / rel, out_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if src.is_symlink():
-            os.symlink(os.readlink(src), tmp)
-        else:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
+        if not src.is_symlink() and _same_file(src, dst):
+            continue
+        tmp = dst.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{dst.name}")
+        try:
+            if src.is_symlink():
+                os.symlink(os.readlink(src), tmp)
+            else:
+                try:
+                    os.link(src, tmp)
+                except OSError:
+                    shutil.copy2(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
     atomic_write(rec_path, json.dumps(result.record, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return not b.is_symlink() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def write_sha256sums(out_dir: Path) -> None:

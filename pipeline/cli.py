@@ -176,15 +176,17 @@ def status(ctx, as_json):
 
 
 @cli.command()
+@click.option("--all-profiles", is_flag=True, help="Remove every profile's cached stage results, not only this one's.")
 @click.option("--all", "everything", is_flag=True,
-              help="Also remove the input store (downloaded pinned files) and the Debian index cache.")
+              help="Remove the whole cache: every profile's results, the input store (downloaded pinned files) "
+                   "and the Debian index cache.")
 @click.option("--outputs", is_flag=True, help="Also remove out/<profile>.")
 @project_options
-def clean(ctx, everything, outputs):
-    """Remove cached stage results (and optionally inputs and published outputs)."""
+def clean(ctx, all_profiles, everything, outputs):
+    """Remove this profile's cached stage results (and optionally more). Waits for a running build."""
     from .orchestrate import clean as do_clean
 
-    for line in do_clean(ctx, everything, outputs):
+    for line in do_clean(ctx, everything, outputs, all_profiles):
         click.echo(line)
 
 
@@ -351,10 +353,10 @@ def provenance_verify(key, out_dir, allow_unsigned, as_json, file):
     must be one). Without --key this fails unless --allow-unsigned. Exit 1 on failure."""
     from .provenance import verify_file
 
+    report = verify_file(file, key, out_dir, allow_unsigned)
     if allow_unsigned and key is None:
         click.echo("WARNING: --allow-unsigned: NO SIGNATURE IS CHECKED; this only shows the files match the "
                    "provenance, not who made it", err=True)
-    report = verify_file(file, key, out_dir, allow_unsigned)
     lines = [f"{'OK' if s['ok'] else 'FAIL'}  {s['name']}" for s in report["subjects"]]
     lines += [f"signature: {report['signature']}"] + [f"problem: {p}" for p in report["problems"]]
     lines.append("VERIFIED" if report["ok"] else "VERIFICATION FAILED")
@@ -686,12 +688,11 @@ def azure_group():
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def azure_vhd(disk, output, source_date_epoch, as_json):
     """Write DISK as a fixed VHD (padded to 1 MiB, reproducible footer) for other upload tools."""
-    from .azure_vhd import write_vhd
+    from .azure_vhd import check_paths, check_timestamp, write_vhd
     from .errors import BadInput
     from .lock import sha256_file
 
-    if not disk.is_file():
-        raise BadInput(str(disk), "disk image not found", "build it first or pass the right path")
+    check_paths(disk, output)
     if source_date_epoch is None:
         from .config import load
         from .project import find_root
@@ -702,6 +703,8 @@ def azure_vhd(disk, output, source_date_epoch, as_json):
             raise BadInput("--source-date-epoch", "not given and no mithril.yaml here or above",
                            "pass --source-date-epoch or set $SOURCE_DATE_EPOCH") from None
         source_date_epoch = load(root / "mithril.yaml").source_date_epoch
+        check_timestamp(source_date_epoch, f"{root / 'mithril.yaml'}: source_date_epoch")
+    check_timestamp(source_date_epoch, "--source-date-epoch")
     result = write_vhd(disk, output, sha256_file(disk, progress=True), source_date_epoch)
     emit(result, as_json, f"wrote {output} ({result['vhd_size']} bytes, data {result['data_size']})")
 

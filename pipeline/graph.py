@@ -136,6 +136,13 @@ class Stage:
         writes, so that `--inputs` can build offline."""
         return {}
 
+    def check(self, ctx: Context) -> None:
+        """Check inputs the cache key names only by their pin (files in the checkout), on every
+        run, cache hit or not: a file edited after it was pinned must not pass for the pinned one."""
+        for what, pin in self.pins(ctx).items():
+            if pin.path:
+                ctx.store.pinned(pin, what)
+
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
         raise NotImplementedError
 
@@ -217,30 +224,42 @@ class Orchestrator:
             add(t)
         return [self.stages[n] for n in self.stages if n in want and self.stages[n].enabled(self.ctx)]
 
-    def key_fields(self, stage: Stage, deps: dict[str, StageResult]) -> dict:
+    def key_fields(self, stage: Stage, deps: dict[str, StageResult], inputs: dict) -> dict:
         return {"stage": stage.name, "version": stage.version, "code": code_digest(type(stage)),
-                "inputs": stage.key_inputs(self.ctx),
-                "deps": {n: r.outputs for n, r in sorted(deps.items())}}
+                "inputs": inputs[stage.name], "deps": {n: r.outputs for n, r in sorted(deps.items())}}
+
+    def preflight(self, stages: list[Stage]) -> dict[str, dict]:
+        """Every stage's inputs, read and checked before anything is built or published: bad
+        input fails here, with out/ and the cache untouched."""
+        inputs = {}
+        for stage in stages:
+            inputs[stage.name] = stage.key_inputs(self.ctx)
+            stage.check(self.ctx)
+        return inputs
 
     def plan(self, targets: list[str]) -> list[Plan]:
-        """What would run and why, without building (a dependency not built yet means 'run')."""
+        """What would run and why, without building (a dependency not built yet means 'run').
+        Read-only: takes the cache's shared lock and discards nothing."""
         plans: list[Plan] = []
         done: dict[str, StageResult] = {}
-        for stage in self.selected(targets):
-            deps = {d: done[d] for d in stage.deps if d in done}
-            missing = [d for d in stage.deps if d not in done and d in self.stages
-                       and self.stages[d].enabled(self.ctx)]
-            if missing:
-                plans.append(Plan(stage, None, None, f"after {', '.join(missing)} is built"))
-                continue
-            fields = self.key_fields(stage, deps)
-            key = digest(fields)
-            hit = self.cache.lookup(stage.name, key)
-            if hit:
-                done[stage.name] = hit
-                plans.append(Plan(stage, key, hit, "cached"))
-            else:
-                plans.append(Plan(stage, key, None, self._why(stage, fields)))
+        stages = self.selected(targets)
+        inputs = self.preflight(stages)
+        with self.cache.shared():
+            for stage in stages:
+                deps = {d: done[d] for d in stage.deps if d in done}
+                missing = [d for d in stage.deps if d not in done and d in self.stages
+                           and self.stages[d].enabled(self.ctx)]
+                if missing:
+                    plans.append(Plan(stage, None, None, f"after {', '.join(missing)} is built"))
+                    continue
+                fields = self.key_fields(stage, deps, inputs)
+                key = digest(fields)
+                hit = self.cache.lookup(stage.name, key, discard=False)
+                if hit:
+                    done[stage.name] = hit
+                    plans.append(Plan(stage, key, hit, "cached"))
+                else:
+                    plans.append(Plan(stage, key, None, self._why(stage, fields)))
         return plans
 
     def _why(self, stage: Stage, fields: dict) -> str:
@@ -254,12 +273,16 @@ class Orchestrator:
         return "changed: " + "; ".join(changed[:8]) + more
 
     def run(self, targets: list[str], explain: bool = False, force: bool = False) -> dict[str, StageResult]:
-        """Build the targets and what they depend on; `force` rebuilds the targets themselves only."""
+        """Build the targets and what they depend on; `force` rebuilds the targets themselves only.
+        Results are published into out/<profile>/ only once every stage has succeeded."""
         results: dict[str, StageResult] = {}
+        stages = self.selected(targets)
+        inputs = self.preflight(stages)
         with self.cache.exclusive():
-            for stage in self.selected(targets):
+            remembered = {}
+            for stage in stages:
                 deps = {d: results[d] for d in stage.deps if d in results}
-                fields = self.key_fields(stage, deps)
+                fields = self.key_fields(stage, deps, inputs)
                 key = digest(fields)
                 forced = force and stage.name in targets
                 hit = None if forced else self.cache.lookup(stage.name, key)
@@ -271,7 +294,9 @@ class Orchestrator:
                     if explain:
                         log.info(f"{stage.name}: not cached: {why}")
                     results[stage.name] = self._build(stage, key, fields, deps)
-                self.cache.remember(stage.name, self.ctx.profile_name, json.loads(canonical(fields)))
+                remembered[stage.name] = fields
+            for stage in stages:
+                self.cache.remember(stage.name, self.ctx.profile_name, json.loads(canonical(remembered[stage.name])))
                 publish(results[stage.name], stage.name, self.ctx.out_dir)
             write_sha256sums(self.ctx.out_dir)
         return results

@@ -57,14 +57,12 @@ def export(ctx: Context, dest: Path) -> dict:
 
 def check_folder(folder: Path) -> Path:
     """An inputs folder as `--inputs` takes it: one that export-inputs finished writing."""
+    from .readers import load_json
+
     index = folder / INDEX
-    try:
-        doc = json.loads(index.read_text())
-    except FileNotFoundError:
-        raise BadInput(str(index), "not found: not a finished `mithril-build export-inputs` folder") from None
-    except (OSError, UnicodeDecodeError, ValueError):
-        raise BadInput(str(index), "not valid JSON") from None
-    if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("inputs"), dict):
+    doc = load_json(index, fix="not a finished `mithril-build export-inputs` folder")
+    if not isinstance(doc, dict) or type(doc.get("version")) is not int or doc["version"] != VERSION \
+            or not isinstance(doc.get("inputs"), dict):
         raise BadInput(str(index), f"version: expected {VERSION} with an `inputs` object")
     return folder.resolve()
 

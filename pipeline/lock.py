@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,13 +204,18 @@ class InputStore:
         pin = self.lock.file(name)
         return self.pinned(pin, f"files.{name}")
 
-    def pinned(self, pin: FilePin, what: str) -> Path:
+    def pinned(self, pin: FilePin, what: str, check: Callable[[Path], object] | None = None) -> Path:
+        """The pinned file, its sha256 checked. A file of the checkout (`path`) is hashed again
+        whenever its identity (device, inode, size, mtime, ctime) differs from the last time it
+        matched; then `check` (e.g. reading it as an image archive) runs too."""
         if pin.path:
             src = (self.project / pin.path).resolve()
             if not src.is_relative_to(self.project.resolve()):
                 raise BadInput(LOCK_FILE, f"{what}.path: {pin.path!r} points outside the project")
             if not src.is_file():
                 raise BadInput(LOCK_FILE, f"{what}.path: {pin.path} does not exist")
+            if self._known(src) == pin.sha256:
+                return src
             target = src
         else:
             if not pin.url:
@@ -215,13 +223,64 @@ class InputStore:
             target = self.root / "sha256" / pin.sha256
             if not target.exists():
                 self._fetch(pin, target, what)
+        identity = _identity(target)
         actual = sha256_file(target)
         if actual != pin.sha256:
             if not pin.path:
                 target.unlink()  # never keep a wrong file in the content-addressed store
-            raise BadInput(LOCK_FILE, f"{what}.sha256: expected {pin.sha256}, the fetched file has {actual}",
-                           "the source changed or the pin is wrong; re-pin only if you trust the new file")
+                raise BadInput(LOCK_FILE, f"{what}.sha256: expected {pin.sha256}, the fetched file has {actual}",
+                               "the source changed or the pin is wrong; re-pin only if you trust the new file")
+            raise BadInput(LOCK_FILE, f"{what}.sha256: expected {pin.sha256}, but {pin.path} has {actual}",
+                           "the file changed after it was pinned; restore it, or re-pin it if you trust it")
+        if check is not None:
+            check(target)
+        if pin.path:
+            self._remember(target, identity, actual)
         return target
+
+    def copy(self, pin: FilePin, what: str, dest: Path) -> None:
+        """Copy the pinned file to dest, hashing the bytes written: what lands in dest is what
+        was checked, whatever happens to the source meanwhile."""
+        if pin.path:
+            src = self.pinned(pin, what)
+        else:
+            src = self.root / "sha256" / pin.sha256
+            if not src.exists():
+                self.pinned(pin, what)
+        h = hashlib.sha256()
+        with open(src, "rb") as f, open(dest, "wb") as out:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() != pin.sha256:
+            dest.unlink()
+            if not pin.path:
+                src.unlink(missing_ok=True)  # never keep a wrong file in the content-addressed store
+            raise BadInput(LOCK_FILE, f"{what}.sha256: expected {pin.sha256}, {pin.path or 'the stored file'} "
+                                      f"has {h.hexdigest()}", "the file changed after it was checked; run again")
+
+    IDENTITIES = "identities.json"
+
+    def _known(self, path: Path) -> str | None:
+        """The sha256 a checkout file had when it last matched its pin, if it is unchanged since."""
+        try:
+            known = json.loads((self.root / self.IDENTITIES).read_text()).get(str(path))
+        except (OSError, ValueError, AttributeError):
+            return None
+        if isinstance(known, list) and len(known) == 6 and known[:5] == _identity(path):
+            return known[5]
+        return None
+
+    def _remember(self, path: Path, identity: list[int], digest: str) -> None:
+        if identity != _identity(path):
+            return  # changed while we read it
+        table = {}
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads((self.root / self.IDENTITIES).read_text())
+            table = loaded if isinstance(loaded, dict) else {}
+        table[str(path)] = [*identity, digest]
+        with contextlib.suppress(OSError):  # only a cache: without it the file is hashed again
+            atomic_write(self.root / self.IDENTITIES, json.dumps(table, indent=0, sort_keys=True).encode())
 
     def _fetch(self, pin: FilePin, target: Path, what: str) -> None:
         if self.offline is not None:
@@ -244,6 +303,11 @@ class InputStore:
                 raise
             log.warn(f"{what}: {pin.url} is gone; trying snapshot.debian.org")
             download(snapshot, target, what)
+
+
+def _identity(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def snapshot_url(url: str, debian: dict) -> str | None:

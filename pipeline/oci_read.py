@@ -18,11 +18,12 @@ import posixpath
 import shutil
 import stat
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import check_member_name
-from .errors import BadInput
+from .archive import check_member_name, validate_tar
+from .errors import BadInput, ToolFailed
 from .run import run
 
 MAX_JSON = 4 << 20  # manifests and configs are a few KiB
@@ -73,9 +74,12 @@ class _Archive:
         return self.tf.extractfile(m).read()
 
     def json(self, name: str):
+        return self.parse(self.read(name, MAX_JSON), name)
+
+    def parse(self, data: bytes, name: str):
         try:
-            return json.loads(self.read(name, MAX_JSON))
-        except (ValueError, RecursionError):
+            return json.loads(data)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise BadInput(self.where, f"{name}: not valid JSON") from None
 
     def blob(self, digest: str, what: str) -> str:
@@ -123,43 +127,84 @@ def _config(doc, where: str) -> tuple[ImageConfig, tuple[str, ...]]:
                        tuple(sorted(ports))), tuple(diff_ids)
 
 
+def check_archive(path: Path, where: str | None = None, many: bool = False) -> list[Image]:
+    """What every image archive passes before it goes on a disk: no hostile tar members, and whole,
+    consistent images (one, or with `many` one or more, as in k3s's airgap archive). A gzip, zstd
+    or lz4 compressed archive is checked decompressed, in a temporary file beside it."""
+    where = where or str(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    tool = {b"\x1f\x8b": ["gzip", "-dc"], b"\x28\xb5\x2f\xfd": ["zstd", "-dcq"],
+            b"\x04\x22\x4d\x18": ["lz4", "-dc"]}.get(magic[:2] if magic[:2] == b"\x1f\x8b" else magic)
+    if tool is None:
+        validate_tar(path, where)
+        return read_images(path, where, many)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".check-") as tmp:
+        plain = Path(tmp) / "plain.tar"
+        with open(plain, "wb") as out:
+            try:
+                run([*tool, path], stdout=out)
+            except ToolFailed as e:
+                raise BadInput(where, f"does not decompress: {str(e).splitlines()[-1][:200]}") from None
+        validate_tar(plain, where)
+        return read_images(plain, where, many)
+
+
 def read_image(path: Path, where: str | None = None) -> Image:
     """Check an image archive (one image) and return its config and layer members. Blob names are
     checked against their digests and every layer against the config's diff_ids."""
+    return read_images(path, where)[0]
+
+
+def read_images(path: Path, where: str | None = None, many: bool = False) -> list[Image]:
     where = where or str(path)
     a = _Archive(path, where)
     try:
         if "index.json" in a.members:
-            image = _read_oci(a)
+            images = _read_oci(a, many)
         elif "manifest.json" in a.members:
-            image = _read_docker(a)
+            images = _read_docker(a, many)
         else:
             raise BadInput(where, "neither index.json (OCI) nor manifest.json (docker-archive) in the archive")
-        for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
-            if "sha256:" + hashlib.sha256(_layer_bytes(a, layer)).hexdigest() != diff_id:
-                raise BadInput(where, f"layer {layer}: content does not match its diff_id {diff_id[:19]}…")
-        return image
+        checked = set()
+        for image in images:
+            for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
+                if (layer, diff_id) not in checked:
+                    if "sha256:" + hashlib.sha256(_layer_bytes(a, layer)).hexdigest() != diff_id:
+                        raise BadInput(where, f"layer {layer}: content does not match its diff_id {diff_id[:19]}…")
+                    checked.add((layer, diff_id))
+        return images
     finally:
         a.tf.close()
 
 
-def _read_oci(a: _Archive) -> Image:
-    index = a.json("index.json")
-    manifests = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(manifests, list) or len(manifests) != 1 or not isinstance(manifests[0], dict):
-        raise BadInput(a.where, "index.json: expected exactly one image manifest")
-    desc = manifests[0]
-    ref = (desc.get("annotations") or {}).get("io.containerd.image.name")
+def _entries(doc, key: str | None, what: str, many: bool, where: str) -> list[dict]:
+    entries = doc.get(key) if key and isinstance(doc, dict) else (doc if key is None else None)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries) or not entries \
+            or (len(entries) != 1 and not many):
+        raise BadInput(where, f"{what}: expected {'one or more images' if many else 'exactly one image manifest'}")
+    return entries
+
+
+def _read_oci(a: _Archive, many: bool) -> list[Image]:
+    return [_read_oci_manifest(a, desc)
+            for desc in _entries(a.json("index.json"), "manifests", "index.json", many, a.where)]
+
+
+def _read_oci_manifest(a: _Archive, desc: dict) -> Image:
+    annotations = desc.get("annotations")
+    ref = annotations.get("io.containerd.image.name") if isinstance(annotations, dict) else None
     name = a.blob(desc.get("digest"), "index.json manifest")
     if a.sha256(name) != name.rsplit("/", 1)[1]:
         raise BadInput(a.where, f"{name}: content does not match its digest")
     manifest = a.json(name)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
         raise BadInput(a.where, f"{name}: not an image manifest (no layers)")
-    cfg_name = a.blob((manifest.get("config") or {}).get("digest"), "manifest config")
+    config = manifest.get("config")
+    cfg_name = a.blob(config.get("digest") if isinstance(config, dict) else None, "manifest config")
     layers = []
     for i, layer in enumerate(manifest["layers"]):
-        lname = a.blob((layer or {}).get("digest"), f"manifest layers[{i}]")
+        lname = a.blob(layer.get("digest") if isinstance(layer, dict) else None, f"manifest layers[{i}]")
         if a.sha256(lname) != lname.rsplit("/", 1)[1]:
             raise BadInput(a.where, f"{lname}: content does not match its digest")
         layers.append(lname)
@@ -168,14 +213,15 @@ def _read_oci(a: _Archive) -> Image:
     config, diff_ids = _config(a.json(cfg_name), a.where)
     if len(diff_ids) != len(layers):
         raise BadInput(a.where, f"{len(layers)} layers but {len(diff_ids)} diff_ids")
-    return Image(ref, config, tuple(layers), diff_ids)
+    return Image(ref if isinstance(ref, str) else None, config, tuple(layers), diff_ids)
 
 
-def _read_docker(a: _Archive) -> Image:
-    manifest = a.json("manifest.json")
-    if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
-        raise BadInput(a.where, "manifest.json: expected exactly one image")
-    entry = manifest[0]
+def _read_docker(a: _Archive, many: bool) -> list[Image]:
+    return [_read_docker_entry(a, entry)
+            for entry in _entries(a.json("manifest.json"), None, "manifest.json", many, a.where)]
+
+
+def _read_docker_entry(a: _Archive, entry: dict) -> Image:
     cfg_name, layers = entry.get("Config"), entry.get("Layers")
     if not isinstance(cfg_name, str) or not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
         raise BadInput(a.where, "manifest.json: Config and Layers missing")
@@ -183,15 +229,11 @@ def _read_docker(a: _Archive) -> Image:
     stem = posixpath.basename(cfg_name).removesuffix(".json")
     if len(stem) == 64 and hashlib.sha256(cfg_bytes).hexdigest() != stem:
         raise BadInput(a.where, f"{cfg_name}: content does not match its name")
-    try:
-        doc = json.loads(cfg_bytes)
-    except ValueError:
-        raise BadInput(a.where, f"{cfg_name}: not valid JSON") from None
-    config, diff_ids = _config(doc, a.where)
+    config, diff_ids = _config(a.parse(cfg_bytes, cfg_name), a.where)
     if len(diff_ids) != len(layers):
         raise BadInput(a.where, f"{len(layers)} layers but {len(diff_ids)} diff_ids")
     tags = entry.get("RepoTags") or []
-    return Image(tags[0] if tags and isinstance(tags[0], str) else None, config,
+    return Image(tags[0] if isinstance(tags, list) and tags and isinstance(tags[0], str) else None, config,
                  tuple(posixpath.normpath(x) for x in layers), diff_ids)
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
 import shutil
+from pathlib import Path
 
 from . import log
+from .cache import RECORDS
 from .graph import Context, Orchestrator
 
 
@@ -42,28 +48,65 @@ def plan(ctx: Context, targets: list[str] | None) -> list[dict]:
 
 def status(ctx: Context) -> dict:
     orch = _orchestrator(ctx)
-    size = sum(p.stat().st_size for p in ctx.cache_dir.rglob("*") if p.is_file()) if ctx.cache_dir.exists() else 0
     stages = []
     for p in orch.plan(list(orch.stages)):
         published = (ctx.out_dir / "records" / f"{p.stage.name}.json").exists()
         state = "cached" if p.hit else ("stale" if published else "not built")
         stages.append({"stage": p.stage.name, "state": state, "key": p.key or "", "reason": p.reason})
+    with orch.cache.shared():
+        size = _size(ctx.cache_dir)
     return {"profile": ctx.profile_name, "out_dir": str(ctx.out_dir), "cache_dir": str(ctx.cache_dir),
             "cache_bytes": size, "stages": stages}
 
 
-def clean(ctx: Context, everything: bool, outputs: bool) -> list[str]:
+def _size(folder: Path) -> int:
+    total = 0
+    for top, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # a temporary file of another command went away
+                total += os.lstat(os.path.join(top, name)).st_size
+    return total
+
+
+def published_keys(out_dir: Path) -> dict[str, str]:
+    """{stage: cache key} of the results published in an out/<profile> folder."""
+    keys = {}
+    for rec in sorted((out_dir / RECORDS).glob("*.json")) if (out_dir / RECORDS).is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
+            key = json.loads(rec.read_text()).get("key")
+            if isinstance(key, str) and re.fullmatch(r"[0-9a-f]{64}", key):
+                keys[rec.stem] = key
+    return keys
+
+
+def clean(ctx: Context, everything: bool, outputs: bool, all_profiles: bool = False) -> list[str]:
+    """Remove this profile's cached stage results (those published in out/<profile>, unless another
+    profile of the project published the same result); with all_profiles every stage result;
+    with everything the whole cache (inputs and Debian indices too). Waits for a running build."""
     orch = _orchestrator(ctx)
     done = []
     with orch.cache.exclusive():
-        for name in ("stages", "tmp", *(["inputs", "debian"] if everything else [])):
-            path = ctx.cache_dir / name
-            if path.exists():
-                shutil.rmtree(path)
-                done.append(f"removed {path}")
-    if outputs and ctx.out_dir.exists():
-        shutil.rmtree(ctx.out_dir)
-        done.append(f"removed {ctx.out_dir}")
+        if everything or all_profiles:
+            for name in ("stages", *(["inputs", "debian"] if everything else [])):
+                path = ctx.cache_dir / name
+                if path.exists():
+                    shutil.rmtree(path)
+                    done.append(f"removed {path}")
+        else:
+            others = {(s, k) for d in (ctx.root / "out").glob("*") if d != ctx.out_dir and d.is_dir()
+                      for s, k in published_keys(d).items()}
+            for stage, key in published_keys(ctx.out_dir).items():
+                path = orch.cache.stage_dir(stage) / key
+                if (stage, key) in others:
+                    done.append(f"kept {path} (another profile's output too)")
+                elif path.is_dir():
+                    shutil.rmtree(path)
+                    done.append(f"removed {path}")
+            for last in orch.cache.root.glob(f"stages/*/last-{ctx.profile_name}.json"):
+                last.unlink()
+        if outputs and ctx.out_dir.exists():
+            shutil.rmtree(ctx.out_dir)
+            done.append(f"removed {ctx.out_dir}")
     return done or ["nothing to clean"]
 
 

@@ -40,10 +40,21 @@ def context(project: Path | None, profile: str | None, model: str | None, cache_
     name, prof = config.profile(profile, model, str(root / cfg.CONFIG_FILE))
     lock = lk.load(root / lk.LOCK_FILE)
     cache = (cache_dir or root / ".mithril" / "cache").resolve()
+    check_folder_path(cache, "--cache-dir" if cache_dir else "cache folder")
     return Context(root=root, config=config, profile_name=name, profile=prof, lock=lock,
                    store=lk.InputStore(cache / "inputs", lock, root, offline=check_folder(inputs) if inputs else None),
                    cache_dir=cache,
                    out_dir=root / "out" / name, locked=locked)
+
+
+def check_folder_path(path: Path, what: str) -> None:
+    """A folder we may have to create: neither it nor a parent may be something else than a folder."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "it" if p == path else f"its parent {p}"
+                raise BadInput(str(path), f"{what}: {where} is not a folder", "pass another --cache-dir")
+            return
 
 
 def project_name(directory: Path) -> str:
@@ -107,11 +118,11 @@ def init(directory: Path, force: bool, image: Path | None = None, port: int | No
 
 def _app_image(image: Path, port: int | None) -> tuple[Path, str, int]:
     """(archive, ref, port) of the user's image, checked as an image archive first."""
-    from .oci_read import read_image
+    from .oci_read import check_archive
 
     if not Path(image).is_file():
         raise BadInput(str(image), "not found (given as --image)", "pass a docker-archive or OCI archive (.tar)")
-    img = read_image(Path(image), f"{image} (--image)")
+    img = check_archive(Path(image), f"{image} (--image)")[0]
     if port is None:
         if len(img.config.exposed_ports) != 1:
             raise BadInput(str(image), f"the image exposes {len(img.config.exposed_ports) or 'no'} ports",

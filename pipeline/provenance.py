@@ -159,18 +159,16 @@ def _dsse():
 
 
 def _read_lines(path: Path) -> list[dict]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise BadInput(str(path), f"cannot read: {e.strerror}") from None
+    from .readers import parse_json, read_text
+
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            raise BadInput(str(path), f"line {n}: not JSON") from None
+        obj = parse_json(line, f"{path}: line {n}")
+        if not isinstance(obj, dict):
+            raise BadInput(str(path), f"line {n}: not a JSON object")
+        out.append(obj)
     if not out:
         raise BadInput(str(path), "empty: no statement in the file")
     return out
@@ -233,7 +231,7 @@ def verify_file(path: Path, public_key: Path | None = None, out_dir: Path | None
                     continue
             try:
                 stmt = json.loads(env.payload)
-            except ValueError:
+            except (ValueError, RecursionError):
                 problems.append(f"line {n}: the envelope payload is not JSON")
                 continue
         else:
@@ -269,7 +267,7 @@ def read_statement(path: Path) -> dict:
     if "payloadType" in obj:
         try:
             obj = json.loads(base64.b64decode(obj["payload"]))
-        except (KeyError, ValueError):
+        except (KeyError, TypeError, ValueError, RecursionError):
             raise BadInput(str(path), "line 1: malformed DSSE envelope") from None
     try:
         validate(obj)

@@ -6,10 +6,13 @@ here has (a GPU, Azure, the Hub) may skip in CI: mark such a test `unreachable_h
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,39 @@ def mb(*args, cwd: Path | None = None, env: dict | None = None, timeout: float =
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], check=False, cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args, cwd: Path | None = None, env: dict | None = None) -> CliResult:
+    """Run the mithril-build CLI in this process (`pipeline.cli.main`, streams captured): for the
+    many quick cases of the robustness suite, where a subprocess each would dominate."""
+    from pipeline import cli as entry
+    from pipeline import log, run
+
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace") for _ in range(2)]
+    saved = sys.stdout, sys.stderr, sys.argv, dict(os.environ)
+    code = 0
+    with contextlib.chdir(cwd or os.getcwd()):
+        sys.stdout, sys.stderr = streams
+        sys.argv = ["mithril-build", *map(str, args)]
+        os.environ.update(env or {})
+        try:
+            entry.main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            sys.stdout, sys.stderr, sys.argv = saved[:3]
+            os.environ.clear()
+            os.environ.update(saved[3])
+            run.verbose, log._depth = False, 0
+    out, err = (s.flush() or s.buffer.getvalue().decode("utf-8", errors="backslashreplace") for s in streams)
+    return CliResult(code, out, err)
 
 
 def need(*tools: str) -> None:

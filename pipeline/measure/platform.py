@@ -101,10 +101,9 @@ def load(root: Path, name: str) -> Platform:
     if not path.is_file():
         raise BadInput(where, f"unknown platform {name!r}",
                        "known platforms: " + (", ".join(known(root)) or "none (measurements/platforms/ is empty)"))
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise BadInput(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    from ..readers import load_yaml
+
+    raw = load_yaml(path, where)
     if not isinstance(raw, dict):
         raise BadInput(where, "must be a YAML mapping")
     try:

@@ -129,8 +129,8 @@ def _load(path: Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise BadInput(str(path), "not found", "run `mithril-build measurements` first") from None
-    except (OSError, ValueError) as e:
-        raise BadInput(str(path), f"cannot read: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise BadInput(str(path), f"cannot read: {str(e)[:200]}") from None
 
 
 def pcr_events(pcr: int, folder: Path) -> list[dict]:

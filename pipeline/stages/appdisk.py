@@ -19,13 +19,13 @@ import uuid
 from pathlib import Path
 
 from .. import images, log, templates
-from ..archive import Entry, deb_member, validate_tar
+from ..archive import Entry, deb_member
 from ..errors import BadInput
-from ..lock import DebPin
+from ..lock import LOCK_FILE, DebPin, ImagePin
 from ..graph import Context, Stage, StageResult, tool_version
 from ..measure import gpt, verity
 from ..oci import image_archive
-from ..oci_read import read_image, unpack
+from ..oci_read import check_archive, unpack
 from ..run import run
 
 SOURCE = "appdisk"
@@ -84,6 +84,15 @@ class AppDisk(Stage):
             if pin.archive is not None and pin.archive.url:
                 out[f"images.{name}.archive"] = pin.archive
         return out
+
+    def check(self, ctx: Context) -> None:
+        """Image archives of the checkout (`init --image`): their pin, and that they are images."""
+        super().check(ctx)
+        for name in lock_images(ctx):
+            pin = archive_pin(ctx, name)
+            if pin.archive.path:
+                where = f"{LOCK_FILE}: images.{name}.archive ({pin.archive.path})"
+                ctx.store.pinned(pin.archive, f"images.{name}.archive", check=lambda p, w=where: check_archive(p, w))
 
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix="appdisk-work-") as work:
@@ -197,6 +206,7 @@ def build_images(ctx: Context, dest: Path) -> tuple[list[dict], dict[str, str]]:
 
     def add(name: str, ref: str, data: bytes, digest: str) -> None:
         (dest / f"{name}.tar").write_bytes(data)
+        check_archive(dest / f"{name}.tar", f"image {name} (built here)")
         refs[name] = ref
         built.append({"name": name, "ref": ref, "manifest_digest": digest, "sha256": hashlib.sha256(data).hexdigest()})
 
@@ -207,20 +217,23 @@ def build_images(ctx: Context, dest: Path) -> tuple[list[dict], dict[str, str]]:
             add(recipe.name, recipe.ref, *images.build(ctx, recipe))
     app = app_lock_image(ctx)
     for name in lock_images(ctx):
-        pin = ctx.lock.image(name, ctx.locked)
-        if pin.archive is None or not pin.archive.sha256:
-            raise BadInput("mithril.lock", f"images.{name}.archive: no archive of {pin.ref} is pinned",
-                           "run `mithril-build lock` where the registry is reachable")
-        path = ctx.store.pinned(pin.archive, f"images.{name}.archive")
-        where = f"mithril.lock: images.{name}.archive ({path.name})"
-        validate_tar(path, where)  # no hostile members in the archive itself
-        read_image(path, where)  # and a whole, consistent image
+        pin = archive_pin(ctx, name)
         target = dest / f"{'app' if name == app else name}.tar"
-        shutil.copyfile(path, target)
+        # checked as copied: what goes on the disk is what was hashed and read
+        ctx.store.copy(pin.archive, f"images.{name}.archive", target)
+        check_archive(target, f"{LOCK_FILE}: images.{name}.archive ({pin.archive.path or pin.archive.sha256[:12]})")
         ref = pin.pinned_ref if pin.digest else pin.ref  # unpinned refs are refused under --locked
         refs["app" if name == app else name] = ref
         built.append({"name": name, "ref": ref, "sha256": pin.archive.sha256})
     return built, refs
+
+
+def archive_pin(ctx: Context, name: str) -> ImagePin:
+    pin = ctx.lock.image(name, ctx.locked)
+    if pin.archive is None or not pin.archive.sha256:
+        raise BadInput(LOCK_FILE, f"images.{name}.archive: no archive of {pin.ref} is pinned",
+                       "run `mithril-build lock` where the registry is reachable")
+    return pin
 
 
 def upstreams(ctx: Context, k3s: bool) -> dict[str, str]:

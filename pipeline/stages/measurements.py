@@ -39,8 +39,8 @@ def validate(doc: dict, root: Path) -> None:
 def _json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise BadInput(str(path), f"cannot read: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise BadInput(str(path), f"cannot read: {str(e)[:200]}") from None
 
 
 def _check_app_disk(disk: Path, roothash: str) -> None:

@@ -328,7 +328,7 @@ def build_engine(ctx: Context, name: str, m: ModelConfig, image: ImagePin, runti
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

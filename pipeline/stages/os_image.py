@@ -444,15 +444,19 @@ def _sha(path: Path) -> bytes:
 
 
 def _install_k3s(ctx: Context, cfg: Path) -> None:
-    """The pinned k3s binary and airgap images join the extra tree (fetched once, sha256-checked)."""
+    """The pinned k3s binary and airgap images join the extra tree (fetched once, sha256-checked
+    as copied; the airgap archive read as image archives before it goes on the disk)."""
+    from ..oci_read import check_archive
+
     extra = cfg / "mkosi.extra"
     binary = extra / "usr/local/bin/k3s"
     binary.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ctx.store.path("k3s"), binary)
+    ctx.store.copy(ctx.lock.file("k3s"), "files.k3s", binary)
     os.chmod(binary, 0o755)
     images = extra / "usr/lib/mithril/k3s" / _airgap_name(ctx)
     images.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ctx.store.path("k3s-airgap-images"), images)
+    ctx.store.copy(ctx.lock.file("k3s-airgap-images"), "files.k3s-airgap-images", images)
+    check_archive(images, f"{LOCK_FILE}: files.k3s-airgap-images", many=True)
     os.chmod(images, 0o644)
 
 
