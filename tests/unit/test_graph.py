@@ -1,6 +1,7 @@
 """The stage cache: keys, hits, --explain, digest re-checks, atomic publishing."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,118 @@ def test_stale_tmp_of_a_killed_run_is_removed(project):
 def test_key_is_canonical():
     assert digest({"b": 1, "a": [1, 2]}) == digest({"a": [1, 2], "b": 1})
     assert explain_diff({"a": {"x": 1, "y": 2}}, {"a": {"x": 1, "z": 2}}) == ["a.y: removed", "a.z: added"]
+
+
+# ---------------------------------------------------------------- state: publishing, pins, locks, clean
+
+def test_cache_hits_leave_no_temporary_file_in_out(project):
+    orch(project).run(["upper"])
+    orch(project).run(["upper"])  # every output is already the cached file: rename would be a no-op
+    names = sorted(p.relative_to(project.out_dir).as_posix() for p in project.out_dir.rglob("*") if p.is_file())
+    assert names == ["SHA256SUMS", "joined.txt", "records/source.json", "records/upper.json", "upper.txt"]
+
+
+def test_leftover_of_a_killed_publish_is_removed(project):
+    orch(project).run(["source"])
+    leftover = project.out_dir / ".mithril-publish-dead0000-joined.txt"
+    leftover.write_text("half")
+    orch(project).run(["source"])
+    assert not leftover.exists()
+
+
+def test_nothing_is_published_when_a_later_stage_fails(project):
+    class Broken(Upper):
+        def build(self, ctx, out, deps):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        Orchestrator(project, {"source": Source, "upper": Broken}).run(["upper"])
+    assert Source.builds == 1 and not project.out_dir.exists()
+
+
+class Pinned(Source):
+    """A stage whose input is a checkout file named only by its pin (as `init --image` pins an archive)."""
+    name, builds = "pinned", 0
+
+    def key_inputs(self, ctx):
+        return {"pin": ctx.lock.entry("files", "tool")}
+
+    def pins(self, ctx):
+        return {"files.tool": ctx.lock.file("tool")}
+
+
+def _pinned_ctx(project, data: bytes):
+    import dataclasses
+    import hashlib
+
+    (project.root / "tool.bin").write_bytes(data)
+    lock = lk.Lock(files={"tool": lk.FilePin(path="tool.bin", sha256=hashlib.sha256(data).hexdigest())})
+    return dataclasses.replace(project, lock=lock, store=lk.InputStore(project.cache_dir / "inputs", lock, project.root))
+
+
+def test_pinned_checkout_file_edited_after_a_build_is_refused_on_a_cache_hit(project, monkeypatch):
+    from pipeline.errors import BadInput
+
+    ctx = _pinned_ctx(project, b"v1")
+    Orchestrator(ctx, {"pinned": Pinned}).run(["pinned"])
+    (ctx.root / "tool.bin").write_bytes(b"v2")  # the lock still says v1: the cache key is unchanged
+    with pytest.raises(BadInput, match="files.tool.sha256: expected .* but tool.bin has"):
+        Orchestrator(ctx, {"pinned": Pinned}).run(["pinned"])
+    (ctx.root / "tool.bin").write_bytes(b"v1")
+    hashed = []
+    monkeypatch.setattr(lk, "sha256_file", lambda p, **kw: hashed.append(p) or __import__("hashlib").sha256(
+        p.read_bytes()).hexdigest())
+    Orchestrator(ctx, {"pinned": Pinned}).run(["pinned"])  # changed identity: hashed again, then a hit
+    Orchestrator(ctx, {"pinned": Pinned}).run(["pinned"])  # same identity: not hashed again
+    assert [p.name for p in hashed if p.name == "tool.bin"] == ["tool.bin"]
+    assert Pinned.builds == 1
+
+
+def test_plan_waits_for_a_running_build_and_reads_its_result(project, monkeypatch):
+    """status/plan take the shared lock: they never read a result while a build replaces it."""
+    import threading
+
+    from pipeline import log
+
+    orch(project).run(["source"])
+    waiting, done = threading.Event(), threading.Event()
+    real_info = log.info
+    monkeypatch.setattr(log, "info", lambda msg: (waiting.set() if msg.startswith("waiting for") else None,
+                                                  real_info(msg)))
+
+    def build():
+        with orch(project).cache.exclusive():
+            waiting.wait()
+            (project.root / "src/a.txt").write_text("HELLO ")
+            shutil.rmtree(project.cache_dir / "stages")  # what a build replacing results looks like
+        done.set()
+    t = threading.Thread(target=build)
+    t.start()
+    plans = orch(project).plan(["source"])
+    t.join()
+    assert done.is_set() and plans[0].hit is None
+
+
+def test_clean_removes_only_this_profiles_results(tmp_path):
+    import dataclasses
+
+    from pipeline import orchestrate
+
+    class PerProfile(Source):
+        def key_inputs(self, ctx):
+            return {"profile": ctx.profile_name}
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/a.txt").write_text("x")
+    demo = make_ctx(tmp_path)
+    (tmp_path / "mithril.yaml").write_text(CONFIG.replace("profiles: {demo: {}}", "profiles: {demo: {}, other: {}}"))
+    config = cfg.load(tmp_path / "mithril.yaml")
+    other = dataclasses.replace(demo, config=config, profile_name="other", profile=config.profile("other")[1],
+                                out_dir=tmp_path / "out/other")
+    mine = Orchestrator(demo, {"source": PerProfile}).run(["source"])["source"].dir
+    theirs = Orchestrator(other, {"source": PerProfile}).run(["source"])["source"].dir
+    assert mine != theirs
+    lines = orchestrate.clean(dataclasses.replace(demo, config=config), everything=False, outputs=False)
+    assert lines == [f"removed {mine}"] and theirs.is_dir() and not mine.exists()
+    orchestrate.clean(demo, everything=False, outputs=False, all_profiles=True)
+    assert not theirs.exists()
