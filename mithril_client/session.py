@@ -70,10 +70,13 @@ class AttestedSession:
     def __init__(self, base_url: str, measurements: Measurements | str | Path | dict, *,
                  ek_ca: bytes | str | Path | None = None, trust: Trust | None = None,
                  timeout: float = 60.0):
-        url = urllib.parse.urlsplit(base_url)
+        try:
+            url = urllib.parse.urlsplit(base_url)
+            self.host, self.port = url.hostname, url.port or 443
+        except ValueError:  # a bad port, an unclosed [IPv6 literal
+            raise BadInput("url", f"{base_url!r} is not an https://host[:port] URL") from None
         if url.scheme != "https" or not url.hostname:
             raise BadInput("url", f"{base_url!r} is not an https://host[:port] URL")
-        self.host, self.port = url.hostname, url.port or 443
         self.prefix = url.path.rstrip("/")
         self.measurements = _measurements(measurements)
         if isinstance(ek_ca, (str, Path)):

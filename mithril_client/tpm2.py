@@ -379,7 +379,8 @@ def parse_pcr_file(data: bytes, where: str, selections: tuple[PcrSelection, ...]
             try:
                 doc = yaml.safe_load(text)
             except yaml.YAMLError as e:
-                raise BadInput(where, f"not valid YAML: {str(getattr(e, 'problem', None) or e).splitlines()[0]}") from None
+                problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+                raise BadInput(where, f"not valid YAML: {problem}") from None
             except (ValueError, RecursionError):
                 raise BadInput(where, "not usable YAML (a huge number or deep nesting)") from None
         return _values_from_mapping(doc, where)

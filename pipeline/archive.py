@@ -14,6 +14,11 @@ from pathlib import Path
 from .errors import BadInput
 
 
+def first_line(e: Exception) -> str:
+    """tarfile's errors can list every method it tried, one a line."""
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
 def check_member_name(name: str, where: str) -> str:
     """Reject absolute paths and `..` components; return the normalised relative name."""
     if name.startswith(("/", "\\")):
@@ -44,7 +49,7 @@ def validate_tar(path: Path, where: str | None = None) -> int:
                 if m.islnk():
                     check_member_name(m.linkname, where)
     except tarfile.TarError as e:
-        raise BadInput(where, f"not a readable tar archive: {e}") from None
+        raise BadInput(where, f"not a readable tar archive: {first_line(e)}") from None
     except OSError as e:
         raise BadInput(where, f"cannot read archive: {e.strerror or e}") from None
     return count
@@ -130,7 +135,7 @@ def tar_entries(data: bytes, where: str) -> Iterator[Entry]:
                 else:
                     raise BadInput(where, f"archive member {m.name!r} is a device file or FIFO")
     except tarfile.TarError as e:
-        raise BadInput(where, f"not a readable tar archive: {e}") from None
+        raise BadInput(where, f"not a readable tar archive: {first_line(e)}") from None
 
 
 def deb_member(deb: Path, member: str) -> bytes:

@@ -114,13 +114,13 @@ def resolve_target(url: str, measurements: Path | None, ek_ca: Path | None, proj
     """What `connect URL` talks to and trusts. Run in a project folder, a running `mithril-build run`
     is found by its URL (its run record names the profile's measurements and the swtpm EK CA);
     otherwise the default profile's out/<profile>/measurements.json."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or 443
+    except ValueError as e:  # a bad port, an unclosed [IPv6 literal
+        raise BadInput("URL", f"{url!r}: {e}", "e.g. https://127.0.0.1:8443/") from None
     if parts.scheme != "https" or not parts.hostname:
         raise BadInput("URL", f"{url!r} is not an https:// URL", "e.g. https://127.0.0.1:8443/")
-    try:
-        port = parts.port or 443
-    except ValueError:
-        raise BadInput("URL", f"{url!r} has a bad port") from None
     base = f"https://{parts.netloc}"
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     record = _run_record(project, parts.hostname, port)

@@ -205,7 +205,11 @@ def format_report(report: dict, label_a: str = "A", label_b: str = "B") -> str:
 
 def fetch_release(url: str, dest: Path) -> Path:
     """Download SHA256SUMS and every file it lists from an HTTPS release URL, verifying each."""
-    if urllib.parse.urlsplit(url).scheme != "https":
+    try:
+        https = urllib.parse.urlsplit(url).scheme == "https"
+    except ValueError:  # an unclosed [IPv6 literal
+        https = False
+    if not https:
         raise BadInput("--against", f"{url!r} is neither a folder nor an https:// URL")
     base = url.rstrip("/") + "/"
     download(base + SUMS, dest / SUMS, SUMS)

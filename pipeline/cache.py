@@ -62,7 +62,14 @@ class Cache:
     def _locked(self, mode: int, create: bool) -> Iterator[None]:
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as lf:
+            lf = open(self.root / ".lock", "a")  # noqa: SIM115 -- closed below
+        else:
+            try:
+                lf = open(self.root / ".lock", "a")  # noqa: SIM115
+            except OSError:  # a cache this user may only read (another user's): read it unlocked
+                yield
+                return
+        with lf:
             try:
                 fcntl.flock(lf, mode | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import check_member_name, validate_tar
+from .archive import check_member_name, first_line, validate_tar
 from .errors import BadInput, ToolFailed
 from .run import run
 
@@ -58,7 +58,7 @@ class _Archive:
         try:
             self.tf = tarfile.open(path, "r:")
         except (tarfile.TarError, OSError) as e:
-            raise BadInput(where, f"not an image archive (tar): {str(e).splitlines()[0]}") from None
+            raise BadInput(where, f"not an image archive (tar): {first_line(e)}") from None
         self.members = {}
         for m in self.tf.getmembers():
             name = check_member_name(m.name, where)

@@ -7,6 +7,7 @@ when it was recorded). Everything is data, so `record-platform` can rewrite a fi
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -86,6 +87,8 @@ class Platform(Strict):
 
 
 def path_for(root: Path, name: str) -> Path:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+        raise BadInput("--platform", f"{name!r} is not a platform name", "lower-case letters, digits and '-'")
     return root / PLATFORMS_DIR / f"{name}.yaml"
 
 

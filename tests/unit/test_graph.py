@@ -170,7 +170,8 @@ def _pinned_ctx(project, data: bytes):
 
     (project.root / "tool.bin").write_bytes(data)
     lock = lk.Lock(files={"tool": lk.FilePin(path="tool.bin", sha256=hashlib.sha256(data).hexdigest())})
-    return dataclasses.replace(project, lock=lock, store=lk.InputStore(project.cache_dir / "inputs", lock, project.root))
+    store = lk.InputStore(project.cache_dir / "inputs", lock, project.root)
+    return dataclasses.replace(project, lock=lock, store=store)
 
 
 def test_pinned_checkout_file_edited_after_a_build_is_refused_on_a_cache_hit(project, monkeypatch):

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import tarfile
 import tempfile
 import time
@@ -165,7 +164,8 @@ def doc_mutations(doc, dump) -> st.SearchStrategy[bytes]:
     paths = leaves(doc) or [()]
     changed = st.tuples(st.sampled_from(paths), st.one_of(HOSTILE, st.just(_DELETE))).map(
         lambda t: dump(_set(doc, t[0], t[1])) if t[0] else dump(t[1] if t[1] is not _DELETE else None))
-    extra = st.text(min_size=1, max_size=8).map(lambda k: dump({**doc, f"x-{k}": 1}) if isinstance(doc, dict) else dump(doc))
+    extra = st.text(min_size=1, max_size=8).map(
+        lambda k: dump({**doc, f"x-{k}": 1}) if isinstance(doc, dict) else dump(doc))
     raw = st.sampled_from([b"9" * 5000, b"[" * 50_000, b"-1e999999", b'"\\ud800"', b"\xef\xbb\xbf{}"]).map(
         lambda tok: dump(doc).replace(b"1", tok, 1))
     return st.one_of(changed, changed, extra, raw)
@@ -316,7 +316,8 @@ def archive_mutations(archive: bytes) -> st.SearchStrategy[bytes]:
     docs = st.sampled_from(json_members).flatmap(
         lambda i: doc_mutations(json.loads(members[i][1]), json_dump).map(lambda new: (i, new))).map(doc_changed)
     dropped = st.integers(0, len(members) - 1).map(lambda i: _tar([m for j, m in enumerate(members) if j != i]))
-    flipped = st.tuples(st.sampled_from([i for i, (_, d) in enumerate(members) if d]), st.binary(min_size=1, max_size=8)).map(
+    with_data = [i for i, (_, d) in enumerate(members) if d]
+    flipped = st.tuples(st.sampled_from(with_data), st.binary(min_size=1, max_size=8)).map(
         lambda t: _tar([(m, (t[1] + d[len(t[1]):]) if j == t[0] else d) for j, (m, d) in enumerate(members)]))
     return st.one_of(byte_mutations(archive), hostile, docs, dropped, flipped)
 
@@ -501,7 +502,8 @@ def test_attestation_inputs(attest_files, data):
 @given(nonce=st.one_of(st.text(max_size=80), st.binary(max_size=70).map(bytes.hex)))
 @examples(15)
 def test_nonces(attest_files, nonce):
-    check("nonce", _attest_args(attest_files["paths"], nonce, "evidence"), (1, 2) if nonce != attest_files["nonce"] else (0,))
+    allowed = (1, 2) if nonce != attest_files["nonce"] else (0,)
+    check("nonce", _attest_args(attest_files["paths"], nonce, "evidence"), allowed)
 
 
 # ---------------------------------------------------------------- provenance, serial logs, inputs folders, compare
@@ -534,11 +536,14 @@ def test_provenance(provenance_dir, data):
         path.write_bytes(original)
 
 
-SERIAL = ("MITHRIL-PCRS-BEGIN\n" + "".join(f"PCR {i:>2} sha256 {'%02x' % i * 32}\n" for i in range(16))
-          + "MITHRIL-PCRS-END\n").encode()
+def _serial() -> bytes:
+    from tests.unit.test_record_platform import V, serial_log
+
+    with tempfile.TemporaryDirectory() as d:
+        return serial_log(Path(d) / "s.log", V).read_bytes()
 
 
-@given(log=byte_mutations(SERIAL))
+@given(log=byte_mutations(_serial()))
 @examples(15)
 def test_serial_logs(project, workdir, log):
     case = workdir / "serial.log"
@@ -546,6 +551,79 @@ def test_serial_logs(project, workdir, log):
     with restored(project / "measurements/platforms/qemu.yaml"):
         check("serial log", ["record-platform", "--platform", "qemu", "--from-serial", case, "--project", project],
               (0, 2), watched(project))
+
+
+@given(data=st.data())
+@examples(10)
+def test_quotes_for_record_platform(project, attest_files, data):
+    """record-platform --from-quote: a quote and its PCR file (the values must match its digest)."""
+    name = data.draw(st.sampled_from(["quote", "pcrs"]))
+    original = attest_files["data"][name]
+    path = attest_files["paths"][name]
+    path.write_bytes(data.draw(mutations(original, json.loads(original) if name == "pcrs" else None, json_dump)))
+    try:
+        with restored(project / "measurements/platforms/qemu.yaml"):
+            paths = attest_files["paths"]
+            check("record quote", ["record-platform", "--platform", "qemu", "--from-quote", paths["quote"],
+                                   "--pcrs", paths["pcrs"], "--project", project], (0, 2), watched(project))
+    finally:
+        path.write_bytes(original)
+
+
+def _signing_key() -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(bytes(range(32))).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@given(key=byte_mutations(_signing_key()))
+@examples(10)
+def test_signing_keys(provenance_dir, workdir, key):
+    from pipeline import provenance as prov
+
+    pytest.importorskip("securesystemslib")
+    case = Path(tempfile.mkdtemp(dir=workdir))
+    (case / "key.pem").write_bytes(key)
+    res = check("signing key", ["provenance", "sign", "--key", case / "key.pem", provenance_dir / prov.FILE,
+                                "-o", case / "signed.jsonl"], (0, 2), (case,))
+    assert "PRIVATE KEY" not in res.stderr and "BEGIN" not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def os_disk(os_disk252, tmp_path_factory) -> tuple[Path, list[int]]:
+    """A copy of the unit tests' OS disk (GPT, FAT ESP holding a UKI) and offsets worth damaging:
+    GPT header and entries, the ESP's boot sector, the UKI's PE headers."""
+    from pipeline.measure import gpt
+
+    disk = tmp_path_factory.mktemp("osdisk") / "os_disk.raw"
+    shutil.copyfile(os_disk252, disk)
+    esp = gpt.read_table(disk).by_type(gpt.ESP_TYPE)[0].offset
+    with open(disk, "rb") as f:
+        f.seek(esp)
+        uki = esp + f.read(8 << 20).find(b"MZ\x90\x00")
+    return disk, [512, 1024, esp, uki, uki + 0x80]
+
+
+@given(data=st.data())
+@examples(10)
+def test_os_disks_measure(os_disk, workdir, data):
+    disk, spots = os_disk
+    at = data.draw(st.sampled_from(spots)) + data.draw(st.integers(0, 511))
+    junk = data.draw(st.binary(min_size=1, max_size=16))
+    out = Path(tempfile.mkdtemp(dir=workdir))
+    with open(disk, "r+b") as f:
+        f.seek(at)
+        saved = f.read(len(junk))
+        f.seek(at)
+        f.write(junk)
+    try:
+        check("os disk", ["measure-disk", disk, "--roothash", "ab" * 32, "-o", out], (0, 2), (out,))
+    finally:
+        with open(disk, "r+b") as f:
+            f.seek(at)
+            f.write(saved)
+        shutil.rmtree(out)
 
 
 @given(data=st.data())
