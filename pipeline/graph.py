@@ -139,7 +139,11 @@ class Stage:
     def check(self, ctx: Context) -> None:
         """Check inputs the cache key names only by their pin (files in the checkout), on every
         run, cache hit or not: a file edited after it was pinned must not pass for the pinned one."""
-        for what, pin in self.pins(ctx).items():
+        try:
+            pins = self.pins(ctx)
+        except BadInput:  # an entry not pinned yet is the build's error: `plan` still shows the plan
+            return
+        for what, pin in pins.items():
             if pin.path:
                 ctx.store.pinned(pin, what)
 

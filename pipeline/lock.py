@@ -265,7 +265,7 @@ class InputStore:
         """The sha256 a checkout file had when it last matched its pin, if it is unchanged since."""
         try:
             known = json.loads((self.root / self.IDENTITIES).read_text()).get(str(path))
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             return None
         if isinstance(known, list) and len(known) == 6 and known[:5] == _identity(path):
             return known[5]
@@ -275,7 +275,7 @@ class InputStore:
         if identity != _identity(path):
             return  # changed while we read it
         table = {}
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, RecursionError):
             loaded = json.loads((self.root / self.IDENTITIES).read_text())
             table = loaded if isinstance(loaded, dict) else {}
         table[str(path)] = [*identity, digest]

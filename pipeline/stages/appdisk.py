@@ -86,13 +86,15 @@ class AppDisk(Stage):
         return out
 
     def check(self, ctx: Context) -> None:
-        """Image archives of the checkout (`init --image`): their pin, and that they are images."""
+        """Image archives of the checkout (`init --image`): their pin, and that they are images.
+        (An archive not pinned yet is the build's error, so that `plan` still shows the plan.)"""
         super().check(ctx)
         for name in lock_images(ctx):
-            pin = archive_pin(ctx, name)
-            if pin.archive.path:
-                where = f"{LOCK_FILE}: images.{name}.archive ({pin.archive.path})"
-                ctx.store.pinned(pin.archive, f"images.{name}.archive", check=lambda p, w=where: check_archive(p, w))
+            pin = ctx.lock.images.get(name)
+            archive = pin.archive if pin else None
+            if archive and archive.path and archive.sha256:
+                where = f"{LOCK_FILE}: images.{name}.archive ({archive.path})"
+                ctx.store.pinned(archive, f"images.{name}.archive", check=lambda p, w=where: check_archive(p, w))
 
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix="appdisk-work-") as work:
