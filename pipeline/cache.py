@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import log
-from .lock import atomic_write, sha256_file
+from .lock import TMP_PREFIX, atomic_write, sha256_file
 
 if TYPE_CHECKING:
     from .graph import StageResult
@@ -143,16 +143,13 @@ RECORDS = "records"  # out/<profile>/records/<stage>.json (appdisk.json and os.j
 UNSUMMED = {"SHA256SUMS", "boot-serial.log", "run-serial.log", "deployment.json"}
 
 
-TMP_PREFIX = ".mithril-publish-"  # a publish under way; a killed one's leftovers go with the next
-
-
 def publish(result: StageResult, stage: str, out_dir: Path) -> None:
     """Hard-link (or copy) a stage's outputs into out/<profile>/, each file replaced atomically;
     files the previous build of this stage published and this one does not are removed. No
     temporary name survives: a file already linked to the cached one is left as it is (renaming
     a hard link onto itself would do nothing and leave the temporary name behind)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in out_dir.rglob(TMP_PREFIX + "*"):
+    for leftover in out_dir.rglob(TMP_PREFIX + "*"):  # of a killed run (we hold the cache lock)
         leftover.unlink(missing_ok=True)
     rec_path = out_dir / RECORDS / f"{stage}.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):

@@ -144,9 +144,12 @@ def dump(lock: Lock, path: Path) -> None:
     atomic_write(path, text.encode())
 
 
+TMP_PREFIX = ".mithril-tmp-"  # every temporary name we make beside a result: a killed run's are recognisable
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:

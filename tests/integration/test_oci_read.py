@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from pipeline.oci_read import read_image, unpack
+from pipeline.oci_read import check_archive, read_image, unpack
 from tests import podman
 from tests.conftest import need
 
@@ -75,3 +75,13 @@ def test_unpack_matches_podman_export(podman_image, form, tmp_path):
 
 def test_read_image_of_our_own_archives(podman_image):
     assert read_image(podman_image / "docker.tar").ref.startswith("localhost/mithril-test:")
+
+
+@pytest.mark.parametrize("form", ["docker", "oci"])
+def test_podman_archives_pass_the_check_every_archive_passes_before_a_disk(podman_image, form, tmp_path):
+    """What `podman save` writes (both forms, also gzip-compressed) is accepted by check_archive."""
+    import gzip
+
+    assert len(check_archive(podman_image / f"{form}.tar")) == 1
+    (tmp_path / "a.tar.gz").write_bytes(gzip.compress((podman_image / f"{form}.tar").read_bytes()))
+    assert len(check_archive(tmp_path / "a.tar.gz", many=True)) == 1

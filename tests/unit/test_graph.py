@@ -137,7 +137,7 @@ def test_cache_hits_leave_no_temporary_file_in_out(project):
 
 def test_leftover_of_a_killed_publish_is_removed(project):
     orch(project).run(["source"])
-    leftover = project.out_dir / ".mithril-publish-dead0000-joined.txt"
+    leftover = project.out_dir / ".mithril-tmp-joined.txt.dead0000"
     leftover.write_text("half")
     orch(project).run(["source"])
     assert not leftover.exists()
