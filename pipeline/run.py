@@ -26,7 +26,8 @@ _PATTERNS = [
     (re.compile(r"([?&](?:sig|se|st|skoid|sktid|sks|skv|skt|ske)=)[^&\s\"']+"), r"\1REDACTED"),
     (re.compile(r"\bhf_[A-Za-z0-9]{8,}\b"), "hf_REDACTED"),
 ]
-# mkosi needs Debian's Python (with pefile) first on PATH: see ENVIRONMENT.md.
+# mkosi needs Debian's Python (with pefile) first on PATH: the first python3 on a developer's PATH
+# may be another one (pyenv), and ukify then fails with "No module named 'pefile'".
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
