@@ -66,7 +66,7 @@ class AppDisk(Stage):
         return {
             "files": ctx.checkout_digests(SOURCE),
             "config": {"appdisk": ctx.config.appdisk.model_dump(mode="json"), "app": ctx.profile.app,
-                       "model": ctx.profile.model, "k3s": ctx.config.os.k3s, "platform": ctx.profile.platform,
+                       "model": ctx.profile.model, "k3s": ctx.profile.os.k3s, "platform": ctx.profile.platform,
                        "seed": str(ctx.seed), "source_date_epoch": ctx.source_date_epoch},
             "lock": lock,
             "images": images.key_inputs(ctx),  # debs pins and our source trees, per built image
@@ -128,7 +128,7 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
     tree.mkdir()
     archives, refs = build_images(ctx, tree / "images")
     cfg = ctx.config.appdisk
-    k3s = ctx.config.os.k3s
+    k3s = ctx.profile.os.k3s
     values = {"namespace": cfg.namespace, "ingress_port": cfg.ingress_port, "app_port": cfg.app_port,
               "attestation_port": cfg.attestation_port, "app": ctx.profile.app, "components": components(ctx),
               "images": refs, "model": ctx.profile.model, "triton": None, "platform": ctx.profile.platform,

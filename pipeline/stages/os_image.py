@@ -42,7 +42,7 @@ MIB = 1 << 20
 # ---------------------------------------------------------------- templates
 
 def template_vars(ctx: Context) -> dict:
-    osc = ctx.config.os
+    osc = ctx.profile.os
     components = ["main", "contrib", "non-free", "non-free-firmware"] if osc.nvidia else ["main"]
     return {
         "os": osc.model_dump(mode="json"),
@@ -109,7 +109,7 @@ def render_config(ctx: Context, dest: Path | None) -> dict[str, str]:
     variables = template_vars(ctx)
     skip = ("repart.d", "k3s", "README.md") + ((SOURCES,) if os_pins(ctx) else ())
     digests = render_tree(src, variables, dest, skip=skip)
-    if ctx.config.os.k3s:  # the k3s unit and tmpfiles rule join the image's extra tree
+    if ctx.profile.os.k3s:  # the k3s unit and tmpfiles rule join the image's extra tree
         extra = render_tree(src / "k3s", variables, dest / "mkosi.extra" if dest else None)
         digests.update({f"k3s/{k}": v for k, v in extra.items()})
     # repart definitions: syntax-checked now, rendered once the roothash is known
@@ -235,7 +235,7 @@ def local_repo(ctx: Context, pins: dict[str, DebPin], dest: Path) -> Path:
         with ThreadPoolExecutor(4) as pool:  # a cold fetch is dominated by per-request latency
             futures = {n: pool.submit(ctx.store.pinned, p.file(), f"debs.{OS_DEBS}.{n}") for n, p in pins.items()}
         debs = {n: f.result() for n, f in sorted(futures.items())}
-    return local_repository(debs, dest, ctx.config.os.release, ctx.source_date_epoch)
+    return local_repository(debs, dest, ctx.profile.os.release, ctx.source_date_epoch)
 
 
 def record_debs(ctx: Context, package_cache: Path) -> dict[str, dict]:
@@ -269,7 +269,7 @@ class OsImage(Stage):
         pins = os_pins(ctx)
         lock: dict = {"debian": ctx.lock.debian,
                       "debs": {n: p.model_dump(mode="json") for n, p in sorted(pins.items())} if pins else None}
-        if ctx.config.os.k3s:
+        if ctx.profile.os.k3s:
             lock["files"] = _k3s_pins(ctx)
         mkosi = tool_version("mkosi", "--version")
         pinned = ctx.lock.tools.get("mkosi")
@@ -281,7 +281,7 @@ class OsImage(Stage):
         return {
             "rendered": render_config(ctx, None),  # templates x config values, exactly as mkosi sees them
             "repart": ctx.checkout_digests(f"{SOURCE}/repart.d"),
-            "config": {"os": ctx.config.os.model_dump(mode="json"), "mode": ctx.profile.mode,
+            "config": {"os": ctx.profile.os.model_dump(mode="json"), "mode": ctx.profile.mode,
                        "platform": ctx.profile.platform, "seed": str(ctx.seed),
                        "source_date_epoch": ctx.source_date_epoch},
             "lock": lock,
@@ -293,7 +293,7 @@ class OsImage(Stage):
 
     def pins(self, ctx: Context) -> dict:
         out = {f"debs.{OS_DEBS}.{n}": p.file() for n, p in sorted((os_pins(ctx) or {}).items())}
-        if ctx.config.os.k3s:
+        if ctx.profile.os.k3s:
             out.update({f"files.{n}": ctx.lock.file(n) for n in K3S_PINS})
         return out
 
@@ -313,7 +313,7 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
     cfg, mk_out, ws = work / "config", work / "mkosi-out", work / "workspace"
     ws.mkdir(parents=True)
     render_config(ctx, cfg)
-    if ctx.config.os.k3s:
+    if ctx.profile.os.k3s:
         _install_k3s(ctx, cfg)
     # Pinned: apt sees only a local repository of the pinned .debs. Online: a fresh package cache,
     # so that what it holds afterwards is exactly what this build downloaded.
@@ -410,7 +410,7 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
         "cmdline": cmdline,
         "mode": ctx.profile.mode,
         "platform": ctx.profile.platform,
-        "kernel": {"version": kvers[0], "package": ctx.config.os.kernel_package},
+        "kernel": {"version": kvers[0], "package": ctx.profile.os.kernel_package},
         "stub": {"version": stub_version(sections), "sha256": sha256_file(stub)},
         "uki": {"sha256": sha256_file(uki), "size": uki.stat().st_size,
                 "sections": {n: hashlib.sha256(d).hexdigest() for n, d in sections.items()}},

@@ -198,7 +198,7 @@ def test_explain_needs_a_pcr_index(tmp_path):
     assert res.returncode == 2 and "is not a PCR index" in res.stderr
     res = mb("plan", "measurements", "--project", project, "--json")
     assert res.returncode == 0, res.stderr
-    assert [r["stage"] for r in json.loads(res.stdout)][-1] == "measurements"
+    assert [r["stage"] for r in json.loads(res.stdout)["stages"]][-1] == "measurements"
 
 
 def test_bad_roothash_exit_2(os_disk252, tmp_path):

@@ -19,6 +19,7 @@ from pipeline.config import load as load_config
 from pipeline.errors import BadInput, ToolFailed, VerificationFailed
 from pipeline.run import Completed
 from pipeline.stages import model_engine as me
+from pipeline.config import AzureOverride
 from tests.unit.fakehub import FakeHub, online_hub, small_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +81,11 @@ def make_ctx(tmp_path: Path, hub: FakeHub, name="gpt2", locked=False, image_dige
         models = dict(config.models)
         models["gpt2-medium"] = models["gpt2-medium"].model_copy(update=model_update)
         config = config.model_copy(update={"models": models})
+        if model_update.get("tensor_parallel", 1) > 1:  # a size with that many GPUs
+            profiles = dict(config.profiles)
+            profiles[name] = profiles[name].model_copy(update={"platform": "azure-trusted-launch", "azure": (
+                AzureOverride(vm_size="Standard_NC96ads_A100_v4"))})
+            config = config.model_copy(update={"profiles": profiles})
     m = config.models["gpt2-medium"]
     lock = lk.Lock(
         models={"gpt2-medium": lk.ModelPin.model_validate(
