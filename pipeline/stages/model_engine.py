@@ -393,7 +393,6 @@ def triton_manifest_values(ctx: Context, model_record: dict) -> dict:
         "model": name,
         "backend": m.backend,
         "gpus": tp,
-        "runtime_class": "nvidia",
         "shm_size": "2Gi",
         "model_root": MODEL_ROOT,
         "args": args,

@@ -249,7 +249,7 @@ def test_triton_manifest_values(hub, tmp_path, monkeypatch):
     FakeHost(monkeypatch)
     ctx = make_ctx(tmp_path, hub)
     values = me.triton_manifest_values(ctx, build(ctx).record)
-    assert values["gpus"] == 1 and values["runtime_class"] == "nvidia" and values["model_root"] == "/models"
+    assert values["gpus"] == 1 and "runtime_class" not in values and values["model_root"] == "/models"
     assert values["args"][0] == "tritonserver" and "--model-repository=/models/triton" in values["args"]
     assert f"--http-port={ctx.config.appdisk.app_port}" in values["args"]
     tp2 = make_ctx(tmp_path / "tp", hub, tensor_parallel=2)

@@ -30,6 +30,17 @@ def ctx_for(root: Path, profile: str | None = None, locked: bool = False):
     return project.context(root, profile, None, root / ".cache", locked)
 
 
+def with_k3s_pins(root: Path) -> Path:
+    """The repository's k3s entries (URLs) with made-up sha256: what `lock` would add online."""
+    lock = root / "mithril.lock"
+    text = lock.read_text()
+    for suffix, digest in (("/k3s\n", "a" * 64), ("/k3s-airgap-images-amd64.tar.zst\n", "b" * 64)):
+        assert suffix in text
+        text = text.replace(suffix, f"{suffix}    sha256: {digest}\n", 1)
+    lock.write_text(text)
+    return root
+
+
 def render(root: Path, profile: str | None = None) -> Path:
     dest = root / "rendered" / (profile or "default")
     os_image.render_config(ctx_for(root, profile), dest)
@@ -135,12 +146,7 @@ def test_bad_input_template_syntax(tmp_path):
 
 
 def test_k3s_with_pins_renders(tmp_path):
-    lock = ("  k3s:\n    path: k3s.bin\n    sha256: " + "a" * 64 + "\n"
-            "  k3s-airgap-images:\n    url: https://example.invalid/k3s-airgap-images-amd64.tar.zst\n"
-            "    sha256: " + "b" * 64 + "\n")
-    root = make_project(tmp_path, lambda t: t.replace("  k3s: false", "  k3s: true"))
-    text = (root / "mithril.lock").read_text().replace("\nfiles:\n", "\nfiles:\n" + lock, 1)
-    (root / "mithril.lock").write_text(text)
+    root = with_k3s_pins(make_project(tmp_path, lambda t: t.replace("  k3s: false", "  k3s: true")))
     ctx = ctx_for(root)
     assert set(os_image.OsImage().key_inputs(ctx)["lock"]["files"]) == {"k3s", "k3s-airgap-images"}
     out = render(root)
@@ -163,17 +169,6 @@ def test_locked_without_package_pins_fails_before_building(tmp_path):
 
 
 # ---- firewall, fail-closed network, hardening, NVIDIA: the rendered files
-
-K3S_PINS = ("  k3s:\n    url: https://example.invalid/k3s\n    sha256: " + "a" * 64 + "\n"
-            "  k3s-airgap-images:\n    url: https://example.invalid/k3s-airgap-images-amd64.tar.zst\n"
-            "    sha256: " + "b" * 64 + "\n")
-
-
-def with_k3s_pins(root: Path) -> Path:
-    lock = root / "mithril.lock"
-    lock.write_text(lock.read_text().replace("\nfiles:\n", "\nfiles:\n" + K3S_PINS, 1))
-    return root
-
 
 def rules(out: Path, family="v4") -> list[str]:
     return [line for line in (out / f"mkosi.extra/usr/lib/mithril/firewall/rules.{family}").read_text().splitlines()
