@@ -162,6 +162,23 @@ def plan(ctx, stages, as_json):
         for r in rows]))
 
 
+@cli.command("render")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the index (files, digests, what is unresolved) as JSON.")
+@project_options
+def render_(ctx, directory, as_json):
+    """Write every file the build generates for the profile into DIRECTORY (new or empty): mkosi
+    configuration (firewall rules, units, k3s config), manifests, NetworkPolicies, Caddyfile,
+    setup.d/run.d, the Triton model repository. Needs no image, weights or GPU; what the lock does
+    not pin yet is marked UNRESOLVED and listed in DIRECTORY/RENDERED.json."""
+    from .render import render
+
+    index = render(ctx, directory)
+    lines = [f"wrote {len(index['files'])} files for profile {ctx.profile_name} to {directory}"]
+    lines += [f"  unresolved: {u}" for u in index["unresolved"]]
+    emit(index, as_json, "\n".join(lines))
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @project_options

@@ -124,7 +124,7 @@ def test_cmdline_carries_roothash_of_root(os_out: Path):
     record = json.loads((os_out / "os.json").read_text())
     assert record["roothash"] == roothash and record["cmdline"] == cmdline
     assert record["stub"]["version"].startswith("252")  # bookworm's systemd-stub from inside the image
-    assert "rd.shell=0" in cmdline and "console=" not in cmdline
+    assert "systemd.debug_shell=0" in cmdline and "rd.shell" not in cmdline and "console=" not in cmdline
 
 
 def test_package_manifest(os_out: Path):
