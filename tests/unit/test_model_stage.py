@@ -260,3 +260,31 @@ def test_triton_manifest_values(hub, tmp_path, monkeypatch):
 def test_model_stage_disabled_without_model(hub, tmp_path):
     ctx = make_ctx(tmp_path, hub, name="demo")
     assert not me.ModelEngine().enabled(ctx)
+
+
+def test_failed_engine_build_keeps_its_log(hub, tmp_path, monkeypatch):
+    """The container exits non-zero after writing to its log: the error names the kept log, whose
+    bytes are what the container wrote; nothing is published."""
+    host = FakeHost(monkeypatch)
+
+    def failing(argv, stdout=None, **kw):
+        host.calls.append(list(argv))
+        stdout.write(b"[TensorRT-LLM] converting\n[TensorRT-LLM][ERROR] out of memory\n")
+        raise ToolFailed("docker run exited with status 1")
+
+    monkeypatch.setattr(me, "run", failing)
+    ctx = make_ctx(tmp_path, hub)
+    with pytest.raises(ToolFailed, match=r"status 1; engine-build log: .*model-gpt2-medium-engine-build.log "
+                                         r"\(ends: .*out of memory\)"):
+        build(ctx)
+    kept = ctx.cache_dir / "logs" / "model-gpt2-medium-engine-build.log"
+    assert kept.read_bytes() == b"[TensorRT-LLM] converting\n[TensorRT-LLM][ERROR] out of memory\n"
+    assert not (ctx.out_dir / "engine.json").exists()
+
+
+def test_engine_build_log_is_published_with_the_engine(hub, tmp_path, monkeypatch):
+    FakeHost(monkeypatch)
+    result = build(make_ctx(tmp_path, hub))
+    record = json.loads((result.dir / "engine.json").read_text())
+    assert (result.dir / "engine-build.log").read_bytes() == b"[TensorRT-LLM] build log\n"
+    assert record["build_log"]["sha256"] == hashlib.sha256(b"[TensorRT-LLM] build log\n").hexdigest()
