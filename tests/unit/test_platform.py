@@ -1,5 +1,4 @@
 import datetime
-import hashlib
 import shutil
 
 import pytest
@@ -7,10 +6,8 @@ import yaml
 
 from pipeline.errors import BadInput
 from pipeline.measure import platform
-from pipeline.measure.pcr import extend
 from pipeline.project import REPO
 
-SEPARATOR_ONLY = extend(bytes(32), hashlib.sha256(bytes(4)).digest()).hex()
 
 
 @pytest.mark.parametrize("name", ["qemu", "azure-trusted-launch", "azure-cvm"])
