@@ -3,11 +3,11 @@
 
     python3 bench/bench_os.py [--project DIR] [--skip-cold]
 
-1. cold: `mithril-build os --force` with an empty mkosi package cache (downloads included);
-2. warm: the same with the package cache filled;
-3. reference: mkosi 24.3 run directly on the same rendered config, switched to Format=disk with a
-   mkosi.repart ESP + squashfs root + verity (what mkosi alone would do; not reproducible, see
-   ENVIRONMENT.md), package cache filled;
+1. cold: `mithril-build os --force` with an empty input store (the pinned .debs downloaded);
+2. warm: the same with the input store filled;
+3. reference: mkosi 24.3 run directly on the same rendered config and the same local repository
+   of the pinned .debs, switched to Format=disk with a mkosi.repart ESP + squashfs root + verity
+   (what mkosi alone would do; not reproducible: systemd-repart 254 draws a random verity salt);
 4. mkosi's share: mkosi on the rendered config as the stage runs it (Format=directory).
 Prints times, ratios (stage / reference) and the image and UKI sizes.
 """
@@ -47,10 +47,14 @@ def stage(root: Path, cache: Path) -> None:
         timeout=7200)
 
 
-def mkosi_direct(ctx, work: Path, package_cache: Path, disk: bool) -> None:
+def mkosi_direct(ctx, work: Path, disk: bool) -> None:
     cfg = work / "config"
     shutil.rmtree(work, ignore_errors=True)
     os_image.render_config(ctx, cfg)
+    pins = os_image.os_pins(ctx)
+    mirror = os_image.local_repo(ctx, pins, work / "repo") if pins else None
+    package_cache = work / "packages"
+    package_cache.mkdir()
     if disk:
         conf = cfg / "mkosi.conf"
         conf.write_text(conf.read_text().replace("Format=directory", "Format=disk"))
@@ -58,7 +62,7 @@ def mkosi_direct(ctx, work: Path, package_cache: Path, disk: bool) -> None:
         for name, text in REPART.items():
             (cfg / "mkosi.repart" / name).write_text(text)
     (work / "ws").mkdir()
-    run(os_image.mkosi_argv(cfg, work / "out", work / "ws", package_cache), extra_env=os_image.tool_env(ctx),
+    run(os_image.mkosi_argv(cfg, work / "out", work / "ws", package_cache, mirror), extra_env=os_image.tool_env(ctx),
         timeout=7200)
 
 
@@ -74,14 +78,13 @@ def main() -> None:
         ctx = project.context(root, None, None, cache, False)
         figures = {}
         if not args.skip_cold:
-            figures["cold stage (empty package cache)"] = timed(lambda: stage(root, cache))
+            figures["cold stage (empty input store)"] = timed(lambda: stage(root, cache))
         else:
-            stage(root, cache)  # fills the package cache
+            stage(root, cache)  # fills the input store
         figures["warm stage (mithril-build os --force)"] = timed(lambda: stage(root, cache))
-        pkgs = cache / "mkosi-packages"
-        figures["mkosi alone, Format=disk + repart verity"] = timed(lambda: mkosi_direct(ctx, tmp / "ref", pkgs, True))
+        figures["mkosi alone, Format=disk + repart verity"] = timed(lambda: mkosi_direct(ctx, tmp / "ref", True))
         figures["mkosi alone, Format=directory (the stage's mkosi step)"] = timed(
-            lambda: mkosi_direct(ctx, tmp / "dir", pkgs, False))
+            lambda: mkosi_direct(ctx, tmp / "dir", False))
         out = root / "out" / ctx.profile_name
         ref_img = tmp / "ref" / "out" / "image.raw"
         sizes = {

@@ -6,9 +6,19 @@ of the build you trust, then talk to it over a TLS channel that ends inside the 
         print(s.get("/").text)
 """
 
-from .errors import BadInput, MithrilError, VerificationFailed
-from .session import AttestationFailed, AttestedSession, Response, Unreachable
-from .verify import Report, Trust, verify_evidence
+from importlib import import_module
 
-__all__ = ["AttestationFailed", "AttestedSession", "BadInput", "MithrilError", "Report", "Response", "Trust",
-           "Unreachable", "VerificationFailed", "verify_evidence"]
+# Imported on first use: `mithril-build` imports mithril_client.errors on every run and should
+# not pay for the TLS and X.509 machinery it rarely needs.
+_EXPORTS = {
+    "AttestationFailed": "session", "AttestedSession": "session", "Response": "session", "Unreachable": "session",
+    "BadInput": "errors", "MithrilError": "errors", "VerificationFailed": "errors",
+    "Report": "verify", "Trust": "verify", "verify_evidence": "verify",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mithril_client' has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -21,9 +21,19 @@ _FORCE_SIZE_CHS = (65535, 16, 255)
 _FOOTER = struct.Struct(">8sIIQI4sHH4sQQHBBII16sB427s")
 
 
+# Azure's limits for an uploaded managed disk (`uploadSizeBytes` = VHD size): at least 20 MiB + the
+# 512-byte footer, at most 32 TiB + 512, and the data part a whole number of MiB.
+MIN_DATA_SIZE = 20 * MiB
+MAX_DATA_SIZE = 32 * (1 << 40)
+
+
 def padded_size(raw_size: int) -> int:
-    """The virtual size Azure wants: a multiple of 1 MiB."""
-    return -(-raw_size // MiB) * MiB
+    """The data size Azure takes: a multiple of 1 MiB and at least 20 MiB (small disks are padded
+    with zeros; the GPT does not change, so nothing measured does)."""
+    size = max(-(-raw_size // MiB) * MiB, MIN_DATA_SIZE)
+    if size > MAX_DATA_SIZE:
+        raise BadInput("disk", f"{raw_size} bytes is more than Azure's 32 TiB limit for a managed disk")
+    return size
 
 
 def unique_id(disk_sha256: str) -> bytes:

@@ -135,7 +135,8 @@ def _q(path: Path) -> str:
 
 def qemu_argv(accel: str, vars_fd: Path, tpm_socket: Path, serial: Path, os_disk: Path,
               app_disk: Path | None, memory_mb: int = 2048, cpus: int = 2, forward: int | None = None) -> list[str]:
-    """The command line that booted Mithril OS here (ENVIRONMENT.md); disks are opened with
+    """The command line that booted Mithril OS here (KVM fails for UEFI guests on our machines, hence
+    the TCG fallback); disks are opened with
     snapshot=on so the guest never writes to the built images. `forward`: a virtio NIC (user-mode
     networking) with 127.0.0.1:forward -> the guest's ingress port 443; no option ROM, so the
     firmware measures the same as without a NIC."""

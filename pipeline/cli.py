@@ -153,12 +153,38 @@ def all_(ctx, explain, force):
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @project_options
 def plan(ctx, stages, as_json):
-    """Show the stage graph and what would run, and why (without building)."""
+    """Show the profile's resolved settings (top-level defaults, the profile's overrides, what its app
+    implies), the stage graph, what would run and why (without building)."""
     from .orchestrate import plan as make_plan
 
+    from .orchestrate import settings
+
     rows = make_plan(ctx, list(stages) or None)
-    emit(rows, as_json, "\n".join(f"{r['stage']:<13} {'hit ' if r['cached'] else 'RUN '} "
-                                  f"deps: {', '.join(r['deps']) or '-':<20} {r['reason']}" for r in rows))
+    resolved = settings(ctx)
+    head = [f"profile {ctx.profile_name}: " + ", ".join(f"{k} {v}" for k, v in resolved.items()
+                                                        if not isinstance(v, dict) and v is not None)]
+    head += [f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+             for section, values in resolved.items() if isinstance(values, dict)]
+    emit({"profile": resolved, "stages": rows}, as_json, "\n".join(head + [
+        f"{r['stage']:<13} {'hit ' if r['cached'] else 'RUN '} deps: {', '.join(r['deps']) or '-':<20} {r['reason']}"
+        for r in rows]))
+
+
+@cli.command("render")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the index (files, digests, what is unresolved) as JSON.")
+@project_options
+def render_(ctx, directory, as_json):
+    """Write every file the build generates for the profile into DIRECTORY (new or empty): mkosi
+    configuration (firewall rules, units, k3s config), manifests, NetworkPolicies, Caddyfile,
+    setup.d/run.d, the Triton model repository. Needs no image, weights or GPU; what the lock does
+    not pin yet is marked UNRESOLVED and listed in DIRECTORY/RENDERED.json."""
+    from .render import render
+
+    index = render(ctx, directory)
+    lines = [f"wrote {len(index['files'])} files for profile {ctx.profile_name} to {directory}"]
+    lines += [f"  unresolved: {u}" for u in index["unresolved"]]
+    emit(index, as_json, "\n".join(lines))
 
 
 @cli.command()
@@ -727,7 +753,8 @@ def azure_deploy(ctx, dry_run, workers, as_json):
         lines += [f"  disk {d['name']}: {d['file']} -> upload {d['upload_size']} bytes" for d in p["disks"].values()]
         lines += [f"  {k:<9} {v}" for k, v in p["names"].items() if not k.endswith("_disk")]
         lines.append(f"  VM {t.az.vm_size}, {t.az.security_type}, vTPM {'on' if t.az.vtpm else 'off'}, "
-                     f"secure boot {'on' if t.az.secure_boot else 'off'}; inbound: TCP 443 only")
+                     f"secure boot {'on' if t.az.secure_boot else 'off'}; inbound: TCP "
+                     f"{ctx.config.appdisk.ingress_port} only")
         emit(p, as_json, "\n".join(lines))
         return
     record = azure.deploy(t, workers=workers)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -13,6 +14,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -37,10 +39,19 @@ class OsConfig(Strict):
 
     release: Literal["bookworm"] = "bookworm"
     kernel_package: str = "linux-image-cloud-amd64"
-    k3s: bool = Field(False, description="install k3s (binary and airgap images pinned in mithril.lock)")
-    nvidia: bool = Field(False, description="NVIDIA driver and container toolkit from Debian non-free")
+    k3s: bool = Field(False, description="install k3s (binary and airgap images pinned in mithril.lock); "
+                      "implied by app 'llm'")
+    nvidia: bool = Field(False, description="NVIDIA kernel modules and driver libraries from Debian non-free (no "
+                         "container toolkit: docs/gpu.md); implied by app 'llm'")
     tpm2_tools: bool = Field(False, description="install tpm2-tools in the image")
     extra_packages: tuple[str, ...] = ()
+    cluster_cidr: str = Field("10.42.0.0/16", description="k3s pod network (k3s's default)")
+    service_cidr: str = Field("10.43.0.0/16", description="k3s service network (k3s's default)")
+
+    @field_validator("cluster_cidr", "service_cidr")
+    @classmethod
+    def _network(cls, v):
+        return _ipv4_network(v)
 
 
 class AppDiskConfig(Strict):
@@ -87,6 +98,13 @@ class ModelConfig(Strict):
         return self
 
 
+def _ipv4_network(v: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(v))
+    except ValueError as e:
+        raise ValueError(f"not an IPv4 network in CIDR notation ({e})") from None
+
+
 class AzureConfig(Strict):
     """Azure deployment settings; credentials come from azure-identity's default chain only."""
 
@@ -94,29 +112,56 @@ class AzureConfig(Strict):
                                         description="needed by `azure deploy`/`destroy`")
     resource_group: str = Field("mithril", pattern=r"^[-\w.()]{1,90}$")
     location: str = Field("eastus", pattern=r"^[a-z0-9]+$")
-    vm_size: str = Field("Standard_NC24ads_A100_v4", pattern=r"^Standard_\w+$")
-    security_type: Literal["TrustedLaunch", "ConfidentialVM"] = "TrustedLaunch"
-    secure_boot: bool = Field(False, description="off by default: the NVIDIA driver modules are not signed")
-    vtpm: bool = True
+    vm_size: str = Field("Standard_DC2as_v5", pattern=r"^Standard_\w+$")
+    security_type: Literal["TrustedLaunch", "ConfidentialVM"] | None = Field(
+        None, description="follows the profile's platform (azure-cvm: ConfidentialVM, azure-trusted-launch: "
+                          "TrustedLaunch); if given it must agree")
+    secure_boot: bool = Field(False, description="must stay false: the UKI is not signed yet")
+    vtpm: bool = Field(True, description="must stay true: attestation quotes come from the vTPM")
     disk_sku: Literal["Premium_LRS", "StandardSSD_LRS", "Standard_LRS", "Premium_ZRS", "StandardSSD_ZRS"] = "Premium_LRS"
+    vnet_prefix: str = Field("10.10.0.0/16", description="the VM's virtual network; must not overlap the k3s ranges")
+    subnet_prefix: str = Field("10.10.0.0/24", description="the VM's subnet, inside vnet_prefix")
     tags: dict[str, str] = {}
 
-    @model_validator(mode="after")
-    def _confidential_size(self):
-        # Confidential VMs exist only in the SEV-SNP families (DCasv5/ECasv5, NCCadsH100v5 with a GPU).
-        if self.security_type == "ConfidentialVM" and not re.match(
-                r"^Standard_(DC|EC)\d+a\w*_v[56]$|^Standard_NCC\d+ads_H100_v5$", self.vm_size):
-            raise ValueError(f"security_type ConfidentialVM needs a confidential VM size (DCasv5/ECasv5, "
-                             f"NCCadsH100v5), not vm_size {self.vm_size}")
-        return self
+    @field_validator("vnet_prefix", "subnet_prefix")
+    @classmethod
+    def _network(cls, v):
+        return _ipv4_network(v)
+
+
+def _partial(model: type[BaseModel]) -> type[BaseModel]:
+    """The same fields, all optional (None = inherit the top-level value): a profile's overrides."""
+    fields: dict[str, Any] = {n: (f.annotation | None, Field(None, description=f.description))
+                              for n, f in model.model_fields.items()}
+    return create_model(f"{model.__name__}Override", __base__=Strict, **fields)
+
+
+OsOverride = _partial(OsConfig)
+AzureOverride = _partial(AzureConfig)
+
+# What Azure documents for the sizes we name (learn.microsoft.com, VM size series pages): SEV-SNP
+# confidential families, and the GPUs per size of the GPU families used here.
+CONFIDENTIAL_SIZE = re.compile(r"^Standard_(DC|EC)\d+a\w*_v[56]$|^Standard_NCC\d+ads_H100_v5$")
+GPU_SIZE = re.compile(r"^Standard_N[CDV]")
+GPUS = {"Standard_NC24ads_A100_v4": 1, "Standard_NC48ads_A100_v4": 2, "Standard_NC96ads_A100_v4": 4,
+        "Standard_NCC40ads_H100_v5": 1}
+SECURITY_TYPE = {"azure-cvm": "ConfidentialVM", "azure-trusted-launch": "TrustedLaunch"}
+QEMU_USER_NET = "10.0.2.0/24"  # QEMU's user-mode network (`run`, `boot`)
+K3S_PORTS = {6443: "the k3s API server", 10250: "the kubelet", 8472: "flannel's VXLAN"}
 
 
 class Profile(Strict):
+    """One build target. `os` and `azure` override the top-level sections field by field; after
+    `Config.profile()` they hold the resolved settings (top level, then the profile, then what the
+    app implies: app 'llm' means k3s and the NVIDIA driver)."""
+
     platform: Platform = "qemu"
     mode: Literal["production", "debug"] = "production"
     app: Literal["demo", "llm", "image"] = Field(
         "demo", description="demo: the static demo page; llm: Triton with a model; image: your own image (appdisk.app_image)")
     model: str | None = None
+    os: OsOverride | OsConfig | None = None  # type: ignore[valid-type]
+    azure: AzureOverride | AzureConfig | None = None  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _llm_needs_model(self):
@@ -155,10 +200,11 @@ class Config(Strict):
             if p.app == "image" and not self.appdisk.app_image:
                 raise ValueError(f"profiles.{name}.app 'image' needs appdisk.app_image (a name under `images` "
                                  "in mithril.lock)")
+            check(self, name, resolve(self, p))
         return self
 
     def profile(self, name: str | None, model: str | None = None, where: str = CONFIG_FILE) -> tuple[str, Profile]:
-        """The named (or default) profile, with --model applied."""
+        """The named (or default) profile, with --model applied, resolved (see `resolve`) and checked."""
         name = name or self.default_profile
         if name not in self.profiles:
             raise BadInput(where, f"unknown profile {name!r}", "choose one of: " + ", ".join(sorted(self.profiles)))
@@ -168,19 +214,113 @@ class Config(Strict):
                 raise BadInput(where, f"--model {model!r} is not defined under models",
                                "known models: " + (", ".join(sorted(self.models)) or "none"))
             p = p.model_copy(update={"model": model, "app": "llm"})
-        return name, p
+        resolved = resolve(self, p)
+        try:
+            check(self, name, resolved)
+        except ValueError as e:
+            raise BadInput(where, f"{e}" + (f" (with --model {model})" if model else "")) from None
+        return name, resolved
+
+
+def _overrides(section: BaseModel | None) -> dict:
+    """The fields a profile sets explicitly."""
+    if section is None:
+        return {}
+    return {k: getattr(section, k) for k in section.model_fields_set if getattr(section, k) is not None}
+
+
+def resolve(config: Config, p: Profile) -> Profile:
+    """The profile with complete `os` and `azure` sections: top level, then the profile's own
+    values, then what the app implies (app 'llm' runs Triton as a pod on a GPU: k3s and NVIDIA)."""
+    if isinstance(p.os, OsConfig) and isinstance(p.azure, AzureConfig):
+        return p  # already resolved
+    os_values = {**config.os.model_dump(), **_overrides(p.os)}
+    if p.app == "llm":
+        os_values = {**os_values, "k3s": True, "nvidia": True, **_overrides(p.os)}
+    az_values = {**config.azure.model_dump(), **_overrides(p.azure)}
+    if az_values.get("security_type") is None and p.platform in SECURITY_TYPE:
+        az_values["security_type"] = SECURITY_TYPE[p.platform]
+    return p.model_copy(update={"os": OsConfig.model_validate(os_values),
+                                "azure": AzureConfig.model_validate(az_values)})
+
+
+def check(config: Config, name: str, p: Profile) -> None:
+    """Reject combinations that cannot work, with one line naming the field (ValueError)."""
+    raw = config.profiles.get(name, p)
+    own_os, own_az = _overrides(raw.os), _overrides(raw.azure)
+    osc, az = p.os, p.azure
+
+    def at(section: str, field: str) -> str:
+        own = own_os if section == "os" else own_az
+        return f"profiles.{name}.{section}.{field}" if field in own else f"{section}.{field}"
+
+    if p.app == "llm":
+        for field, why in (("k3s", "Triton runs as a pod"), ("nvidia", "Triton needs the GPU")):
+            if not getattr(osc, field):
+                raise ValueError(f"{at('os', field)}: false, but app 'llm' needs it ({why}); remove the override")
+    if osc.nvidia and not osc.k3s:
+        raise ValueError(f"{at('os', 'nvidia')}: the GPU reaches the app only as a k3s pod (docs/gpu.md); "
+                         "set os.k3s: true")
+    # address ranges: pod, service, VNet (Azure) or QEMU's user network never overlap
+    ranges = []
+    if p.platform.startswith("azure"):
+        vnet, subnet = ipaddress.IPv4Network(az.vnet_prefix), ipaddress.IPv4Network(az.subnet_prefix)
+        if not subnet.subnet_of(vnet):
+            raise ValueError(f"{at('azure', 'subnet_prefix')}: {subnet} is not inside vnet_prefix {vnet}")
+        ranges.append((at("azure", "vnet_prefix"), az.vnet_prefix))
+    elif p.platform == "qemu":
+        ranges.append(("QEMU's user network", QEMU_USER_NET))
+    if osc.k3s:
+        ranges += [(at("os", "cluster_cidr"), osc.cluster_cidr), (at("os", "service_cidr"), osc.service_cidr)]
+    for i, (field, net) in enumerate(ranges):
+        for other, net2 in ranges[:i]:
+            if ipaddress.IPv4Network(net).overlaps(ipaddress.IPv4Network(net2)):
+                raise ValueError(f"{field}: {net} overlaps {other} ({net2}); choose disjoint ranges")
+    ports = {"appdisk.ingress_port": config.appdisk.ingress_port, "appdisk.app_port": config.appdisk.app_port,
+             "appdisk.attestation_port": config.appdisk.attestation_port}
+    seen: dict[int, str] = {}
+    for field, port in ports.items():
+        if port in seen:
+            raise ValueError(f"{field}: {port} is also {seen[port]}")
+        if osc.k3s and port in K3S_PORTS:
+            raise ValueError(f"{field}: {port} is the port of {K3S_PORTS[port]}")
+        seen[port] = field
+    if p.platform.startswith("azure"):
+        want = SECURITY_TYPE[p.platform]
+        if az.security_type != want:
+            raise ValueError(f"{at('azure', 'security_type')}: {az.security_type}, but platform {p.platform} "
+                             f"is {want}; leave it out (it follows the platform)")
+        if az.secure_boot:
+            raise ValueError(f"{at('azure', 'secure_boot')}: the UKI is not signed, so Secure Boot would refuse "
+                             "it; keep false")
+        if not az.vtpm:
+            raise ValueError(f"{at('azure', 'vtpm')}: without the vTPM there is nothing to attest; keep true")
+        confidential = bool(CONFIDENTIAL_SIZE.match(az.vm_size))
+        if want == "ConfidentialVM" and not confidential:
+            raise ValueError(f"{at('azure', 'vm_size')}: {az.vm_size} is not a confidential (SEV-SNP) size; "
+                             "platform azure-cvm needs DCasv5/ECasv5 or NCCadsH100v5")
+        if want == "TrustedLaunch" and confidential:
+            raise ValueError(f"{at('azure', 'vm_size')}: {az.vm_size} is a confidential VM size; use platform "
+                             "azure-cvm")
+        if osc.nvidia and not GPU_SIZE.match(az.vm_size):
+            raise ValueError(f"{at('azure', 'vm_size')}: {az.vm_size} has no GPU, but the profile needs one "
+                             "(os.nvidia)")
+        if p.model and az.vm_size in GPUS and config.models[p.model].tensor_parallel > GPUS[az.vm_size]:
+            raise ValueError(f"models.{p.model}.tensor_parallel: {config.models[p.model].tensor_parallel}, but "
+                             f"{az.vm_size} has {GPUS[az.vm_size]} GPU(s)")
 
 
 def _error_line(path: Path, err: ValidationError) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+    loc = ".".join(str(x) for x in e["loc"] if not str(x).endswith("Override") and x not in ("OsConfig",
+                                                                                          "AzureConfig"))
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
     elif e["type"] == "missing":
         msg = "required key is missing"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{loc}: {msg}{more}"
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
 
 
 def load(path: Path) -> Config:

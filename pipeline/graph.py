@@ -1,4 +1,4 @@
-"""Stage graph, content-addressed stage cache and atomic publishing (DESIGN.md "Contracts").
+"""Stage graph, content-addressed stage cache and atomic publishing (README: "How the cache works").
 
 A stage's cache key is the sha256 of the canonical JSON of everything it declares as input
 (`key_inputs`), its version, and the output digests of the stages it depends on. A stage builds

@@ -46,6 +46,16 @@ def plan(ctx: Context, targets: list[str] | None) -> list[dict]:
             for p in orch.plan(targets or list(orch.stages))]
 
 
+def settings(ctx: Context) -> dict:
+    """The profile as the build sees it: resolved os and azure sections (azure only for Azure)."""
+    p = ctx.profile
+    out = {"platform": p.platform, "mode": p.mode, "app": p.app, "model": p.model,
+           "os": p.os.model_dump(mode="json")}
+    if p.platform.startswith("azure"):
+        out["azure"] = p.azure.model_dump(mode="json", exclude={"subscription_id", "tags"})
+    return out
+
+
 def status(ctx: Context) -> dict:
     orch = _orchestrator(ctx)
     stages = []

@@ -38,7 +38,8 @@ _PATTERNS = [
 # Environment variables whose values are secrets wherever they appear (see add_secret).
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_STORAGE_KEY",
               "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "MITHRIL_SIGNING_KEY_PASSWORD")
-# mkosi needs Debian's Python (with pefile) first on PATH: see ENVIRONMENT.md.
+# mkosi needs Debian's Python (with pefile) first on PATH: the first python3 on a developer's PATH
+# may be another one (pyenv), and ukify then fails with "No module named 'pefile'".
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 

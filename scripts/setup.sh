@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine (run as root): system tools from
-# bookworm + bookworm-backports (see shared/ENVIRONMENT.md), Azurite, and this package.
+# bookworm + bookworm-backports (mkosi 24 and systemd 254), Azurite, and this package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive

@@ -13,7 +13,8 @@ from pipeline.lock import download, sha256_file
 from pipeline.run import run
 from tests.conftest import REPO
 
-RUNC = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]  # see ENVIRONMENT.md
+# Containers here need runc (crun fails on hybrid cgroups) and explicit ulimits (no CAP_SYS_RESOURCE).
+RUNC = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 
 
 def busybox(work: Path) -> bytes:

@@ -75,11 +75,15 @@ class Platform(Strict):
     date: datetime.date
     pcr4_firmware_events: tuple[EventSpec, ...] = Field(min_length=1)
     firmware_pcrs: dict[int, FirmwarePcr]
+    zero_pcrs: tuple[int, ...] = Field((), description="PCRs nothing extends on this platform's boot path "
+                                       "(no boot loader between firmware and UKI): enforced as zero")
 
     @model_validator(mode="after")
     def _all_firmware_pcrs(self):
         if sorted(self.firmware_pcrs) != list(FIRMWARE_PCRS):
             raise ValueError("firmware_pcrs must list exactly PCRs 0, 1, 2, 3")
+        if any(p not in (8, 10) for p in self.zero_pcrs):
+            raise ValueError("zero_pcrs may only name PCRs 8 and 10 (the others are predicted or firmware's)")
         return self
 
     def firmware_events(self) -> list[FirmwareEvent]:

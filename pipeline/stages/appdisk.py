@@ -33,7 +33,7 @@ DISK = "application_disk.raw"
 RECORD = "appdisk.json"
 BLOCK = 4096
 DEMO_IMAGE = "localhost/mithril-demo"
-LLM_IMAGES = ("triton",)  # registry images (lock `images:`) the llm app needs; caddy etc. are built here
+UNRESOLVED = "sha256:UNRESOLVED"  # `render` marks an image whose digest the lock does not pin yet
 COMPONENTS = ("app", "caddy", "attestation-server")  # ingress -> caddy -> app | attestation server
 STATE = "/run/mithril"  # the guest's tmpfs state folder (measured-setup, setup.d, run.d)
 TLS_DIR, ATTESTATION_STATE = f"{STATE}/tls", f"{STATE}/attestation"
@@ -49,8 +49,13 @@ def app_lock_image(ctx: Context) -> str | None:
 
 
 def lock_images(ctx: Context) -> list[str]:
+    """Registry images (lock `images:`) on the disk: the app's, the NVIDIA device plugin with a GPU,
+    the extra ones; caddy, the attestation server and the demo app are built here."""
+    from .. import gpu
+
     app = app_lock_image(ctx)
-    return ([app] if app else []) + [n for n in ctx.config.appdisk.extra_images if n != app]
+    out = ([app] if app else []) + ([gpu.DEVICE_PLUGIN] if ctx.profile.os.nvidia else [])
+    return out + [n for n in ctx.config.appdisk.extra_images if n not in out]
 
 
 class AppDisk(Stage):
@@ -67,7 +72,7 @@ class AppDisk(Stage):
         return {
             "files": ctx.checkout_digests(SOURCE),
             "config": {"appdisk": ctx.config.appdisk.model_dump(mode="json"), "app": ctx.profile.app,
-                       "model": ctx.profile.model, "k3s": ctx.config.os.k3s, "platform": ctx.profile.platform,
+                       "model": ctx.profile.model, "k3s": ctx.profile.os.k3s, "platform": ctx.profile.platform,
                        "seed": str(ctx.seed), "source_date_epoch": ctx.source_date_epoch},
             "lock": lock,
             "images": images.key_inputs(ctx),  # debs pins and our source trees, per built image
@@ -134,30 +139,55 @@ def check_templates(src: Path) -> None:
 
 
 def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict]:
+    src = source(ctx)
+    tree.mkdir()
+    archives, refs = build_images(ctx, tree / "images")
+    services = {}
+    if not ctx.profile.os.k3s:  # no container runtime: each image runs from its own unpacked root (run.d)
+        services = unpack_services(ctx, tree)
+    if model is not None:
+        shutil.copytree(model.dir / "model_repository", tree / "model", symlinks=True)
+        shutil.copy2(model.dir / "engine.json", tree / "model" / "engine.json")
+    values = manifest_values(ctx, refs, services, model.record if model is not None else None)
+    write_rendered(src, tree, values)
+    normalise(tree)
+    return archives
+
+
+def source(ctx: Context) -> Path:
     src = ctx.root / SOURCE
     if not src.is_dir():
         raise BadInput(str(src), "folder missing", "run `mithril-build init` to get a starter project")
     check_source_links(src)
-    tree.mkdir()
-    archives, refs = build_images(ctx, tree / "images")
+    return src
+
+
+def manifest_values(ctx: Context, refs: dict[str, str], services: dict[str, str], model_record: dict | None) -> dict:
+    """Everything the templates of appdisk/ see."""
+    from .. import gpu
+
     cfg = ctx.config.appdisk
-    k3s = ctx.config.os.k3s
+    k3s = ctx.profile.os.k3s
     values = {"namespace": cfg.namespace, "ingress_port": cfg.ingress_port, "app_port": cfg.app_port,
               "attestation_port": cfg.attestation_port, "app": ctx.profile.app, "components": components(ctx),
               "images": refs, "model": ctx.profile.model, "triton": None, "platform": ctx.profile.platform,
               "k3s": k3s, "tls_dir": TLS_DIR, "model_host_path": f"{STATE}/model",
-              "upstreams": upstreams(ctx, k3s), "services": {}}
-    if not k3s:  # no container runtime: each image runs from its own unpacked root (run.d)
-        values["services"] = unpack_services(ctx, tree)
-    if model is not None:
+              "upstreams": upstreams(ctx, k3s), "services": services,
+              "gpu": {"resource": gpu.RESOURCE, "lib_dir": gpu.LIB_DIR, "libs": list(gpu.LIBS),
+                      "container_lib_dir": gpu.CONTAINER_LIB_DIR} if ctx.profile.os.nvidia else None}
+    if model_record is not None:
         from .model_engine import triton_manifest_values  # only with a model selected
 
-        values["triton"] = triton_manifest_values(ctx, model.record)
-        shutil.copytree(model.dir / "model_repository", tree / "model", symlinks=True)
-        shutil.copy2(model.dir / "engine.json", tree / "model" / "engine.json")
+        values["triton"] = triton_manifest_values(ctx, model_record)
+    return values
+
+
+def write_rendered(src: Path, tree: Path, values: dict) -> None:
+    """The app disk's text files for these values: Caddyfile (no k3s), manifests and
+    NetworkPolicies, setup.d/ and run.d/ (templates rendered)."""
     env = _env(src)
-    if not k3s:
-        (tree / "caddy").mkdir()
+    if not values["k3s"]:
+        (tree / "caddy").mkdir(parents=True, exist_ok=True)
         (tree / "caddy" / "Caddyfile").write_text(_render(env, "Caddyfile.j2", values))
     for rel, text in render_manifests(env, src, values).items():
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -171,8 +201,6 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
             tpl.with_suffix("").write_text(_render(env, rel, values))
             os.chmod(tpl.with_suffix(""), os.stat(tpl).st_mode)
             tpl.unlink()
-    normalise(tree)
-    return archives
 
 
 def _env(src: Path):
@@ -259,7 +287,13 @@ def unpack_services(ctx: Context, tree: Path) -> dict[str, str]:
         archive.unlink()
     if not any((tree / "images").iterdir()):
         (tree / "images").rmdir()
-    caddy_user = run_user(tree / "rootfs" / "caddy", configs["caddy"].user)
+    return service_args(ctx, configs, lambda name, user: run_user(tree / "rootfs" / name, user))
+
+
+def service_args(ctx: Context, configs: dict, user_of) -> dict[str, str]:
+    """Per service, the systemd-run arguments run.d/main starts it with (user_of(name, User) gives
+    "uid:gid")."""
+    caddy_user = user_of("caddy", configs["caddy"].user)
     cfg = ctx.config.appdisk
     extra = {
         "attestation-server": (
@@ -277,7 +311,7 @@ def unpack_services(ctx: Context, tree: Path) -> dict[str, str]:
     services = {}
     for name, (props, args) in extra.items():
         c = configs[name]
-        uid, gid = run_user(tree / "rootfs" / name, c.user).split(":")
+        uid, gid = user_of(name, c.user).split(":")
         argv = [*c.argv, *args]
         if not argv:
             raise BadInput(f"images/{name}.tar", "the image has no Entrypoint or Cmd")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import log
-from ..azure_vhd import FOOTER_SIZE, disk_footer
-from ..config import CONFIG_FILE, Config
+from ..azure_vhd import FOOTER_SIZE, MIN_DATA_SIZE, disk_footer
+from ..config import CONFIG_FILE, Config, Profile
 from ..errors import BadInput, ToolFailed
 from ..lock import atomic_write, sha256_file
 
@@ -24,7 +24,6 @@ DISKS = {"os": "os_disk.raw", "app": "application_disk.raw"}
 MEASUREMENTS = "measurements.json"
 DEPLOYMENT = "deployment.json"
 GRANT_SECONDS = 24 * 3600
-VNET_PREFIX, SUBNET_PREFIX = "10.42.0.0/16", "10.42.0.0/24"
 # The disk security type an uploaded OS disk needs for each VM security type.
 DISK_SECURITY = {"TrustedLaunch": "TrustedLaunch",
                  "ConfidentialVM": "ConfidentialVM_VMGuestStateOnlyEncryptedWithPlatformKey"}
@@ -42,6 +41,8 @@ class Disk:
 
     @property
     def upload_size(self) -> int:
+        """uploadSizeBytes: the VHD size (whole MiB, at least 20 MiB, plus the footer), as Azure requires."""
+        assert self.size % (1 << 20) == 0 and self.size >= MIN_DATA_SIZE
         return self.size + FOOTER_SIZE
 
 
@@ -54,10 +55,11 @@ class Target:
     out_dir: Path
     disks: tuple[Disk, ...]
     measurements_sha256: str
+    settings: Profile  # the resolved profile (its `azure` section is what deploys)
 
     @property
     def az(self):
-        return self.config.azure
+        return self.settings.azure
 
     @property
     def names(self) -> dict[str, str]:
@@ -73,8 +75,18 @@ class Target:
         return {**self.az.tags, "mithril-project": self.config.project, "mithril-profile": self.profile}
 
 
+def azure_profile(config: Config, profile: str) -> Profile:
+    """The resolved profile; bad input unless it targets Azure."""
+    _, settings = config.profile(profile)
+    if not settings.platform.startswith("azure"):
+        raise BadInput(CONFIG_FILE, f"profiles.{profile}.platform is {settings.platform}: `azure` commands need "
+                       "platform azure-cvm or azure-trusted-launch", "choose an Azure profile with --profile")
+    return settings
+
+
 def load_target(config: Config, profile: str, out_dir: Path) -> Target:
     """Read the built outputs (bad input if missing); digests are computed from the files."""
+    settings = azure_profile(config, profile)
     missing = [n for n in (*DISKS.values(), MEASUREMENTS) if not (out_dir / n).is_file()]
     if missing:
         raise BadInput(str(out_dir / missing[0]), "not found",
@@ -85,7 +97,18 @@ def load_target(config: Config, profile: str, out_dir: Path) -> Target:
         sha = sha256_file(path, progress=True)
         size, footer = disk_footer(path, sha, config.source_date_epoch)
         disks.append(Disk(role, path, sha, size, footer))
-    return Target(config, profile, out_dir, tuple(disks), sha256_file(out_dir / MEASUREMENTS))
+    built_for = _measured_platform(out_dir / MEASUREMENTS)
+    if built_for != settings.platform:
+        raise BadInput(str(out_dir / MEASUREMENTS), f"platform: built for {built_for}, the profile is "
+                       f"{settings.platform}", f"rebuild: mithril-build all --profile {profile}")
+    return Target(config, profile, out_dir, tuple(disks), sha256_file(out_dir / MEASUREMENTS), settings)
+
+
+def _measured_platform(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("platform")
+    except (OSError, ValueError, AttributeError):
+        raise BadInput(str(path), "not a measurements.json", "rebuild the profile") from None
 
 
 # ---- resource ids and request bodies (pure) ---------------------------------------------------
@@ -127,17 +150,18 @@ def _rule(name, priority, access, protocol, port) -> dict:
 
 def nsg_body(t: Target) -> dict:
     # Azure's default rules also allow VNet and load-balancer traffic in; the explicit deny at
-    # the lowest priority overrides them, so HTTPS is the only way in.
+    # the lowest priority overrides them, so the ingress port is the only way in.
+    port = str(t.config.appdisk.ingress_port)
     return {"location": t.az.location, "tags": t.tags, "properties": {"securityRules": [
-        _rule("allow-https-in", 100, "Allow", "Tcp", "443"),
+        _rule("allow-ingress-in", 100, "Allow", "Tcp", port),
         _rule("deny-all-in", 4096, "Deny", "*", "*")]}}
 
 
 def vnet_body(t: Target, i: dict) -> dict:
     return {"location": t.az.location, "tags": t.tags, "properties": {
-        "addressSpace": {"addressPrefixes": [VNET_PREFIX]},
+        "addressSpace": {"addressPrefixes": [t.az.vnet_prefix]},
         "subnets": [{"name": t.names["subnet"], "properties": {
-            "addressPrefix": SUBNET_PREFIX, "networkSecurityGroup": {"id": i["nsg"]}}}]}}
+            "addressPrefix": t.az.subnet_prefix, "networkSecurityGroup": {"id": i["nsg"]}}}]}}
 
 
 def public_ip_body(t: Target) -> dict:
@@ -293,7 +317,7 @@ def deploy(t: Target, credential=None, upload=None, workers: int = 4, **client_k
             c.resources.resource_groups.create_or_update(rg, {"location": loc, "tags": t.tags})
         uploads = {d.role: _ensure_disk(t, c, d, upload, workers) for d in t.disks}
         net = c.network
-        with log.step("Creating network (NSG: TCP 443 in only, VNet, public IP, NIC)"), _azure("creating the network"):
+        with log.step("Creating network (NSG: ingress port in only, VNet, public IP, NIC)"), _azure("creating the network"):
             net.network_security_groups.begin_create_or_update(rg, n["nsg"], nsg_body(t)).result()
             net.virtual_networks.begin_create_or_update(rg, n["vnet"], vnet_body(t, i)).result()
             net.public_ip_addresses.begin_create_or_update(rg, n["public_ip"], public_ip_body(t)).result()
@@ -324,7 +348,7 @@ def destroy_names(config: Config, profile: str, out_dir: Path) -> tuple[Target, 
             names = json.loads(record_path.read_text())["names"]
         except (ValueError, KeyError, TypeError):
             raise BadInput(str(record_path), "not a deployment record (no `names`)", "delete it and retry") from None
-        return Target(config, profile, out_dir, (), ""), names
+        return Target(config, profile, out_dir, (), "", azure_profile(config, profile)), names
     t = load_target(config, profile, out_dir)
     return t, t.names
 
@@ -336,7 +360,7 @@ def destroy(config: Config, profile: str, out_dir: Path, credential=None, **clie
     t, names = destroy_names(config, profile, out_dir)
     record_path = out_dir / DEPLOYMENT
     c = clients(t, credential, **client_kwargs)
-    rg = config.azure.resource_group
+    rg = t.az.resource_group
     deleted = []
     steps = [("vm", c.compute.virtual_machines), ("nic", c.network.network_interfaces),
              ("public_ip", c.network.public_ip_addresses), ("vnet", c.network.virtual_networks),

@@ -33,6 +33,7 @@ from ..run import run
 SOURCE = "model_engine"
 MODEL_ROOT = "/models"  # where the app disk's Deployment mounts model_repository/
 TRITON_MODELS = ("ensemble", "postprocessing", "preprocessing", "tensorrt_llm", "tensorrt_llm_bls")
+LLMAPI = "llmapi"  # backend pytorch: model_engine/triton/llmapi/, one model configured by model.yaml
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ENGINE_JSON_FORMAT = 1
@@ -70,9 +71,9 @@ def build_options(m: ModelConfig) -> dict:
 
 def template_values(m: ModelConfig) -> dict[str, str]:
     """Every ${…} of model_engine/triton/*/config.pbtxt."""
-    engine_dir = f"{MODEL_ROOT}/{'checkpoint' if m.backend == 'pytorch' else 'engine'}"
+    engine_dir = f"{MODEL_ROOT}/engine"
     return {
-        "triton_backend": "python" if m.backend == "pytorch" else "tensorrtllm",
+        "triton_backend": "tensorrtllm",
         "triton_max_batch_size": str(m.max_batch_size),
         "max_queue_delay_microseconds": "0",
         "decoupled_mode": "false",
@@ -82,7 +83,6 @@ def template_values(m: ModelConfig) -> dict[str, str]:
         "tokenizer_dir": f"{MODEL_ROOT}/tokenizer",
         "max_beam_width": str(m.max_beam_width),
         "kv_cache_free_gpu_mem_fraction": str(m.kv_cache_free_gpu_mem_fraction),
-        "tensor_parallel": str(m.tensor_parallel),
         "add_special_tokens": "true",
         "skip_special_tokens": "true",
         "max_input_len": str(m.max_input_len),
@@ -108,8 +108,31 @@ def substitute(text: str, values: dict[str, str], where: str) -> str:
     return out
 
 
+def llmapi_model_yaml(m: ModelConfig) -> dict:
+    """1/model.yaml of the llmapi layout: TensorRT-LLM LLM() arguments, then `triton_config`
+    (key names as the backend's own model.yaml template uses them)."""
+    return {"model": f"{MODEL_ROOT}/checkpoint", "tokenizer": f"{MODEL_ROOT}/tokenizer", "backend": "pytorch",
+            "dtype": m.dtype, "tensor_parallel_size": m.tensor_parallel, "pipeline_parallel_size": 1,
+            "max_batch_size": m.max_batch_size, "max_seq_len": m.max_seq_len, "max_beam_width": m.max_beam_width,
+            "kv_cache_config": {"free_gpu_memory_fraction": m.kv_cache_free_gpu_mem_fraction},
+            "triton_config": {"max_batch_size": 0, "decoupled": False}}
+
+
 def render_repository(src: Path, dest: Path, m: ModelConfig) -> list[str]:
     """Render model_engine/triton into dest (the Triton model repository); return the files written."""
+    if m.backend == "pytorch":
+        import yaml
+
+        folder = src / LLMAPI / "tensorrt_llm"
+        if not (folder / "config.pbtxt").is_file():
+            raise BadInput(f"{SOURCE}/triton/{LLMAPI}/tensorrt_llm/config.pbtxt", "template missing")
+        (dest / "tensorrt_llm" / "1").mkdir(parents=True)
+        shutil.copyfile(folder / "config.pbtxt", dest / "tensorrt_llm" / "config.pbtxt")
+        shutil.copyfile(folder / "1" / "model.py", dest / "tensorrt_llm" / "1" / "model.py")
+        (dest / "tensorrt_llm" / "1" / "model.yaml").write_text(
+            yaml.safe_dump(llmapi_model_yaml(m), sort_keys=False))
+        _normalise(dest)
+        return ["tensorrt_llm/config.pbtxt", "tensorrt_llm/1/model.py", "tensorrt_llm/1/model.yaml"]
     values = template_values(m)
     written = []
     for model in TRITON_MODELS:
@@ -122,8 +145,6 @@ def render_repository(src: Path, dest: Path, m: ModelConfig) -> list[str]:
         (dest / model / "config.pbtxt").write_text(text)
         written.append(f"{model}/config.pbtxt")
         code = folder / "1" / "model.py"
-        if model == "tensorrt_llm" and m.backend == "pytorch":
-            code = folder / "model_pytorch.py"
         if code.is_file():
             shutil.copyfile(code, dest / model / "1" / "model.py")
             written.append(f"{model}/1/model.py")
@@ -298,13 +319,21 @@ def build_engine(ctx: Context, name: str, m: ModelConfig, image: ImagePin, runti
                *trtllm_build_argv(m)]
     user = f"{os.getuid()}:{os.getgid()}" if runtime == "docker" else None
     argv = container.run_argv(runtime, image.pinned_ref, mounts, command, user=user)
-    with log.step(f"Building the TensorRT-LLM engine for {name} ({runtime}, {gpus[0].name})",
-                  f"Built the TensorRT-LLM engine for {name}"), open(scratch / "engine-build.log", "wb") as logf:
-        run(argv, stdout=logf)
-    engine_src = build_dir / "engine"
-    if not any(engine_src.glob("rank*.engine")) or not (engine_src / "config.json").is_file():
-        raise ToolFailed(f"the engine build finished but wrote no rank*.engine and config.json "
-                         f"(see {scratch / 'engine-build.log'})")
+    build_log = scratch / "engine-build.log"
+    try:
+        with log.step(f"Building the TensorRT-LLM engine for {name} ({runtime}, {gpus[0].name})",
+                      f"Built the TensorRT-LLM engine for {name}"), open(build_log, "wb") as logf:
+            run(argv, stdout=logf)
+        engine_src = build_dir / "engine"
+        if not any(engine_src.glob("rank*.engine")) or not (engine_src / "config.json").is_file():
+            raise ToolFailed("the engine build finished but wrote no rank*.engine and config.json")
+    except ToolFailed as e:  # the scratch folder goes; the log stays where the error says
+        kept = ctx.cache_dir / "logs" / f"model-{name}-engine-build.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(build_log, kept)
+        tail = " | ".join(build_log.read_text(errors="replace").strip().splitlines()[-3:])
+        raise ToolFailed(f"{e}; engine-build log: {kept}" + (f" (ends: {tail})" if tail else "")) from None
+    shutil.copyfile(build_log, out / "engine-build.log")  # published with the engine; its digest is in the record
     shutil.copytree(engine_src, engine_out)
     record = {
         "format": ENGINE_JSON_FORMAT, "model": name, "backend": m.backend, "family": m.family,
@@ -318,6 +347,7 @@ def build_engine(ctx: Context, name: str, m: ModelConfig, image: ImagePin, runti
         "checkpoint": checkpoint,
         "outputs": _digests(engine_out),
         "fingerprint": _read_json(build_dir / "fingerprint.json"),
+        "build_log": {"file": "engine-build.log", "sha256": sha256_file(out / "engine-build.log")},
     }
     if (build_dir / "timing.cache").is_file():
         shutil.copyfile(build_dir / "timing.cache", out / "timing.cache")
@@ -393,7 +423,6 @@ def triton_manifest_values(ctx: Context, model_record: dict) -> dict:
         "model": name,
         "backend": m.backend,
         "gpus": tp,
-        "runtime_class": "nvidia",
         "shm_size": "2Gi",
         "model_root": MODEL_ROOT,
         "args": args,

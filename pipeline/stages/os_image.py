@@ -39,17 +39,36 @@ MIB = 1 << 20
 
 # ---------------------------------------------------------------- templates
 
+AZURE_DNS, IMDS = "168.63.129.16", "169.254.169.254"  # Azure's resolver (wire server) and metadata service
+
+
 def template_vars(ctx: Context) -> dict:
-    osc = ctx.config.os
+    import ipaddress
+
+    from .. import gpu
+
+    osc = ctx.profile.os
+    app = ctx.config.appdisk
     components = ["main", "contrib", "non-free", "non-free-firmware"] if osc.nvidia else ["main"]
     return {
         "os": osc.model_dump(mode="json"),
         "mode": ctx.profile.mode,
         "platform": ctx.profile.platform,
+        "azure": ctx.profile.platform.startswith("azure"),
         "sde": ctx.source_date_epoch,
         "k3s": osc.k3s,
-        "ingress_ports": [ctx.config.appdisk.ingress_port],
+        "ingress_port": app.ingress_port,
+        "app_port": app.app_port,
+        "attestation_port": app.attestation_port,
+        "cluster_cidr": osc.cluster_cidr,
+        "service_cidr": osc.service_cidr,
+        "cluster_dns": str(ipaddress.IPv4Network(osc.service_cidr)[10]),  # k3s's convention: .10
+        "azure_dns": AZURE_DNS,
+        "imds": IMDS,
         "components": components,
+        "nvidia_packages": list(gpu.PACKAGES),
+        "nvidia_lib_dir": gpu.LIB_DIR,
+        "nvidia_libs": list(gpu.LIBS),
         "mirror": ctx.lock.debian.get("mirror", "http://deb.debian.org/debian"),
         "security": ctx.lock.debian.get("security", "http://security.debian.org/debian-security"),
         "airgap_name": _airgap_name(ctx) if osc.k3s else "",
@@ -95,11 +114,12 @@ def render_config(ctx: Context, dest: Path | None) -> dict[str, str]:
     if not (src / "mkosi.conf.j2").is_file():
         raise BadInput(f"{SOURCE}/mkosi.conf.j2", "not found", "the mkosi/ folder of the checkout is incomplete")
     variables = template_vars(ctx)
-    skip = ("repart.d", "k3s", "README.md") + ((SOURCES,) if os_pins(ctx) else ())
+    skip = ("repart.d", "k3s", "nvidia", "README.md") + ((SOURCES,) if os_pins(ctx) else ())
     digests = render_tree(src, variables, dest, skip=skip)
-    if ctx.config.os.k3s:  # the k3s unit and tmpfiles rule join the image's extra tree
-        extra = render_tree(src / "k3s", variables, dest / "mkosi.extra" if dest else None, label=f"{SOURCE}/k3s")
-        digests.update({f"k3s/{k}": v for k, v in extra.items()})
+    for tree, wanted in (("k3s", ctx.profile.os.k3s), ("nvidia", ctx.profile.os.nvidia)):
+        if wanted:  # the k3s unit, config and tmpfiles rule; the NVIDIA setup: into the extra tree
+            extra = render_tree(src / tree, variables, dest / "mkosi.extra" if dest else None, label=f"{SOURCE}/{tree}")
+            digests.update({f"{tree}/{k}": v for k, v in extra.items()})
     # repart definitions: syntax-checked now, rendered once the roothash is known
     env = _env(src / "repart.d")
     for path in sorted((src / "repart.d").glob("*.j2")):
@@ -109,14 +129,19 @@ def render_config(ctx: Context, dest: Path | None) -> dict[str, str]:
 
 # ---------------------------------------------------------------- k3s pins
 
-def _k3s_pins(ctx: Context) -> dict:
+def _k3s_pins(ctx: Context, need: bool) -> dict:
+    """The k3s pins for the cache key; an entry without a sha256 is keyed as such so that `plan`
+    still answers, and refused (`need`) when the image is built."""
     pins = {}
     for name in K3S_PINS:
         pin = ctx.lock.files.get(name)
         if pin is None or not pin.sha256:
             state = "no such entry" if pin is None else "has no sha256"
-            raise BadInput(LOCK_FILE, f"files.{name}: {state}, but mithril.yaml os.k3s is true",
-                           f"pin files.{name} (url + sha256) with `mithril-build lock` or set os.k3s: false")
+            if need:
+                raise BadInput(LOCK_FILE, f"files.{name}: {state}, but profile {ctx.profile_name} has k3s",
+                               f"pin files.{name} (url + sha256) with `mithril-build lock` where GitHub is reachable")
+            pins[name] = f"not pinned ({state})"
+            continue
         pins[name] = pin.model_dump(mode="json")
     return pins
 
@@ -131,10 +156,12 @@ def _airgap_name(ctx: Context) -> str:
 # ---------------------------------------------------------------- kernel command line
 
 def kernel_cmdline(mode: str, roothash: str) -> str:
-    """roothash= makes the initrd open /dev/mapper/root with dm-verity; /var is a tmpfs."""
+    """roothash= makes the initrd open /dev/mapper/root with dm-verity; /var is a tmpfs. The initrd
+    is systemd's: dracut's rd.shell=/rd.emergency= would do nothing there, so production masks the
+    emergency, rescue and debug shells in initrd and root instead (mkosi.finalize, initrd/)."""
     args = [f"roothash={roothash}", "root=/dev/mapper/root", "ro", "systemd.volatile=state"]
     if mode == "production":
-        args += ["rd.shell=0", "rd.emergency=reboot", "systemd.debug_shell=0", "panic=10", "quiet"]
+        args += ["systemd.debug_shell=0", "panic=10", "quiet"]
     else:
         # debug: the journal on the serial console too, so `run`/`boot` logs show what services did
         args += ["console=ttyS0,115200", "systemd.show_status=yes", "systemd.journald.forward_to_console=1"]
@@ -220,7 +247,7 @@ def local_repo(ctx: Context, pins: dict[str, DebPin], dest: Path) -> Path:
         with ThreadPoolExecutor(4) as pool:  # a cold fetch is dominated by per-request latency
             futures = {n: pool.submit(ctx.store.pinned, p.file(), f"debs.{OS_DEBS}.{n}") for n, p in pins.items()}
         debs = {n: f.result() for n, f in sorted(futures.items())}
-    return local_repository(debs, dest, ctx.config.os.release, ctx.source_date_epoch)
+    return local_repository(debs, dest, ctx.profile.os.release, ctx.source_date_epoch)
 
 
 def record_debs(ctx: Context, package_cache: Path) -> dict[str, dict]:
@@ -254,8 +281,8 @@ class OsImage(Stage):
         pins = os_pins(ctx)
         lock: dict = {"debian": ctx.lock.debian,
                       "debs": {n: p.model_dump(mode="json") for n, p in sorted(pins.items())} if pins else None}
-        if ctx.config.os.k3s:
-            lock["files"] = _k3s_pins(ctx)
+        if ctx.profile.os.k3s:
+            lock["files"] = _k3s_pins(ctx, need=False)
         mkosi = tool_version("mkosi", "--version")
         pinned = ctx.lock.tools.get("mkosi")
         if pinned and mkosi.split()[-1] != pinned:
@@ -266,7 +293,7 @@ class OsImage(Stage):
         return {
             "rendered": render_config(ctx, None),  # templates x config values, exactly as mkosi sees them
             "repart": ctx.checkout_digests(f"{SOURCE}/repart.d"),
-            "config": {"os": ctx.config.os.model_dump(mode="json"), "mode": ctx.profile.mode,
+            "config": {"os": ctx.profile.os.model_dump(mode="json"), "mode": ctx.profile.mode,
                        "platform": ctx.profile.platform, "seed": str(ctx.seed),
                        "source_date_epoch": ctx.source_date_epoch},
             "lock": lock,
@@ -278,11 +305,13 @@ class OsImage(Stage):
 
     def pins(self, ctx: Context) -> dict:
         out = {f"debs.{OS_DEBS}.{n}": p.file() for n, p in sorted((os_pins(ctx) or {}).items())}
-        if ctx.config.os.k3s:
+        if ctx.profile.os.k3s:
             out.update({f"files.{n}": ctx.lock.file(n) for n in K3S_PINS})
         return out
 
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
+        if ctx.profile.os.k3s:
+            _k3s_pins(ctx, need=True)
         scratch = ctx.cache_dir / "tmp"  # emptied when the next run takes the cache lock
         if any(c.isspace() for c in str(scratch)):
             # mkosi 24 runs `cat >{path}` through a shell and apt takes the local repository as a
@@ -298,7 +327,7 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
     cfg, mk_out, ws = work / "config", work / "mkosi-out", work / "workspace"
     ws.mkdir(parents=True)
     render_config(ctx, cfg)
-    if ctx.config.os.k3s:
+    if ctx.profile.os.k3s:
         _install_k3s(ctx, cfg)
     # Pinned: apt sees only a local repository of the pinned .debs. Online: a fresh package cache,
     # so that what it holds afterwards is exactly what this build downloaded.
@@ -395,7 +424,7 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
         "cmdline": cmdline,
         "mode": ctx.profile.mode,
         "platform": ctx.profile.platform,
-        "kernel": {"version": kvers[0], "package": ctx.config.os.kernel_package},
+        "kernel": {"version": kvers[0], "package": ctx.profile.os.kernel_package},
         "stub": {"version": stub_version(sections), "sha256": sha256_file(stub)},
         "uki": {"sha256": sha256_file(uki), "size": uki.stat().st_size,
                 "sections": {n: hashlib.sha256(d).hexdigest() for n, d in sections.items()}},

@@ -110,7 +110,7 @@ def test_networkpolicy_change_rebuilds_the_stage_and_explain_names_it(built, tmp
     policy = project / "appdisk/networkpolicies/default-deny.yaml.j2"
     policy.write_text(policy.read_text().replace("policyTypes: [Ingress, Egress]", "policyTypes: [Egress, Ingress]"))
     res = mb("plan", "--project", project, "--cache-dir", built / "cache", "--json", "appdisk")
-    row = json.loads(res.stdout)[0]
+    row = json.loads(res.stdout)["stages"][0]
     assert not row["cached"] and "files.appdisk/networkpolicies/default-deny.yaml.j2: changed" in row["reason"]
     cache = tmp_path / "cache"
     shutil.copytree(built / "cache", cache)
@@ -267,7 +267,7 @@ def test_bad_input(case, warm_cache, tmp_path):
 def test_plan_status_clean_and_lock_check(tmp_path):
     project = new_project(tmp_path / "p")
     cache = tmp_path / "cache"
-    rows = json.loads(mb("plan", "--project", project, "--cache-dir", cache, "--json", "appdisk").stdout)
+    rows = json.loads(mb("plan", "--project", project, "--cache-dir", cache, "--json", "appdisk").stdout)["stages"]
     assert rows[0]["stage"] == "appdisk" and rows[0]["reason"] == "never built for this profile"
     assert build(project, cache).returncode == 0
     status = json.loads(mb("status", "--project", project, "--cache-dir", cache, "--json").stdout)

@@ -67,7 +67,7 @@ def root(os_out: Path) -> Root:
 def test_no_login_no_shell(root: Root):
     assert not any(p.endswith("/sshd") or "/ssh/" in p for p in root.entries), "sshd is in the image"
     for unit in ("getty@.service", "serial-getty@.service", "console-getty.service", "getty.target",
-                 "debug-shell.service", "emergency.service", "rescue.service"):
+                 "debug-shell.service", "emergency.service", "emergency.target", "rescue.service", "rescue.target"):
         assert root.link(f"/etc/systemd/system/{unit}") == "/dev/null", f"{unit} is not masked"
     # wanted by some target (Debian ships static wants in /usr/lib) and not masked
     enabled = [p for p in root.entries if ".wants/" in p and "getty" in p
@@ -95,6 +95,10 @@ def test_firewall_default_drop(root: Root):
             assert f":{chain} DROP" in rules, f"{name}: {chain} policy is not DROP"
         assert "--dport 443 " in rules
     assert "/usr/sbin/iptables-restore" in root.entries or "/usr/sbin/iptables-legacy-restore" in root.entries
+    # fail closed: networkd (every interface) requires the rules to have loaded
+    dropin = root.cat("/usr/lib/systemd/system/systemd-networkd.service.d/10-mithril-firewall.conf")
+    assert "Requires=mithril-firewall.service" in dropin and "After=mithril-firewall.service" in dropin
+    assert not any("--dport 53" in line for line in root.cat("/usr/lib/mithril/firewall/rules.v4").splitlines())
 
 
 def test_esp_holds_only_the_uki(os_out: Path, tmp_path):
@@ -120,7 +124,7 @@ def test_cmdline_carries_roothash_of_root(os_out: Path):
     record = json.loads((os_out / "os.json").read_text())
     assert record["roothash"] == roothash and record["cmdline"] == cmdline
     assert record["stub"]["version"].startswith("252")  # bookworm's systemd-stub from inside the image
-    assert "rd.shell=0" in cmdline and "console=" not in cmdline
+    assert "systemd.debug_shell=0" in cmdline and "rd.shell" not in cmdline and "console=" not in cmdline
 
 
 def test_package_manifest(os_out: Path):
@@ -211,4 +215,9 @@ def test_initrd_masks_pcrphase(os_out: Path):
     assert "usr/lib/systemd/systemd" in entries or "lib/systemd/systemd" in entries, sorted(entries)[:20]
     mode, target = entries["etc/systemd/system/systemd-pcrphase-initrd.service"]
     assert mode & 0o170000 == 0o120000 and target == b"/dev/null"
+    # no shell in the (systemd) initrd of a production image, also when the root cannot be opened
+    for unit in ("emergency.service", "emergency.target", "rescue.service", "rescue.target", "debug-shell.service"):
+        assert f"usr/lib/systemd/system/{unit}" in entries, f"the initrd has no {unit} to mask"
+        mode, target = entries[f"etc/systemd/system/{unit}"]
+        assert mode & 0o170000 == 0o120000 and target == b"/dev/null", f"{unit} is not masked in the initrd"
     assert not any(p.startswith("var/log/") and p != "var/log/" for p in entries)

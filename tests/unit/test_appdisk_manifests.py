@@ -12,16 +12,22 @@ BASE = {"namespace": "mithril", "ingress_port": 443, "app_port": 8000, "attestat
         "model": None, "triton": None, "model_host_path": "/run/mithril/model", "platform": "azure-trusted-launch",
         "k3s": True, "tls_dir": "/run/mithril/tls", "services": {},
         "upstreams": {"app": "app.mithril.svc:8000", "attestation": "attestation-server.mithril.svc:8400"}}
-TRITON = {"gpus": 1, "runtime_class": "nvidia", "shm_size": "2Gi", "model_root": "/models",
+TRITON = {"gpus": 1, "shm_size": "2Gi", "model_root": "/models",
           "args": ["tritonserver", "--model-repository=/models/triton"], "env": {"HOME": "/tmp"}}
+
+
+GPU = {"resource": "nvidia.com/gpu", "lib_dir": "/usr/lib/mithril/nvidia", "libs": ["libcuda.so.1", "libnvidia-ml.so.1"],
+       "container_lib_dir": "/usr/lib/x86_64-linux-gnu"}
 
 
 def render(app: str) -> dict[str, list[dict]]:
     values = {**BASE, "app": app,
               "components": ["app", "caddy", "attestation-server"],
               "images": {"app": "localhost/app@sha256:" + "a" * 64, "caddy": "caddy@sha256:" + "b" * 64,
-                         "attestation-server": "att@sha256:" + "c" * 64},
-              "triton": TRITON if app == "llm" else None}
+                         "attestation-server": "att@sha256:" + "c" * 64,
+                         "nvidia-device-plugin": "nvcr.io/nvidia/k8s-device-plugin@sha256:" + "d" * 64},
+              "triton": TRITON if app == "llm" else None,
+              "gpu": GPU if app == "llm" else None}
     return {k: list(yaml.safe_load_all(v)) for k, v in render_manifests(_env(SRC), SRC, values).items()}
 
 
@@ -50,7 +56,11 @@ def test_flows_are_exactly_ingress_caddy_app_attestation(app):
                                    ("caddy", "attestation-server", 8400)}
     egress = policies(docs)["caddy-egress"]["egress"]
     assert [r["ports"][0]["port"] for r in egress] == [8000, 8400, 53]
-    assert not any("egress" in s for n, s in policies(docs).items() if n != "caddy-egress")
+    assert not any("egress" in s for n, s in policies(docs).items() if n not in ("caddy-egress",
+                                                                                 "attestation-server-egress"))
+    # on Azure the attestation server reaches IMDS (THIM) and nothing else
+    assert policies(docs)["attestation-server-egress"]["egress"] == [
+        {"to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}], "ports": [{"protocol": "TCP", "port": 80}]}]
 
 
 def test_llm_deployment_runs_triton_by_digest_with_a_gpu():
@@ -58,8 +68,18 @@ def test_llm_deployment_runs_triton_by_digest_with_a_gpu():
     pod = app["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert "@sha256:" in c["image"] and c["imagePullPolicy"] == "Never"
-    assert c["resources"]["limits"] == {"nvidia.com/gpu": 1} and pod["runtimeClassName"] == "nvidia"
-    assert {v["name"] for v in pod["volumes"]} == {"model-repository", "dshm", "tmp"}
+    # no runtime class (there is no NVIDIA runtime): the device plugin passes the device nodes, the
+    # driver's libraries come read-only from the measured OS root
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": 1} and "runtimeClassName" not in pod
+    libs = {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v and v["name"].startswith("nvidia")}
+    assert sorted(h["path"] for h in libs.values()) == ["/usr/lib/mithril/nvidia/libcuda.so.1",
+                                                        "/usr/lib/mithril/nvidia/libnvidia-ml.so.1"]
+    mounts = {m["mountPath"] for m in c["volumeMounts"] if m["name"] in libs and m["readOnly"]}
+    assert mounts == {"/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"}
+    plugin = render("llm")["manifests/nvidia-device-plugin.yaml"][0]
+    env = {e["name"]: e["value"] for e in plugin["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PASS_DEVICE_SPECS"] == "true" and env["DEVICE_LIST_STRATEGY"] == "envvar"
+    assert "manifests/nvidia-device-plugin.yaml" not in render("demo")
 
 
 def test_demo_app_has_no_gpu_and_caddy_routes_attestation():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -88,10 +89,12 @@ def arm():
         yield FakeArm(rsps), rsps
 
 
-def make_config(**azure_kw) -> Config:
+def make_config(platform="azure-trusted-launch", **azure_kw) -> Config:
+    azure_kw.setdefault("vm_size", "Standard_NC24ads_A100_v4" if platform == "azure-trusted-launch"
+                        else "Standard_DC2as_v5")
     return Config.model_validate({
         "seed": "5c8a2e4f-6d1b-4a7e-9b3c-2f0e1d4c5b6a", "source_date_epoch": 1704067200,
-        "profiles": {"llama": {"platform": "azure-trusted-launch"}}, "default_profile": "llama",
+        "profiles": {"llama": {"platform": platform}}, "default_profile": "llama",
         "azure": {"subscription_id": SUB, "tags": {"owner": "ci"}, **azure_kw}})
 
 
@@ -103,12 +106,13 @@ def out_dir(tmp_path):
         with open(out / name, "wb") as f:
             f.truncate(size)
             f.write(data)
-    (out / "measurements.json").write_text('{"version": 1}\n')
+    (out / "measurements.json").write_text('{"version": 1, "platform": "azure-trusted-launch"}\n')
     return out
 
 
-def target(out_dir, **azure_kw):
-    return azure.load_target(make_config(**azure_kw), "llama", out_dir)
+def target(out_dir, platform="azure-trusted-launch", **azure_kw):
+    (out_dir / "measurements.json").write_text(json.dumps({"version": 1, "platform": platform}) + "\n")
+    return azure.load_target(make_config(platform, **azure_kw), "llama", out_dir)
 
 
 class FakeUpload:
@@ -148,7 +152,10 @@ def test_deploy_sends_golden_requests_and_is_idempotent(arm, out_dir, capsys):
     record = azure.deploy(t, credential=FakeCredential(), upload=up, polling_interval=0)
     sent = bodies(fake)
     check_golden("deploy_requests", sent)
-    assert [c[1:] for c in up.calls] == [("os_disk.raw", 3 * MiB, 512), ("application_disk.raw", MiB, 512)]
+    # Azure's floor: uploadSizeBytes >= 20 MiB + 512, whole MiB + the footer
+    assert [c[1:] for c in up.calls] == [("os_disk.raw", 20 * MiB, 512), ("application_disk.raw", 20 * MiB, 512)]
+    assert all(b["properties"]["creationData"]["uploadSizeBytes"] == 20972032
+               for k, b in sent.items() if k.startswith("PUT disks/"))
     assert len(fake.requests("POST", "/endGetAccess")) == 2  # both disks revoked after upload
     vm = sent[f"PUT virtualMachines/{t.names['vm']}"]["properties"]
     assert vm["securityProfile"] == {"securityType": "TrustedLaunch",
@@ -171,8 +178,9 @@ def test_deploy_sends_golden_requests_and_is_idempotent(arm, out_dir, capsys):
 
 
 def test_confidential_vm_bodies(out_dir):
-    p = azure.plan(target(out_dir, security_type="ConfidentialVM", vm_size="Standard_NCC40ads_H100_v5",
-                          secure_boot=True))
+    p = azure.plan(target(out_dir, "azure-cvm", vm_size="Standard_NCC40ads_H100_v5"))
+    assert p["vm"]["properties"]["securityProfile"] == {
+        "securityType": "ConfidentialVM", "uefiSettings": {"secureBootEnabled": False, "vTpmEnabled": True}}
     check_golden("plan_confidential_vm", {"os_disk": p["disks"]["os"]["body"], "vm": p["vm"]})
     assert p["vm"]["properties"]["storageProfile"]["osDisk"]["managedDisk"]["securityProfile"] == \
         {"securityEncryptionType": "VMGuestStateOnly"}
@@ -273,14 +281,15 @@ def test_redeploy_resumes_an_open_upload_and_redoes_a_revoked_unfinished_one(arm
 def test_dry_run_touches_nothing_and_bad_input_is_clear(out_dir):
     with responses.RequestsMock():  # any HTTP request would fail this test
         p = azure.plan(target(out_dir))
-    assert p["disks"]["os"]["upload_size"] == 3 * MiB + 512
+    assert p["disks"]["os"]["upload_size"] == 20 * MiB + 512
     assert p["names"]["os_disk"].startswith("mithril-llama-os-")
     with pytest.raises(BadInput, match="subscription_id"):
         azure.clients(azure.load_target(Config.model_validate({
-            **make_config().model_dump(mode="json"), "azure": {}}), "llama", out_dir))
+            **make_config().model_dump(mode="json"), "azure": {"vm_size": "Standard_NC24ads_A100_v4"}}), "llama",
+        out_dir))
     (out_dir / "measurements.json").unlink()
     with pytest.raises(BadInput, match=r"measurements.json: not found"):
-        target(out_dir)
+        azure.load_target(make_config(), "llama", out_dir)
 
 
 def test_cli_commands(tmp_path):
@@ -293,15 +302,25 @@ def test_cli_commands(tmp_path):
         with open(out / name, "wb") as f:
             f.truncate(MiB + 512)
             f.write(name.encode())
-    (out / "measurements.json").write_text("{}")
+    (out / "measurements.json").write_text('{"platform": "qemu"}')
     for cmd in (["azure", "--help"], ["azure", "vhd", "--help"], ["azure", "deploy", "--help"],
                 ["azure", "destroy", "--help"]):
         assert mb(*cmd).returncode == 0
-    res = mb("azure", "deploy", "--dry-run", "--json", cwd=project)
+    res = mb("azure", "deploy", "--dry-run", cwd=project)  # the default profile runs under QEMU
+    assert res.returncode == 2 and "profiles.demo.platform is qemu" in res.stderr, res.stderr
+    cvm = project / "out" / "azure-cvm-demo"
+    shutil.copytree(out, cvm)
+    res = mb("azure", "deploy", "--profile", "azure-cvm-demo", "--dry-run", cwd=project)
+    assert res.returncode == 2 and "built for qemu, the profile is azure-cvm" in res.stderr, res.stderr
+    (cvm / "measurements.json").write_text('{"platform": "azure-cvm"}')
+    res = mb("azure", "deploy", "--profile", "azure-cvm-demo", "--dry-run", "--json", cwd=project)
     assert res.returncode == 0, res.stderr
     plan = json.loads(res.stdout)
-    assert plan["disks"]["os"]["upload_size"] == 2 * MiB + 512 and plan["vm"]["properties"]["securityProfile"]
-    res = mb("azure", "deploy", cwd=project)  # the starter project has no subscription
+    assert plan["disks"]["os"]["upload_size"] == 20 * MiB + 512
+    assert plan["vm"]["properties"]["securityProfile"]["securityType"] == "ConfidentialVM"
+    assert plan["vm"]["properties"]["hardwareProfile"]["vmSize"].startswith("Standard_DC")
+    out = cvm
+    res = mb("azure", "deploy", "--profile", "azure-cvm-demo", cwd=project)  # no subscription
     assert res.returncode == 2 and "azure.subscription_id" in res.stderr and "Traceback" not in res.stderr
     assert not (out / "deployment.json").exists()
     for name in ("a.vhd", "b.vhd"):

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from pipeline import azure_vhd as vhd
+from pipeline.errors import BadInput
 from pipeline.run import run
 from tests.conftest import need
 
@@ -27,7 +28,7 @@ def test_footer_equals_qemu_img(tmp_path):
     raw = tmp_path / "d.raw"
     _sparse_disk(raw, 3 * vhd.MiB + 4096, [(1000, b"hello"), (2 * vhd.MiB, b"\x01" * 512)])
     size = vhd.padded_size(raw.stat().st_size)
-    assert size == 4 * vhd.MiB
+    assert size == 20 * vhd.MiB  # Azure's floor: uploadSizeBytes >= 20 MiB + 512
     os.truncate(raw, size)  # qemu pads only to 512; we give it the 1 MiB-padded disk
     run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size", raw, tmp_path / "q.vhd"])
     qemu = (tmp_path / "q.vhd").read_bytes()
@@ -59,3 +60,12 @@ def test_bad_footer_is_detected():
         vhd.parse_footer(good[:100] + b"\x01" + good[101:])
     with pytest.raises(ValueError):
         vhd.footer(1000, EPOCH, bytes(16))
+
+
+def test_sizes_azure_accepts():
+    """uploadSizeBytes: whole MiB + 512, between 20 MiB + 512 and 32 TiB + 512 (Azure's documented limits)."""
+    for raw, data in ((1, 20 * vhd.MiB), (20 * vhd.MiB, 20 * vhd.MiB), (20 * vhd.MiB + 1, 21 * vhd.MiB),
+                      (64 * vhd.MiB + 512, 65 * vhd.MiB)):
+        assert vhd.padded_size(raw) == data and (data + 512) >= 20972032 and data % vhd.MiB == 0
+    with pytest.raises(BadInput, match="32 TiB"):
+        vhd.padded_size(32 * (1 << 40) + 1)

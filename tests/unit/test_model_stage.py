@@ -19,6 +19,7 @@ from pipeline.config import load as load_config
 from pipeline.errors import BadInput, ToolFailed, VerificationFailed
 from pipeline.run import Completed
 from pipeline.stages import model_engine as me
+from pipeline.config import AzureOverride
 from tests.unit.fakehub import FakeHub, online_hub, small_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +81,11 @@ def make_ctx(tmp_path: Path, hub: FakeHub, name="gpt2", locked=False, image_dige
         models = dict(config.models)
         models["gpt2-medium"] = models["gpt2-medium"].model_copy(update=model_update)
         config = config.model_copy(update={"models": models})
+        if model_update.get("tensor_parallel", 1) > 1:  # a size with that many GPUs
+            profiles = dict(config.profiles)
+            profiles[name] = profiles[name].model_copy(update={"platform": "azure-trusted-launch", "azure": (
+                AzureOverride(vm_size="Standard_NC96ads_A100_v4"))})
+            config = config.model_copy(update={"profiles": profiles})
     m = config.models["gpt2-medium"]
     lock = lk.Lock(
         models={"gpt2-medium": lk.ModelPin.model_validate(
@@ -243,7 +249,7 @@ def test_triton_manifest_values(hub, tmp_path, monkeypatch):
     FakeHost(monkeypatch)
     ctx = make_ctx(tmp_path, hub)
     values = me.triton_manifest_values(ctx, build(ctx).record)
-    assert values["gpus"] == 1 and values["runtime_class"] == "nvidia" and values["model_root"] == "/models"
+    assert values["gpus"] == 1 and "runtime_class" not in values and values["model_root"] == "/models"
     assert values["args"][0] == "tritonserver" and "--model-repository=/models/triton" in values["args"]
     assert f"--http-port={ctx.config.appdisk.app_port}" in values["args"]
     tp2 = make_ctx(tmp_path / "tp", hub, tensor_parallel=2)
@@ -254,3 +260,31 @@ def test_triton_manifest_values(hub, tmp_path, monkeypatch):
 def test_model_stage_disabled_without_model(hub, tmp_path):
     ctx = make_ctx(tmp_path, hub, name="demo")
     assert not me.ModelEngine().enabled(ctx)
+
+
+def test_failed_engine_build_keeps_its_log(hub, tmp_path, monkeypatch):
+    """The container exits non-zero after writing to its log: the error names the kept log, whose
+    bytes are what the container wrote; nothing is published."""
+    host = FakeHost(monkeypatch)
+
+    def failing(argv, stdout=None, **kw):
+        host.calls.append(list(argv))
+        stdout.write(b"[TensorRT-LLM] converting\n[TensorRT-LLM][ERROR] out of memory\n")
+        raise ToolFailed("docker run exited with status 1")
+
+    monkeypatch.setattr(me, "run", failing)
+    ctx = make_ctx(tmp_path, hub)
+    with pytest.raises(ToolFailed, match=r"status 1; engine-build log: .*model-gpt2-medium-engine-build.log "
+                                         r"\(ends: .*out of memory\)"):
+        build(ctx)
+    kept = ctx.cache_dir / "logs" / "model-gpt2-medium-engine-build.log"
+    assert kept.read_bytes() == b"[TensorRT-LLM] converting\n[TensorRT-LLM][ERROR] out of memory\n"
+    assert not (ctx.out_dir / "engine.json").exists()
+
+
+def test_engine_build_log_is_published_with_the_engine(hub, tmp_path, monkeypatch):
+    FakeHost(monkeypatch)
+    result = build(make_ctx(tmp_path, hub))
+    record = json.loads((result.dir / "engine.json").read_text())
+    assert (result.dir / "engine-build.log").read_bytes() == b"[TensorRT-LLM] build log\n"
+    assert record["build_log"]["sha256"] == hashlib.sha256(b"[TensorRT-LLM] build log\n").hexdigest()

@@ -135,8 +135,27 @@ def render(tmp_path: Path, name: str, **update) -> Path:
 @pytest.mark.parametrize("name", MODELS)
 def test_render_no_placeholder_left_and_parses(tmp_path, name, backend):
     dest = render(tmp_path, name, backend=backend)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(me.TRITON_MODELS)
     proto = model_config_proto()
+    if backend == "pytorch":  # the llmapi layout: one model, configured by 1/model.yaml
+        assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+            "tensorrt_llm/1/model.py", "tensorrt_llm/1/model.yaml", "tensorrt_llm/config.pbtxt"]
+        text = (dest / "tensorrt_llm" / "config.pbtxt").read_text()
+        fields = parse_pbtxt(text)
+        assert fields["backend"] == ['"python"'] and "max_batch_size" not in fields  # model.yaml holds it
+        names = {i["name"][0].strip('"') for i in fields["input"][0]}
+        assert {"text_input", "sampling_param_max_tokens", "sampling_param_seed"} <= names
+        if proto is not None:
+            from google.protobuf import text_format
+
+            text_format.Parse(text, proto())
+        import yaml
+
+        conf = yaml.safe_load((dest / "tensorrt_llm" / "1" / "model.yaml").read_text())
+        assert conf["backend"] == "pytorch" and conf["model"] == "/models/checkpoint"
+        assert conf["tensor_parallel_size"] == CONFIG.models[name].tensor_parallel
+        assert conf["triton_config"] == {"max_batch_size": 0, "decoupled": False}
+        return
+    assert sorted(p.name for p in dest.iterdir()) == sorted(me.TRITON_MODELS)
     for triton_model in me.TRITON_MODELS:
         text = (dest / triton_model / "config.pbtxt").read_text()
         assert "${" not in text and "$" not in text
@@ -150,16 +169,37 @@ def test_render_no_placeholder_left_and_parses(tmp_path, name, backend):
             assert msg.name == triton_model and msg.max_batch_size == CONFIG.models[name].max_batch_size
     trt = parse_pbtxt((dest / "tensorrt_llm" / "config.pbtxt").read_text())
     params = {p["key"][0].strip('"'): p["value"][0]["string_value"][0].strip('"') for p in trt["parameters"]}
-    assert trt["backend"] == ['"python"' if backend == "pytorch" else '"tensorrtllm"']
-    assert params["gpt_model_type"] == "inflight_fused_batching"
-    assert params["gpt_model_path"] == ("/models/checkpoint" if backend == "pytorch" else "/models/engine")
+    assert trt["backend"] == ['"tensorrtllm"']
+    assert params["gpt_model_type"] == "inflight_fused_batching" and params["gpt_model_path"] == "/models/engine"
+    # only keys the C++ backend of TensorRT-LLM 1.1 reads (its GetParameter calls), "seed" as its input name
+    assert "tensor_parallel_size" not in params and "FORCE_CPU_ONLY_INPUT_TENSORS" not in params
+    assert set(params) <= BACKEND_PARAMETERS
+    inputs = {i["name"][0].strip('"') for i in trt["input"][0]}
+    assert "seed" in inputs and "random_seed" not in inputs
     pre = parse_pbtxt((dest / "preprocessing" / "config.pbtxt").read_text())
     assert pre["parameters"][0]["value"][0]["string_value"] == ['"/models/tokenizer"']
-    code = (dest / "tensorrt_llm" / "1" / "model.py")
-    assert code.exists() == (backend == "pytorch")
+    assert not (dest / "tensorrt_llm" / "1" / "model.py").exists()
     for python_model in ("preprocessing", "postprocessing", "tensorrt_llm_bls"):
         assert (dest / python_model / "1" / "model.py").is_file()
     assert (dest / "ensemble" / "1").is_dir()
+
+
+# The parameter keys the tensorrtllm C++ backend reads (GetParameter in inflight_batcher_llm/src of
+# triton-inference-server/tensorrtllm_backend at c2e65b8, May 2025, the last commit before the
+# backend moved into TensorRT-LLM's triton_backend/; the same names are in TensorRT-LLM's template).
+BACKEND_PARAMETERS = {
+    "batch_scheduler_policy", "cancellation_check_period_ms", "cross_kv_cache_fraction", "cuda_graph_cache_size",
+    "cuda_graph_mode", "decoding_mode", "eagle_choices", "enable_chunked_context", "enable_kv_cache_reuse",
+    "enable_trt_overlap", "encoder_model_path", "exclude_input_in_output", "executor_worker_path", "gpt_model_path",
+    "gpt_model_type", "gpu_device_ids", "gpu_weights_percent", "guided_decoding_backend", "iter_stats_max_iterations",
+    "kv_cache_free_gpu_mem_fraction", "kv_cache_host_memory_bytes", "kv_cache_onboard_blocks",
+    "lookahead_ngram_size", "lookahead_verification_set_size", "lookahead_window_size", "max_beam_width",
+    "max_tokens_in_paged_kv_cache", "medusa_choices", "multi_block_mode", "normalize_log_probs", "num_nodes",
+    "participant_ids", "recv_poll_period_ms", "request_stats_max_iterations", "sink_token_length",
+    "speculative_decoding_fast_logits", "stats_check_period_ms", "tokenizer_dir", "worker_path",
+    "xgrammar_tokenizer_info_path", "max_attention_window_size", "lora_cache_gpu_memory_fraction",
+    "lora_cache_host_memory_bytes", "lora_cache_max_adapter_size", "lora_cache_optimal_adapter_size",
+    "lora_prefetch_dir", "max_queue_size"}
 
 
 def test_protobuf_parser_is_available():
@@ -239,7 +279,7 @@ def test_container_scripts_are_well_formed():
     src = REPO / "model_engine"
     run(["bash", "-n", src / "build_engine.sh"])
     assert (src / "build_engine.sh").stat().st_mode & 0o111
-    for path in [*src.glob("*.py"), *src.glob("triton/*/1/model.py"), src / "triton/tensorrt_llm/model_pytorch.py"]:
+    for path in [*src.glob("*.py"), *src.glob("triton/*/1/model.py"), *src.glob("triton/llmapi/*/1/model.py")]:
         compile(path.read_text(), str(path), "exec")
     text = (src / "build_engine.sh").read_text()
     assert "convert_checkpoint.py" in text and '"$@"' in text and "fingerprint.py" in text

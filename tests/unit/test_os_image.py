@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import project
 from pipeline.errors import BadInput, VerificationFailed
@@ -29,8 +30,19 @@ def ctx_for(root: Path, profile: str | None = None, locked: bool = False):
     return project.context(root, profile, None, root / ".cache", locked)
 
 
+def with_k3s_pins(root: Path) -> Path:
+    """The repository's k3s entries (URLs) with made-up sha256: what `lock` would add online."""
+    lock = root / "mithril.lock"
+    text = lock.read_text()
+    for suffix, digest in (("/k3s\n", "a" * 64), ("/k3s-airgap-images-amd64.tar.zst\n", "b" * 64)):
+        assert suffix in text
+        text = text.replace(suffix, f"{suffix}    sha256: {digest}\n", 1)
+    lock.write_text(text)
+    return root
+
+
 def render(root: Path, profile: str | None = None) -> Path:
-    dest = root / "rendered"
+    dest = root / "rendered" / (profile or "default")
     os_image.render_config(ctx_for(root, profile), dest)
     return dest
 
@@ -63,9 +75,11 @@ def test_debug_render_and_azure(tmp_path):
 
 def test_cmdline_modes():
     prod, dbg = os_image.kernel_cmdline("production", "ab" * 32), os_image.kernel_cmdline("debug", "ab" * 32)
-    assert prod.startswith("roothash=" + "ab" * 32) and "rd.shell=0" in prod and "rd.emergency=reboot" in prod
+    assert prod.startswith("roothash=" + "ab" * 32) and "systemd.debug_shell=0" in prod
+    # dracut options do nothing in mkosi's systemd initrd: the shells are masked instead
+    assert "rd.shell" not in prod and "rd.emergency" not in prod
     assert "console=" not in prod
-    assert "console=ttyS0" in dbg and "rd.shell=0" not in dbg
+    assert "console=ttyS0" in dbg
 
 
 def test_key_changes_with_mode_and_templates(tmp_path):
@@ -118,7 +132,7 @@ def test_bad_input_unknown_os_option(tmp_path):
 def test_bad_input_k3s_without_pin(tmp_path):
     root = make_project(tmp_path, lambda t: t.replace("  k3s: false", "  k3s: true"))
     one_error_line(mb("os", "--project", root, "--cache-dir", root / ".cache"),
-                   "mithril.lock", "files.k3s", "os.k3s is true")
+                   "mithril.lock", "files.k3s", "profile demo has k3s")
     assert not (root / "out").exists()
 
 
@@ -132,16 +146,15 @@ def test_bad_input_template_syntax(tmp_path):
 
 
 def test_k3s_with_pins_renders(tmp_path):
-    lock = ("  k3s:\n    path: k3s.bin\n    sha256: " + "a" * 64 + "\n"
-            "  k3s-airgap-images:\n    url: https://example.invalid/k3s-airgap-images-amd64.tar.zst\n"
-            "    sha256: " + "b" * 64 + "\n")
-    root = make_project(tmp_path, lambda t: t.replace("  k3s: false", "  k3s: true"))
-    text = (root / "mithril.lock").read_text().replace("\nfiles:\n", "\nfiles:\n" + lock, 1)
-    (root / "mithril.lock").write_text(text)
+    root = with_k3s_pins(make_project(tmp_path, lambda t: t.replace("  k3s: false", "  k3s: true")))
     ctx = ctx_for(root)
     assert set(os_image.OsImage().key_inputs(ctx)["lock"]["files"]) == {"k3s", "k3s-airgap-images"}
     out = render(root)
     assert "10.42.0.0/16" in (out / "mkosi.extra/usr/lib/mithril/firewall/rules.v4").read_text()
+    config = yaml.safe_load((out / "mkosi.extra/usr/lib/mithril/k3s/config.yaml").read_text())
+    assert (config["cluster-cidr"], config["service-cidr"], config["cluster-dns"]) == \
+        ("10.42.0.0/16", "10.43.0.0/16", "10.43.0.10")
+    assert "--config /usr/lib/mithril/k3s/config.yaml" in (out / "mkosi.extra/usr/lib/systemd/system/k3s.service").read_text()
     tmpfiles = (out / "mkosi.extra/usr/lib/tmpfiles.d/mithril-k3s.conf").read_text()
     assert "k3s-airgap-images.tar.zst" in tmpfiles
     assert (out / "mkosi.extra/usr/lib/systemd/system/k3s.service").is_file()
@@ -153,3 +166,88 @@ def test_locked_without_package_pins_fails_before_building(tmp_path):
     one_error_line(mb("os", "--project", root, "--cache-dir", root / ".cache", "--locked"),
                    "mithril.lock", "debs.os: not pinned (--locked)")
     assert not (root / "out").exists()
+
+
+# ---- firewall, fail-closed network, hardening, NVIDIA: the rendered files
+
+def rules(out: Path, family="v4") -> list[str]:
+    return [line for line in (out / f"mkosi.extra/usr/lib/mithril/firewall/rules.{family}").read_text().splitlines()
+            if line.startswith("-A")]
+
+
+def iptables_accepts(path: Path, tool="iptables-restore"):
+    """The reference parser: iptables-restore --test (in a network namespace of its own)."""
+    from pipeline.run import run
+    from tests.conftest import need
+
+    need(tool, "unshare")
+    run(["unshare", "-n", tool, "--test", path])
+
+
+def test_firewall_qemu_demo_is_the_seed_default_deny(tmp_path):
+    out = render(make_project(tmp_path))
+    v4 = rules(out)
+    assert not any("--dport 53" in r for r in v4), "no DNS at all under QEMU"
+    assert not any(r.startswith("-A FORWARD") for r in v4) and "*mangle" not in (
+        out / "mkosi.extra/usr/lib/mithril/firewall/rules.v4").read_text()
+    assert [r for r in v4 if r.startswith("-A INPUT -p tcp")] == [
+        "-A INPUT -p tcp --dport 443 -m conntrack --ctstate NEW -j ACCEPT"]
+    assert not any("--dport 53" in r for r in rules(out, "v6"))
+    for family, tool in (("v4", "iptables-restore"), ("v6", "ip6tables-restore")):
+        iptables_accepts(out / f"mkosi.extra/usr/lib/mithril/firewall/rules.{family}", tool)
+
+
+@pytest.mark.parametrize("profile", ["llama", "llama-a100"])
+def test_firewall_azure_k3s_limits_dns_imds_and_pods(tmp_path, profile):
+    out = render(with_k3s_pins(make_project(tmp_path)), profile)
+    text = (out / "mkosi.extra/usr/lib/mithril/firewall/rules.v4").read_text()
+    v4 = rules(out)
+    dns = [r for r in v4 if "--dport 53" in r and ("OUTPUT" in r or "168.63" in r)]
+    assert dns and all("-d 168.63.129.16/32" in r for r in dns), "DNS only to Azure's resolver"
+    assert "-A OUTPUT -d 169.254.169.254/32 -p tcp --dport 80 -j ACCEPT" in v4
+    # no blanket accept of the pod range anywhere: every FORWARD/pod rule names ports or state
+    for r in v4:
+        if r.startswith(("-A FORWARD", "-A MITHRIL-PODS")) and not r.endswith(("-j DROP", "-j MITHRIL-PODS")):
+            assert "--dport" in r or "--dports" in r or "ESTABLISHED" in r, r
+    assert not any(r.startswith("-A INPUT -s 10.42.0.0/16") and "--dport" not in r for r in v4)
+    # mangle FORWARD runs before the filter rules k3s, flannel and kube-router add, and ends in DROP
+    mangle = text[text.index("*mangle"):text.index("COMMIT")]
+    assert "-A FORWARD -j MITHRIL-PODS" in mangle and mangle.rstrip().endswith("-A MITHRIL-PODS -j DROP")
+    assert "--dports 8000,8400,53" in mangle
+    iptables_accepts(out / "mkosi.extra/usr/lib/mithril/firewall/rules.v4")
+
+
+def test_network_cannot_come_up_without_the_firewall(tmp_path):
+    out = render(make_project(tmp_path))
+    import configparser
+
+    dropin = configparser.ConfigParser()
+    dropin.read(out / "mkosi.extra/usr/lib/systemd/system/systemd-networkd.service.d/10-mithril-firewall.conf")
+    assert dropin["Unit"]["Requires"] == "mithril-firewall.service" == dropin["Unit"]["After"]
+
+
+def test_shells_masked_in_initrd_and_root_in_production(tmp_path):
+    root = make_project(tmp_path)
+    prod, dbg = render(root), render(root, "demo-debug")
+    initrd = (prod / "initrd/mkosi.finalize").read_text()
+    for unit in ("emergency.service", "emergency.target", "rescue.service", "rescue.target", "debug-shell.service"):
+        assert unit in initrd and unit in (prod / "mkosi.finalize").read_text()
+    assert "emergency.target" not in (dbg / "initrd/mkosi.finalize").read_text()
+    assert (prod / "initrd/mkosi.finalize").stat().st_mode & 0o100
+    assert "FinalizeScripts=mkosi.finalize" in (prod / "initrd/mkosi.conf").read_text()
+
+
+def test_nvidia_profile_renders_the_driver_and_its_setup(tmp_path):
+    from pipeline import gpu
+
+    out = render(with_k3s_pins(make_project(tmp_path)), "llama")
+    conf = (out / "mkosi.conf").read_text()
+    assert all(p in conf for p in gpu.PACKAGES) and "Repositories=main,contrib,non-free,non-free-firmware" in conf
+    assert "nvidia-container-toolkit" not in conf and "nvidia-driver\n" not in conf
+    fin = (out / "mkosi.finalize").read_text()
+    assert gpu.LIB_DIR in fin and all(lib in fin for lib in gpu.LIBS)
+    extra = out / "mkosi.extra/usr/lib"
+    assert "Requires=mithril-nvidia.service" in (extra / "systemd/system/k3s.service.d/10-nvidia.conf").read_text()
+    setup = (extra / "mithril/nvidia-setup").read_text()
+    assert "mknod" in setup and "WITHOUT GPU attestation" in setup
+    assert not (render(make_project(tmp_path / "demo")) / "mkosi.extra/usr/lib/mithril/nvidia-setup").exists()
