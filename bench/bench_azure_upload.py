@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import azure_upload as up
-from pipeline import azure_vhd as vhd
+from pipeline.platforms.azure import upload as up
+from pipeline.platforms.azure import vhd
 from tests.azurite import azurite, page_blob_sas
 
 MiB = 1 << 20

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import boot
+from pipeline.platforms.qemu import boot
 from pipeline.errors import ToolFailed
 
 

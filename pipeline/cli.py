@@ -452,7 +452,7 @@ def boot_(ctx, platform, timeout, accel, as_json):
     prints with measurements.json. The serial log is kept as out/<profile>/boot-serial.log.
 
     Exit 0 when every enforced PCR matches, 1 otherwise, 3 when the boot itself failed."""
-    from .boot import boot
+    from .platforms.qemu.boot import boot
     from mithril_client.measurements import format_table
 
     out = ctx.out_dir
@@ -485,7 +485,7 @@ def run_(ctx, port, timeout, accel, as_json):
     .mithril/run/<profile>.json, where `mithril-build connect` run in this project finds it.
     Prints https://127.0.0.1:PORT once the attestation endpoint answers."""
     from .attest import evidence_endpoint_answers, port_free, write_run_record
-    from .boot import running
+    from .platforms.qemu.boot import running
     from .errors import BadInput
 
     if not port_free(port):
@@ -539,7 +539,7 @@ def record_platform(ctx, platform_name, from_serial, from_quote, pcrs, signature
     Without --from-serial/--from-quote, boots out/<profile>'s disks under QEMU + OVMF + swtpm
     (platform qemu only). Values already listed are not repeated; policies are left as they are."""
     from . import record_platform as rp
-    from .boot import read_serial_log
+    from .platforms.qemu.boot import read_serial_log
     from .errors import BadInput
 
     if from_serial and from_quote:
@@ -714,9 +714,9 @@ def azure_group():
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def azure_vhd(disk, output, source_date_epoch, as_json):
     """Write DISK as a fixed VHD (padded to 1 MiB, reproducible footer) for other upload tools."""
-    from .azure_vhd import check_paths, check_timestamp, write_vhd
     from .errors import BadInput
     from .lock import sha256_file
+    from .platforms.azure.vhd import check_paths, check_timestamp, write_vhd
 
     check_paths(disk, output)
     if source_date_epoch is None:
@@ -744,7 +744,7 @@ def azure_deploy(ctx, dry_run, workers, as_json):
     """Upload out/<profile>/ disks as managed disks and start the VM; writes deployment.json.
 
     Re-running is idempotent: uploaded disks are reused, an interrupted upload resumes."""
-    from .stages import azure
+    from .platforms.azure import deploy as azure
 
     t = azure.load_target(ctx.config, ctx.profile_name, ctx.out_dir)
     if dry_run:
@@ -768,7 +768,7 @@ def azure_deploy(ctx, dry_run, workers, as_json):
 @project_options
 def azure_destroy(ctx, dry_run, as_json):
     """Delete the VM, network, public IP and disks of the profile's deployment (not the resource group)."""
-    from .stages import azure
+    from .platforms.azure import deploy as azure
 
     if dry_run:
         _, names = azure.destroy_names(ctx.config, ctx.profile_name, ctx.out_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,10 +18,11 @@ from pydantic import (
     model_validator,
 )
 
+from . import platforms
 from .errors import BadInput
 
 CONFIG_FILE = "mithril.yaml"
-Platform = Literal["qemu", "azure-trusted-launch", "azure-cvm"]
+PlatformName = Literal[platforms.names()]  # one per folder of pipeline/platforms/
 
 
 class Strict(BaseModel):
@@ -139,14 +139,6 @@ def _partial(model: type[BaseModel]) -> type[BaseModel]:
 OsOverride = _partial(OsConfig)
 AzureOverride = _partial(AzureConfig)
 
-# What Azure documents for the sizes we name (learn.microsoft.com, VM size series pages): SEV-SNP
-# confidential families, and the GPUs per size of the GPU families used here.
-CONFIDENTIAL_SIZE = re.compile(r"^Standard_(DC|EC)\d+a\w*_v[56]$|^Standard_NCC\d+ads_H100_v5$")
-GPU_SIZE = re.compile(r"^Standard_N[CDV]")
-GPUS = {"Standard_NC24ads_A100_v4": 1, "Standard_NC48ads_A100_v4": 2, "Standard_NC96ads_A100_v4": 4,
-        "Standard_NCC40ads_H100_v5": 1}
-SECURITY_TYPE = {"azure-cvm": "ConfidentialVM", "azure-trusted-launch": "TrustedLaunch"}
-QEMU_USER_NET = "10.0.2.0/24"  # QEMU's user-mode network (`run`, `boot`)
 K3S_PORTS = {6443: "the k3s API server", 10250: "the kubelet", 8472: "flannel's VXLAN"}
 
 
@@ -155,7 +147,7 @@ class Profile(Strict):
     `Config.profile()` they hold the resolved settings (top level, then the profile, then what the
     app implies: app 'llm' means k3s and the NVIDIA driver)."""
 
-    platform: Platform = "qemu"
+    platform: PlatformName = "qemu"
     mode: Literal["production", "debug"] = "production"
     app: Literal["demo", "llm", "image"] = Field(
         "demo", description="demo: the static demo page; llm: Triton with a model; image: your own image (appdisk.app_image)")
@@ -238,8 +230,9 @@ def resolve(config: Config, p: Profile) -> Profile:
     if p.app == "llm":
         os_values = {**os_values, "k3s": True, "nvidia": True, **_overrides(p.os)}
     az_values = {**config.azure.model_dump(), **_overrides(p.azure)}
-    if az_values.get("security_type") is None and p.platform in SECURITY_TYPE:
-        az_values["security_type"] = SECURITY_TYPE[p.platform]
+    for field, value in platforms.get(p.platform).azure_defaults().items():
+        if az_values.get(field) is None:
+            az_values[field] = value
     return p.model_copy(update={"os": OsConfig.model_validate(os_values),
                                 "azure": AzureConfig.model_validate(az_values)})
 
@@ -248,7 +241,8 @@ def check(config: Config, name: str, p: Profile) -> None:
     """Reject combinations that cannot work, with one line naming the field (ValueError)."""
     raw = config.profiles.get(name, p)
     own_os, own_az = _overrides(raw.os), _overrides(raw.azure)
-    osc, az = p.os, p.azure
+    osc = p.os
+    platform = platforms.get(p.platform)
 
     def at(section: str, field: str) -> str:
         own = own_os if section == "os" else own_az
@@ -261,15 +255,8 @@ def check(config: Config, name: str, p: Profile) -> None:
     if osc.nvidia and not osc.k3s:
         raise ValueError(f"{at('os', 'nvidia')}: the GPU reaches the app only as a k3s pod (docs/gpu.md); "
                          "set os.k3s: true")
-    # address ranges: pod, service, VNet (Azure) or QEMU's user network never overlap
-    ranges = []
-    if p.platform.startswith("azure"):
-        vnet, subnet = ipaddress.IPv4Network(az.vnet_prefix), ipaddress.IPv4Network(az.subnet_prefix)
-        if not subnet.subnet_of(vnet):
-            raise ValueError(f"{at('azure', 'subnet_prefix')}: {subnet} is not inside vnet_prefix {vnet}")
-        ranges.append((at("azure", "vnet_prefix"), az.vnet_prefix))
-    elif p.platform == "qemu":
-        ranges.append(("QEMU's user network", QEMU_USER_NET))
+    # address ranges: pod, service and the platform's network (VNet, QEMU's user network) never overlap
+    ranges = platform.networks(config, p, at)
     if osc.k3s:
         ranges += [(at("os", "cluster_cidr"), osc.cluster_cidr), (at("os", "service_cidr"), osc.service_cidr)]
     for i, (field, net) in enumerate(ranges):
@@ -285,29 +272,7 @@ def check(config: Config, name: str, p: Profile) -> None:
         if osc.k3s and port in K3S_PORTS:
             raise ValueError(f"{field}: {port} is the port of {K3S_PORTS[port]}")
         seen[port] = field
-    if p.platform.startswith("azure"):
-        want = SECURITY_TYPE[p.platform]
-        if az.security_type != want:
-            raise ValueError(f"{at('azure', 'security_type')}: {az.security_type}, but platform {p.platform} "
-                             f"is {want}; leave it out (it follows the platform)")
-        if az.secure_boot:
-            raise ValueError(f"{at('azure', 'secure_boot')}: the UKI is not signed, so Secure Boot would refuse "
-                             "it; keep false")
-        if not az.vtpm:
-            raise ValueError(f"{at('azure', 'vtpm')}: without the vTPM there is nothing to attest; keep true")
-        confidential = bool(CONFIDENTIAL_SIZE.match(az.vm_size))
-        if want == "ConfidentialVM" and not confidential:
-            raise ValueError(f"{at('azure', 'vm_size')}: {az.vm_size} is not a confidential (SEV-SNP) size; "
-                             "platform azure-cvm needs DCasv5/ECasv5 or NCCadsH100v5")
-        if want == "TrustedLaunch" and confidential:
-            raise ValueError(f"{at('azure', 'vm_size')}: {az.vm_size} is a confidential VM size; use platform "
-                             "azure-cvm")
-        if osc.nvidia and not GPU_SIZE.match(az.vm_size):
-            raise ValueError(f"{at('azure', 'vm_size')}: {az.vm_size} has no GPU, but the profile needs one "
-                             "(os.nvidia)")
-        if p.model and az.vm_size in GPUS and config.models[p.model].tensor_parallel > GPUS[az.vm_size]:
-            raise ValueError(f"models.{p.model}.tensor_parallel: {config.models[p.model].tensor_parallel}, but "
-                             f"{az.vm_size} has {GPUS[az.vm_size]} GPU(s)")
+    platform.check(config, p, at)
 
 
 def _error_line(path: Path, err: ValidationError) -> str:

@@ -9,7 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
-from . import log
+from . import log, platforms
 from .cache import RECORDS
 from .graph import Context, Orchestrator
 
@@ -47,13 +47,10 @@ def plan(ctx: Context, targets: list[str] | None) -> list[dict]:
 
 
 def settings(ctx: Context) -> dict:
-    """The profile as the build sees it: resolved os and azure sections (azure only for Azure)."""
+    """The profile as the build sees it: the resolved os section, then the platform's (azure)."""
     p = ctx.profile
-    out = {"platform": p.platform, "mode": p.mode, "app": p.app, "model": p.model,
-           "os": p.os.model_dump(mode="json")}
-    if p.platform.startswith("azure"):
-        out["azure"] = p.azure.model_dump(mode="json", exclude={"subscription_id", "tags"})
-    return out
+    return {"platform": p.platform, "mode": p.mode, "app": p.app, "model": p.model,
+            "os": p.os.model_dump(mode="json"), **platforms.get(p.platform).settings(p)}
 
 
 def status(ctx: Context) -> dict:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from . import run as runner
 from .attest import pcrs_from_quote, read_file
-from .boot import boot_disks
 from .errors import BadInput, ToolFailed, VerificationFailed
 from .measure import platform as plat
+from .platforms.qemu.boot import boot_disks
 from mithril_client.tpm2 import load_ak, parse_quote, parse_signature, signature_valid
 
 

@@ -19,7 +19,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import log, templates
+from .. import log, platforms, templates
 from ..errors import BadInput, ToolFailed, VerificationFailed
 from ..graph import Context, Stage, StageResult, tool_version, tree_digests
 from ..lock import LOCK_FILE, DebPin, sha256_file
@@ -39,9 +39,6 @@ MIB = 1 << 20
 
 # ---------------------------------------------------------------- templates
 
-AZURE_DNS, IMDS = "168.63.129.16", "169.254.169.254"  # Azure's resolver (wire server) and metadata service
-
-
 def template_vars(ctx: Context) -> dict:
     import ipaddress
 
@@ -53,8 +50,7 @@ def template_vars(ctx: Context) -> dict:
     return {
         "os": osc.model_dump(mode="json"),
         "mode": ctx.profile.mode,
-        "platform": ctx.profile.platform,
-        "azure": ctx.profile.platform.startswith("azure"),
+        **platforms.get(ctx.profile.platform).template_vars(),  # the firewall's platform rules
         "sde": ctx.source_date_epoch,
         "k3s": osc.k3s,
         "ingress_port": app.ingress_port,
@@ -63,8 +59,6 @@ def template_vars(ctx: Context) -> dict:
         "cluster_cidr": osc.cluster_cidr,
         "service_cidr": osc.service_cidr,
         "cluster_dns": str(ipaddress.IPv4Network(osc.service_cidr)[10]),  # k3s's convention: .10
-        "azure_dns": AZURE_DNS,
-        "imds": IMDS,
         "components": components,
         "nvidia_packages": list(gpu.PACKAGES),
         "nvidia_lib_dir": gpu.LIB_DIR,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import azure_upload as up
-from pipeline import azure_vhd as vhd
+from pipeline.platforms.azure import upload as up
+from pipeline.platforms.azure import vhd
 from tests.azurite import azurite, page_blob_sas
 
 MiB = vhd.MiB

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.boot import OVMF_CODE, OVMF_VARS
+from pipeline.platforms.qemu.boot import OVMF_CODE, OVMF_VARS
 from pipeline.measure.gpt import read_table
 from tests.conftest import mb, need
 

@@ -17,10 +17,10 @@ responses = pytest.importorskip("responses")
 
 from azure.core.credentials import AccessToken
 
-from pipeline import azure_upload
 from pipeline.config import Config
 from pipeline.errors import BadInput, ToolFailed
-from pipeline.stages import azure
+from pipeline.platforms.azure import deploy as azure
+from pipeline.platforms.azure import upload as azure_upload
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "azure"
 SUB = "00000000-1111-2222-3333-444444444444"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import azure_upload as up
+from pipeline.platforms.azure import upload as up
 from pipeline.errors import ToolFailed
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline import azure_vhd as vhd
+from pipeline.platforms.azure import vhd
 from pipeline.errors import BadInput
 from pipeline.run import run
 from tests.conftest import need

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import pytest
 
-from pipeline import boot as bootmod
+from pipeline.platforms.qemu import boot as bootmod
 from pipeline.errors import BadInput, ToolFailed
 from mithril_client.measurements import format_table, parse_measurements
 from pipeline.run import Background

@@ -40,7 +40,7 @@ def test_internal_error_is_exit_70_one_line_and_a_redacted_traceback_under_the_c
 
 
 def test_internal_error_without_a_project_goes_to_a_temp_folder(tmp_path, monkeypatch):
-    from pipeline import azure_vhd
+    from pipeline.platforms.azure import vhd as azure_vhd
 
     monkeypatch.setattr(azure_vhd, "check_paths", lambda *a: 1 / 0)
     res = cli("azure", "vhd", tmp_path / "d.raw", "-o", tmp_path / "d.vhd", "--source-date-epoch", "1704067200")

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.archive import Entry
-from pipeline.azure_vhd import VHD_EPOCH
+from pipeline.platforms.azure.vhd import VHD_EPOCH
 from pipeline.measure import verity
 from pipeline.oci import image_archive
 from pipeline.run import run

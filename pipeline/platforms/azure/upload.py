@@ -16,9 +16,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import log
-from .azure_vhd import FOOTER_SIZE, data_extents
-from .errors import ToolFailed
+from ... import log
+from ...errors import ToolFailed
+from .vhd import FOOTER_SIZE, data_extents
 
 PAGE = 512
 MAX_PAGE = 4 << 20  # Azure's limit for one Put Page; Azurite does not enforce it, so we do
@@ -211,7 +211,7 @@ def blob_client(sas_url: str):
     """A BlobClient for an upload SAS URL; the SDK's own retries are off (ours apply)."""
     from azure.storage.blob import BlobClient
 
-    from .run import add_secret
+    from ...run import add_secret
 
     add_secret(sas_url)
     add_secret(sas_url.partition("?")[2])

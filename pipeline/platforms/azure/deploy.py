@@ -14,11 +14,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import log
-from ..azure_vhd import FOOTER_SIZE, MIN_DATA_SIZE, disk_footer
-from ..config import CONFIG_FILE, Config, Profile
-from ..errors import BadInput, ToolFailed
-from ..lock import atomic_write, sha256_file
+from ... import log, platforms
+from ...config import CONFIG_FILE, Config, Profile
+from ...errors import BadInput, ToolFailed
+from ...lock import atomic_write, sha256_file
+from . import AzurePlatform
+from .vhd import FOOTER_SIZE, MIN_DATA_SIZE, disk_footer
 
 DISKS = {"os": "os_disk.raw", "app": "application_disk.raw"}
 MEASUREMENTS = "measurements.json"
@@ -78,7 +79,7 @@ class Target:
 def azure_profile(config: Config, profile: str) -> Profile:
     """The resolved profile; bad input unless it targets Azure."""
     _, settings = config.profile(profile)
-    if not settings.platform.startswith("azure"):
+    if not isinstance(platforms.get(settings.platform), AzurePlatform):
         raise BadInput(CONFIG_FILE, f"profiles.{profile}.platform is {settings.platform}: `azure` commands need "
                        "platform azure-cvm or azure-trusted-launch", "choose an Azure profile with --profile")
     return settings
@@ -268,7 +269,7 @@ def _disk_state(disk) -> str | None:
 
 
 def _ensure_disk(t: Target, c: Clients, disk: Disk, upload, workers: int) -> dict:
-    from ..run import add_secret
+    from ...run import add_secret
 
     rg, name = t.az.resource_group, t.names[f"{disk.role}_disk"]
     with _azure(f"reading disk {name}"):
@@ -307,7 +308,7 @@ def _ensure_disk(t: Target, c: Clients, disk: Disk, upload, workers: int) -> dic
 
 def deploy(t: Target, credential=None, upload=None, workers: int = 4, **client_kwargs) -> dict:
     """Upload both disks, create the network and the VM, write deployment.json; return it."""
-    from ..azure_upload import upload_disk
+    from .upload import upload_disk
 
     c = clients(t, credential, **client_kwargs)
     upload = upload or upload_disk

@@ -28,11 +28,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import log
-from .errors import BadInput, ToolFailed
 from mithril_client.measurements import Measurements, Row, compare_pcrs, load_measurements
-from .run import Background
-from .swtpm import Swtpm, manufacture
+
+from ... import log
+from ...errors import BadInput, ToolFailed
+from ...run import Background
+from ...swtpm import Swtpm, manufacture
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")

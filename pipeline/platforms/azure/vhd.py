@@ -10,7 +10,7 @@ import os
 import struct
 from pathlib import Path
 
-from .errors import BadInput
+from ...errors import BadInput
 
 MiB = 1 << 20
 FOOTER_SIZE = 512

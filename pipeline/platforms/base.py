@@ -1,0 +1,33 @@
+"""What every platform package (pipeline/platforms/<name>/) provides, as its PLATFORM."""
+
+from __future__ import annotations
+
+
+class Platform:
+    """What the build, the checks of mithril.yaml and the deploy commands need to know about a
+    platform. The defaults fit a platform with no cloud around it."""
+
+    azure = False  # the image talks to Azure's resolver and metadata service (firewall rules)
+
+    def __init__(self, module: str):
+        self.name = module.rpartition(".")[2].replace("_", "-")
+
+    def template_vars(self) -> dict:
+        """What the OS image's templates (mkosi/, the firewall rules) know of the platform."""
+        return {"platform": self.name, "azure": self.azure}
+
+    def azure_defaults(self) -> dict:
+        """Values of the `azure` section that follow from the platform when a profile leaves them out."""
+        return {}
+
+    def networks(self, config, profile, at) -> list[tuple[str, str]]:
+        """(what, IPv4 network) of the address ranges the platform's network takes: the k3s ranges
+        must not overlap them. `at(section, field)` names a field in errors (ValueError)."""
+        return []
+
+    def check(self, config, profile, at) -> None:
+        """Reject settings the platform cannot run, with one line naming the field (ValueError)."""
+
+    def settings(self, profile) -> dict:
+        """The platform's resolved sections of the profile, as `plan` and `render` show them."""
+        return {}

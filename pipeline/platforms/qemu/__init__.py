@@ -1,0 +1,15 @@
+"""QEMU q35 with OVMF and swtpm on this machine: `boot` (the PCR check) and `run` (boot.py)."""
+
+from __future__ import annotations
+
+from ..base import Platform
+
+USER_NET = "10.0.2.0/24"  # QEMU's user-mode network (`run`, `boot`)
+
+
+class Qemu(Platform):
+    def networks(self, config, profile, at) -> list[tuple[str, str]]:
+        return [("QEMU's user network", USER_NET)]
+
+
+PLATFORM = Qemu(__name__)
