@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.platforms.qemu.boot import OVMF_CODE, OVMF_VARS
 from pipeline.measure.gpt import read_table
+from pipeline.platforms.qemu.boot import OVMF_CODE, OVMF_VARS
 from tests.conftest import mb, need
 
 pytestmark = pytest.mark.slow
