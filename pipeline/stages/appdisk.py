@@ -204,7 +204,7 @@ def write_rendered(src: Path, tree: Path, values: dict) -> None:
 
 
 def _env(src: Path):
-    return templates.environment(src)
+    return templates.environment(src, SOURCE)
 
 
 def render_manifests(env, src: Path, values: dict) -> dict[str, str]:

@@ -76,7 +76,7 @@ def template_vars(ctx: Context) -> dict:
 
 
 def _env(folder: Path):
-    return templates.environment(folder, trim_blocks=True, lstrip_blocks=True)
+    return templates.environment(folder, SOURCE)
 
 
 def render_tree(src: Path, variables: dict, dest: Path | None, skip: tuple[str, ...] = (),
