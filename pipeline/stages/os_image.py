@@ -1,10 +1,9 @@
 """The OS image: Mithril OS built with mkosi from the templates in `mkosi/`, byte-for-byte reproducibly.
 
-mkosi 24.3 builds a directory tree, kernel and initrd (all reproducible). systemd-repart 254 would
-draw a random verity salt, so this stage makes the rest itself: the squashfs root (mksquashfs with
-SOURCE_DATE_EPOCH), the dm-verity tree (salt and UUID from the seed, `measure/verity.py`), the UKI
-(ukify with the image's own systemd-stub, `roothash=` on the command line) and the GPT disk
-(systemd-repart `CopyBlocks=`, partition UUIDs = the roothash halves, an ESP holding only the UKI).
+mkosi 24.3 builds a directory tree, kernel and initrd (all reproducible). This stage makes the
+rest: the squashfs root and its dm-verity tree (`verity_disk.py`), the UKI (ukify with the image's
+own systemd-stub, `roothash=` on the command line) and the GPT disk (`verity_disk.py`, plus an ESP
+holding only the UKI).
 """
 
 from __future__ import annotations
@@ -19,16 +18,16 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import log, templates
+from .. import log, templates, verity_disk
 from ..errors import BadInput, ToolFailed, VerificationFailed
 from ..graph import Context, Stage, StageResult, tool_version
 from ..lock import LOCK_FILE, DebPin, sha256_file
-from ..measure import gpt, pe, verity
+from ..measure import gpt, pe
 from ..run import SYSTEM_PATH, run
 
 SOURCE = "mkosi"
 DISK, UKI, PACKAGES, RECORD = "os_disk.raw", "uki.efi", "packages.json", "os.json"
-BLOCK = 4096
+LABELS = ("root", "root-verity")  # data and hash partitions (mkosi/repart.d)
 UKIFY = "/usr/lib/systemd/ukify"
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 OS_DEBS = "os"  # mithril.lock `debs.os`: every .deb mkosi may install (image and initrd)
@@ -251,7 +250,7 @@ class OsImage(Stage):
     name = "os"
     version = 3
     deps = ()
-    code = ("measure/verity.py", "measure/gpt.py", "measure/pe.py")
+    code = ("verity_disk.py", "measure/verity.py", "measure/gpt.py", "measure/pe.py")
 
     def key_inputs(self, ctx: Context) -> dict:
         pins = os_pins(ctx)
@@ -342,26 +341,11 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
             for child in (tree / d).iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
-    squash = work / "root.squashfs"
     with log.step("Making the squashfs root", "Made the squashfs root"):
-        # zstd level 3: ~10x faster than level 15 here for ~8 % more bytes (bench/RESULTS.md)
-        run(["mksquashfs", tree, squash, "-noappend", "-comp", "zstd", "-Xcompression-level", "3",
-             "-processors", str(os.cpu_count() or 1), "-no-progress", "-quiet"], extra_env=env)
-    size = squash.stat().st_size
-    if size % BLOCK:  # mksquashfs pads to 4 KiB, so this only guards the assumption
-        with open(squash, "ab") as f:
-            f.write(bytes(BLOCK - size % BLOCK))
-        size = squash.stat().st_size
-
+        squash = verity_disk.squashfs(tree, work / "root.squashfs", (), env)
     with log.step("Computing dm-verity for the root", "Computed dm-verity"):
-        salt, vuuid = verity.salt_and_uuid(ctx.seed)
-        params = verity.Params(size // BLOCK, salt, vuuid, BLOCK, BLOCK)
-        bar = log.progress(size, "verity")
-        with open(squash, "rb") as f:
-            root, image = verity.build_tree(f, 0, params, progress=bar.update)
-        bar.close()
-        (work / "root.verity").write_bytes(image)
-    roothash = root.hex()
+        vimages = verity_disk.hash_tree(squash, work / "root.verity", ctx.seed)  # repart.d names both files
+    roothash = vimages.roothash.hex()
 
     cmdline = kernel_cmdline(ctx.profile.mode, roothash)
     uki = out / UKI
@@ -383,18 +367,16 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
         for p in (esp / "EFI/BOOT/BOOTX64.EFI", esp / "EFI/BOOT", esp / "EFI", esp):
             os.utime(p, (ctx.source_date_epoch, ctx.source_date_epoch))
         esp_size = -(-(uki.stat().st_size * 11 // 10 + 8 * MIB) // MIB) * MIB
-        defs = work / "repart.d"
-        variables = {"esp_size": esp_size, "root_uuid": str(uuid.UUID(roothash[:32])),
-                     "verity_uuid": str(uuid.UUID(roothash[32:]))}
-        render_tree(ctx.root / SOURCE / "repart.d", variables, defs, label=f"{SOURCE}/repart.d")
+        root_uuid, verity_uuid = vimages.uuids
+        variables = {"esp_size": esp_size, "root_uuid": str(root_uuid), "verity_uuid": str(verity_uuid)}
         disk = out / DISK
-        run(["systemd-repart", "--offline=yes", "--empty=create", "--size=auto", "--dry-run=no",
-             f"--seed={ctx.seed}", f"--definitions={defs}", f"--root={work}", "--no-pager", disk],
-            # mkfs.vfat stamps the volume label entry with the wall clock unless --invariant
-            extra_env={**env, "SYSTEMD_REPART_MKFS_OPTIONS_VFAT": "--invariant"})
-    table = gpt.read_table(disk)
-    parts = check_disk(disk, table, squash, work / "root.verity", roothash)
+        verity_disk.assemble(disk, ctx.root / SOURCE, variables, work / "repart.d", ctx.seed,
+                             # mkfs.vfat stamps the volume label entry with the wall clock unless --invariant
+                             {**env, "SYSTEMD_REPART_MKFS_OPTIONS_VFAT": "--invariant"}, [f"--root={work}"])
+    table = verity_disk.check(disk, vimages, LABELS, SOURCE)
+    parts = partition_records(disk, table)
 
+    params = vimages.params
     record = {
         "roothash": roothash,
         "cmdline": cmdline,
@@ -406,8 +388,8 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
                 "sections": {s.name: uki_pe.section_sha256(s.name).hex() for s in uki_pe.sections}},
         "disk": {"sha256": sha256_file(disk), "size": disk.stat().st_size,
                  "disk_uuid": str(table.disk_uuid), "partitions": parts},
-        "verity": {"data_blocks": params.data_blocks, "block_size": BLOCK, "salt": salt.hex(),
-                   "uuid": str(uuid.UUID(bytes=vuuid))},
+        "verity": {"data_blocks": params.data_blocks, "block_size": params.data_block_size,
+                   "salt": params.salt.hex(), "uuid": str(uuid.UUID(bytes=params.uuid))},
         "packages": {"file": PACKAGES, "count": len(packages), "sha256": sha256_file(out / PACKAGES)},
     }
     (out / RECORD).write_bytes(json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
@@ -415,37 +397,13 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
             "packages_sha256": record["packages"]["sha256"]}
 
 
-def check_disk(disk: Path, table: gpt.Table, squash: Path, hashimg: Path, roothash: str) -> list[dict]:
-    """The disk holds ESP, root, root-verity with the expected UUIDs and bytes; return the table."""
+def partition_records(disk: Path, table: gpt.Table) -> list[dict]:
+    """The disk's partitions for the record; it must hold ESP, root and root-verity, nothing else."""
     labels = sorted(p.label for p in table.partitions)
-    if labels != ["esp", "root", "root-verity"]:
+    if labels != ["esp", *LABELS]:
         raise VerificationFailed(f"{DISK}: unexpected partitions {labels}")
-    parts = []
-    with open(disk, "rb") as f:
-        for p in table.partitions:
-            f.seek(p.offset)
-            h = hashlib.sha256()
-            remaining = p.size
-            while remaining:
-                chunk = f.read(min(remaining, 4 * MIB))
-                h.update(chunk)
-                remaining -= len(chunk)
-            parts.append({"number": p.number, "label": p.label, "type": str(p.type_uuid), "uuid": str(p.uuid),
-                          "offset": p.offset, "size": p.size, "sha256": h.hexdigest()})
-    by_label = {p.label: p for p in table.partitions}
-    for label, src, want_uuid in (("root", squash, roothash[:32]), ("root-verity", hashimg, roothash[32:])):
-        p = by_label.get(label)
-        if p is None or p.uuid.hex != want_uuid:
-            raise VerificationFailed(f"{DISK}: partition {label!r} missing or its UUID is not the roothash half")
-        with open(disk, "rb") as f:
-            f.seek(p.offset)
-            if hashlib.sha256(f.read(src.stat().st_size)).digest() != _sha(src):
-                raise VerificationFailed(f"{DISK}: partition {label!r} does not hold the expected blocks")
-    return parts
-
-
-def _sha(path: Path) -> bytes:
-    return bytes.fromhex(sha256_file(path))
+    return [{"number": p.number, "label": p.label, "type": str(p.type_uuid), "uuid": str(p.uuid),
+             "offset": p.offset, "size": p.size, "sha256": gpt.partition_sha256(disk, p)} for p in table.partitions]
 
 
 def _install_k3s(ctx: Context, cfg: Path) -> None:
