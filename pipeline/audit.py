@@ -116,8 +116,8 @@ def compare_manifests(a: list[dict], b: list[dict]) -> list[dict]:
 
 
 def os_differences(a: Path, b: Path) -> list[str]:
-    """What differs inside two OS disks / UKIs (the OS stage's helpers: GPT, ESP, squashfs root)."""
-    from .stages.os_image import diff_disks, diff_ukis
+    """What differs inside two OS disks / UKIs (GPT, ESP, squashfs root, UKI sections)."""
+    from .diff import diff_disks, diff_ukis
 
     lines = []
     if (a / "os_disk.raw").is_file() and (b / "os_disk.raw").is_file():

@@ -15,11 +15,17 @@ import jinja2.sandbox
 from .errors import BadInput
 
 
-def environment(folder: Path, **options) -> jinja2.Environment:
-    """Templates under `folder` (includes and imports resolve there), undefined values are errors."""
+# Whitespace control per template folder of the checkout, fixed so that a project's templates keep
+# rendering to the same bytes: mkosi/ drops the line a block tag stands on, appdisk/ keeps Jinja's default.
+WHITESPACE = {"mkosi": {"trim_blocks": True, "lstrip_blocks": True}, "appdisk": {}}
+
+
+def environment(folder: Path, source: str) -> jinja2.Environment:
+    """Templates under `folder` (includes and imports resolve there), a folder below the checkout's
+    `source` folder (a key of WHITESPACE); undefined values are errors."""
     return jinja2.sandbox.SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True, autoescape=False, **options)
+        keep_trailing_newline=True, autoescape=False, **WHITESPACE[source])
 
 
 def render(env: jinja2.Environment, name: str, values: dict, where: str) -> str:

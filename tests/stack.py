@@ -22,7 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 from cryptography import x509
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from pipeline import templates
 from pipeline.swtpm import Swtpm, manufacture
 from tests.conftest import REPO, need
 
@@ -186,10 +186,10 @@ class Stack:
         app_port = free_port()
         self._spawn([DEBIAN_PYTHON, "-c", APP, str(app_port), work / "index.html"], "app.log", app_port)
         self.port = free_port()
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "appdisk"), undefined=jinja2.StrictUndefined)
-        caddyfile = env.get_template("Caddyfile.j2").render(
-            ingress_port=self.port, tls_dir=work / "tls",
-            upstreams={"app": f"127.0.0.1:{app_port}", "attestation": f"127.0.0.1:{self.server.port}"})
+        caddyfile = templates.render(templates.environment(REPO / "appdisk", "appdisk"), "Caddyfile.j2", {
+            "ingress_port": self.port, "tls_dir": work / "tls",
+            "upstreams": {"app": f"127.0.0.1:{app_port}", "attestation": f"127.0.0.1:{self.server.port}"}},
+            "appdisk/Caddyfile.j2")
         (work / "Caddyfile").write_text(caddyfile)
         home = work / "caddy-home"
         self._spawn(["caddy", "run", "--config", work / "Caddyfile", "--adapter", "caddyfile"], "caddy.log", self.port,

@@ -85,7 +85,7 @@ class FatFs:
         return data
 
     def _parse(self, size: int | None) -> None:
-        boot = self._read(0, 512)
+        self.boot_sector = boot = self._read(0, 512)
         if boot[510:512] != b"\x55\xaa":
             raise self._bad("no FAT boot sector (missing 55 AA signature)")
         (bps, spc, reserved, nfats, root_entries, total16, _media, fat16) = struct.unpack_from("<HBHBHHBH", boot, 11)
@@ -188,7 +188,8 @@ class FatFs:
             del buf[size:]
         return buf  # a bytearray: no copy of a 70 MB UKI
 
-    def _dir_bytes(self, cluster: int) -> bytes:
+    def directory_bytes(self, cluster: int = 0) -> bytes:
+        """The raw entry table of the directory starting at `cluster` (0: the root)."""
         if cluster == 0:
             if self.root_fixed is None:
                 return self._chain_bytes(self.root_cluster, None)
@@ -197,7 +198,7 @@ class FatFs:
 
     def listdir(self, cluster: int = 0) -> list[Entry]:
         """Entries of the directory starting at `cluster` (0: the root), without '.' and '..'."""
-        raw = self._dir_bytes(cluster)
+        raw = self.directory_bytes(cluster)
         out: list[Entry] = []
         lfn: dict[int, str] = {}
         lfn_sum = None
@@ -230,22 +231,25 @@ class FatFs:
             out.append(Entry(name, bool(attr & ATTR_DIR), first, struct.unpack_from("<I", e, 28)[0]))
         return out
 
-    def walk(self) -> list[str]:
-        """Every file (not directory) as an absolute path like '/EFI/BOOT/BOOTX64.EFI', sorted."""
-        files: list[str] = []
+    def directories(self) -> dict[str, int]:
+        """{path: first cluster} of every directory, the root as "/" (cluster 0)."""
+        found: dict[str, int] = {}
 
-        def visit(cluster: int, prefix: str, depth: int) -> None:
+        def visit(cluster: int, path: str, depth: int) -> None:
             if depth > 32:
                 raise self._bad("directories nested too deep (a loop?)")
+            found[path or "/"] = cluster
             for e in self.listdir(cluster):
-                path = f"{prefix}/{e.name}"
                 if e.is_dir:
-                    visit(e.cluster, path, depth + 1)
-                else:
-                    files.append(path)
+                    visit(e.cluster, f"{path}/{e.name}", depth + 1)
 
         visit(0, "", 0)
-        return sorted(files)
+        return found
+
+    def walk(self) -> list[str]:
+        """Every file (not directory) as an absolute path like '/EFI/BOOT/BOOTX64.EFI', sorted."""
+        return sorted(f"{path.rstrip('/')}/{e.name}" for path, cluster in self.directories().items()
+                      for e in self.listdir(cluster) if not e.is_dir)
 
     def lookup(self, path: str) -> Entry | None:
         cluster, entry = 0, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import uuid
 import zlib
@@ -46,6 +47,19 @@ class Table:
 
     def by_type(self, type_uuid: uuid.UUID) -> list[Partition]:
         return [p for p in self.partitions if p.type_uuid == type_uuid]
+
+
+def partition_sha256(path: Path, p: Partition, length: int | None = None) -> str:
+    """sha256 of partition p of a disk image file, or of its first `length` bytes (streamed; a
+    truncated image hashes what is there)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(p.offset)
+        remaining = p.size if length is None else length
+        while remaining and (chunk := f.read(min(remaining, 4 << 20))):
+            h.update(chunk)
+            remaining -= len(chunk)
+    return h.hexdigest()
 
 
 def read_table(path: Path) -> Table:

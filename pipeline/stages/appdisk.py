@@ -1,9 +1,5 @@
 """The application disk: a staged tree (manifests, images, setup.d/run.d, model repository)
-turned into a squashfs + dm-verity GPT disk, byte-for-byte reproducibly.
-
-systemd-repart 254 draws a random verity salt, so the squashfs, the hash tree (salt and UUID
-derived from the seed) and the partition UUIDs (the roothash halves) are made here, and
-systemd-repart only assembles the GPT disk from those blocks (CopyBlocks=).
+turned into a squashfs + dm-verity GPT disk (`verity_disk.py`), byte-for-byte reproducibly.
 """
 
 from __future__ import annotations
@@ -18,20 +14,18 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import images, log, templates
+from .. import images, log, templates, verity_disk
 from ..archive import Entry, deb_member
 from ..errors import BadInput
 from ..lock import LOCK_FILE, DebPin, ImagePin
 from ..graph import Context, Stage, StageResult, tool_version
-from ..measure import gpt, verity
 from ..oci import image_archive
 from ..oci_read import check_archive, unpack
-from ..run import run
 
 SOURCE = "appdisk"
 DISK = "application_disk.raw"
 RECORD = "appdisk.json"
-BLOCK = 4096
+LABELS = ("app", "app-verity")  # data and hash partitions (appdisk/repart.d)
 DEMO_IMAGE = "localhost/mithril-demo"
 UNRESOLVED = "sha256:UNRESOLVED"  # `render` marks an image whose digest the lock does not pin yet
 COMPONENTS = ("app", "caddy", "attestation-server")  # ingress -> caddy -> app | attestation server
@@ -62,7 +56,8 @@ class AppDisk(Stage):
     name = "appdisk"
     version = 3
     deps = ("model",)
-    code = ("archive.py", "oci.py", "oci_read.py", "images.py", "measure/verity.py", "measure/gpt.py")
+    code = ("archive.py", "oci.py", "oci_read.py", "images.py", "verity_disk.py", "measure/verity.py",
+            "measure/gpt.py")
 
     def key_inputs(self, ctx: Context) -> dict:
         check_templates(ctx.root / SOURCE)
@@ -109,12 +104,14 @@ class AppDisk(Stage):
                 archives = stage_tree(ctx, tree, deps.get("model"))
                 files = file_manifest(tree)
             with log.step("Making the squashfs and dm-verity images", "Made squashfs and verity"):
-                data = make_squashfs(ctx, tree, work / "data.img")
-                params, root, hash_img = make_verity(ctx, data, work / "hash.img")
+                env = {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)}
+                data = verity_disk.squashfs(tree, work / "data.img", ("-all-root", "-no-xattrs"), env)
+                vimages = verity_disk.hash_tree(data, work / "hash.img", ctx.seed)
             with log.step("Assembling the GPT disk with systemd-repart", "Assembled the disk"):
-                layout = assemble(ctx, work, data, hash_img, root, out / DISK)
+                layout = assemble(ctx, work, vimages, out / DISK)
+        params = vimages.params
         record = {
-            "roothash": root.hex(),
+            "roothash": vimages.roothash.hex(),
             "disk": layout,
             "verity": {"data_block_size": params.data_block_size, "hash_block_size": params.hash_block_size,
                        "data_blocks": params.data_blocks, "salt": params.salt.hex(),
@@ -123,7 +120,7 @@ class AppDisk(Stage):
             "files": files,
         }
         (out / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        return {"roothash": root.hex()}
+        return {"roothash": vimages.roothash.hex()}
 
 
 def _render(env, rel: str, values: dict) -> str:
@@ -204,7 +201,7 @@ def write_rendered(src: Path, tree: Path, values: dict) -> None:
 
 
 def _env(src: Path):
-    return templates.environment(src)
+    return templates.environment(src, SOURCE)
 
 
 def render_manifests(env, src: Path, values: dict) -> dict[str, str]:
@@ -388,52 +385,16 @@ def file_manifest(tree: Path) -> list[dict]:
     return out
 
 
-def make_squashfs(ctx: Context, tree: Path, image: Path) -> Path:
-    """mksquashfs (reproducible with SOURCE_DATE_EPOCH), padded to whole verity blocks."""
-    run(["mksquashfs", tree, image, "-noappend", "-all-root", "-no-xattrs", "-comp", "zstd", "-Xcompression-level", "3", "-quiet",
-         "-no-progress", "-processors", str(os.cpu_count() or 1)],
-        extra_env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)})
-    size = image.stat().st_size
-    os.truncate(image, -(-size // BLOCK) * BLOCK)
-    return image
-
-
-def make_verity(ctx: Context, data: Path, out: Path) -> tuple[verity.Params, bytes, Path]:
-    salt, vuuid = verity.salt_and_uuid(ctx.seed)
-    params = verity.Params(data.stat().st_size // BLOCK, salt, vuuid, BLOCK, BLOCK)
-    with open(data, "rb") as f:
-        bar = log.progress(data.stat().st_size, "verity tree")
-        root, image = verity.build_tree(f, 0, params, bar.update)
-        bar.close()
-    out.write_bytes(image)
-    return params, root, out
-
-
-def split_roothash(root: bytes) -> tuple[uuid.UUID, uuid.UUID]:
-    """Partition UUIDs are the roothash halves (data = first 128 bits), as systemd does."""
-    return uuid.UUID(bytes=root[:16]), uuid.UUID(bytes=root[16:32])
-
-
-def assemble(ctx: Context, work: Path, data: Path, hash_img: Path, root: bytes, disk: Path) -> dict:
-    data_uuid, hash_uuid = split_roothash(root)
-    defs = work / "repart.d"
-    defs.mkdir()
-    env = _env(ctx.root / SOURCE / "repart.d")
-    values = {"data_uuid": data_uuid, "hash_uuid": hash_uuid, "data_image": data, "hash_image": hash_img,
-              "data_size": data.stat().st_size, "hash_size": -(-hash_img.stat().st_size // BLOCK) * BLOCK}
-    for tpl in sorted((ctx.root / SOURCE / "repart.d").glob("*.conf.j2")):
-        (defs / tpl.name.removesuffix(".j2")).write_text(_render(env, tpl.name, values))
-    run(["systemd-repart", "--offline=yes", f"--seed={ctx.seed}", "--empty=create", "--size=auto",
-         "--dry-run=no", "--no-pager", f"--definitions={defs}", "--json=off", disk],
-        extra_env={"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch), "SYSTEMD_LOG_LEVEL": "warning"})
-    table = gpt.read_table(disk)
-    parts = []
-    for p in table.partitions:
-        parts.append({"label": p.label, "uuid": str(p.uuid), "type": str(p.type_uuid),
-                      "offset": p.offset, "size": p.size})
-    want = {"app": str(data_uuid), "app-verity": str(hash_uuid)}
-    got = {p["label"]: p["uuid"] for p in parts}
-    if any(got.get(k) != v for k, v in want.items()):
-        raise BadInput(f"{SOURCE}/repart.d", f"the assembled disk's partitions {got} are not {want}",
-                       "keep the labels app / app-verity and the UUID= lines")
+def assemble(ctx: Context, work: Path, vimages: verity_disk.VerityImages, disk: Path) -> dict:
+    """The GPT disk from appdisk/repart.d, checked; its layout for the record."""
+    data_uuid, hash_uuid = vimages.uuids
+    values = {"data_uuid": data_uuid, "hash_uuid": hash_uuid, "data_image": vimages.data, "hash_image": vimages.hash,
+              "data_size": vimages.data.stat().st_size,
+              "hash_size": -(-vimages.hash.stat().st_size // verity_disk.BLOCK) * verity_disk.BLOCK}
+    verity_disk.assemble(disk, ctx.root / SOURCE, values, work / "repart.d", ctx.seed,
+                         {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch), "SYSTEMD_LOG_LEVEL": "warning"},
+                         ["--json=off"])
+    table = verity_disk.check(disk, vimages, LABELS, SOURCE)
+    parts = [{"label": p.label, "uuid": str(p.uuid), "type": str(p.type_uuid), "offset": p.offset, "size": p.size}
+             for p in table.partitions]
     return {"uuid": str(table.disk_uuid), "size": disk.stat().st_size, "partitions": parts}

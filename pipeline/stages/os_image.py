@@ -1,10 +1,9 @@
 """The OS image: Mithril OS built with mkosi from the templates in `mkosi/`, byte-for-byte reproducibly.
 
-mkosi 24.3 builds a directory tree, kernel and initrd (all reproducible). systemd-repart 254 would
-draw a random verity salt, so this stage makes the rest itself: the squashfs root (mksquashfs with
-SOURCE_DATE_EPOCH), the dm-verity tree (salt and UUID from the seed, `measure/verity.py`), the UKI
-(ukify with the image's own systemd-stub, `roothash=` on the command line) and the GPT disk
-(systemd-repart `CopyBlocks=`, partition UUIDs = the roothash halves, an ESP holding only the UKI).
+mkosi 24.3 builds a directory tree, kernel and initrd (all reproducible). This stage makes the
+rest: the squashfs root and its dm-verity tree (`verity_disk.py`), the UKI (ukify with the image's
+own systemd-stub, `roothash=` on the command line) and the GPT disk (`verity_disk.py`, plus an ESP
+holding only the UKI).
 """
 
 from __future__ import annotations
@@ -19,16 +18,16 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import log, platforms, templates
+from .. import log, platforms, templates, verity_disk
 from ..errors import BadInput, ToolFailed, VerificationFailed
-from ..graph import Context, Stage, StageResult, tool_version, tree_digests
+from ..graph import Context, Stage, StageResult, tool_version
 from ..lock import LOCK_FILE, DebPin, sha256_file
-from ..measure import gpt, verity
+from ..measure import gpt, pe
 from ..run import SYSTEM_PATH, run
 
 SOURCE = "mkosi"
 DISK, UKI, PACKAGES, RECORD = "os_disk.raw", "uki.efi", "packages.json", "os.json"
-BLOCK = 4096
+LABELS = ("root", "root-verity")  # data and hash partitions (mkosi/repart.d)
 UKIFY = "/usr/lib/systemd/ukify"
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 OS_DEBS = "os"  # mithril.lock `debs.os`: every .deb mkosi may install (image and initrd)
@@ -70,7 +69,7 @@ def template_vars(ctx: Context) -> dict:
 
 
 def _env(folder: Path):
-    return templates.environment(folder, trim_blocks=True, lstrip_blocks=True)
+    return templates.environment(folder, SOURCE)
 
 
 def render_tree(src: Path, variables: dict, dest: Path | None, skip: tuple[str, ...] = (),
@@ -174,30 +173,6 @@ def tool_env(ctx: Context) -> dict[str, str]:
     return {"PATH": SYSTEM_PATH, "SOURCE_DATE_EPOCH": str(ctx.source_date_epoch), "TZ": "UTC", "LC_ALL": "C.UTF-8"}
 
 
-# ---------------------------------------------------------------- PE helpers
-
-def pe_sections(path: Path) -> dict[str, bytes]:
-    """{section name: content[:VirtualSize]} of a PE file."""
-    import pefile
-
-    try:
-        pe = pefile.PE(str(path), fast_load=True)
-    except pefile.PEFormatError as e:
-        raise BadInput(str(path), f"not a PE file: {e}") from None
-    out = {}
-    for s in pe.sections:
-        name = s.Name.rstrip(b"\0").decode(errors="replace")
-        out[name] = s.get_data()[:s.Misc_VirtualSize]
-    pe.close()
-    return out
-
-
-def stub_version(sections: dict[str, bytes]) -> str:
-    """systemd-stub version from `.sdmagic` ("#### LoaderInfo: systemd-stub 252.39-1~deb12u1 ####")."""
-    m = re.search(rb"LoaderInfo: systemd-stub ([^\s#]+)", sections.get(".sdmagic", b""))
-    return m.group(1).decode() if m else "unknown"
-
-
 # ---------------------------------------------------------------- packages
 
 def package_versions(manifest: Path) -> dict[str, str]:
@@ -269,7 +244,7 @@ class OsImage(Stage):
     name = "os"
     version = 3
     deps = ()
-    code = ("measure/verity.py", "measure/gpt.py")
+    code = ("verity_disk.py", "measure/verity.py", "measure/gpt.py", "measure/pe.py")
 
     def key_inputs(self, ctx: Context) -> dict:
         pins = os_pins(ctx)
@@ -360,26 +335,11 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
             for child in (tree / d).iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
-    squash = work / "root.squashfs"
     with log.step("Making the squashfs root", "Made the squashfs root"):
-        # zstd level 3: ~10x faster than level 15 here for ~8 % more bytes (bench/RESULTS.md)
-        run(["mksquashfs", tree, squash, "-noappend", "-comp", "zstd", "-Xcompression-level", "3",
-             "-processors", str(os.cpu_count() or 1), "-no-progress", "-quiet"], extra_env=env)
-    size = squash.stat().st_size
-    if size % BLOCK:  # mksquashfs pads to 4 KiB, so this only guards the assumption
-        with open(squash, "ab") as f:
-            f.write(bytes(BLOCK - size % BLOCK))
-        size = squash.stat().st_size
-
+        squash = verity_disk.squashfs(tree, work / "root.squashfs", (), env)
     with log.step("Computing dm-verity for the root", "Computed dm-verity"):
-        salt, vuuid = verity.salt_and_uuid(ctx.seed)
-        params = verity.Params(size // BLOCK, salt, vuuid, BLOCK, BLOCK)
-        bar = log.progress(size, "verity")
-        with open(squash, "rb") as f:
-            root, image = verity.build_tree(f, 0, params, progress=bar.update)
-        bar.close()
-        (work / "root.verity").write_bytes(image)
-    roothash = root.hex()
+        vimages = verity_disk.hash_tree(squash, work / "root.verity", ctx.seed)  # repart.d names both files
+    roothash = vimages.roothash.hex()
 
     cmdline = kernel_cmdline(ctx.profile.mode, roothash)
     uki = out / UKI
@@ -389,8 +349,8 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
         run([UKIFY, "build", "--linux", mk_out / "image.vmlinuz", "--initrd", mk_out / "image.initrd",
              "--cmdline", f"@{work / 'cmdline'}", "--os-release", f"@{osrel}", "--stub", stub,
              "--uname", kvers[0], "--efi-arch", "x64", "--output", uki], extra_env=env)
-    sections = pe_sections(uki)
-    if roothash.encode() not in sections.get(".cmdline", b""):
+    uki_pe = pe.PeImage(uki.read_bytes(), UKI)
+    if roothash.encode() not in bytes(uki_pe.section_data(".cmdline") or b""):
         raise VerificationFailed(f"{UKI}: .cmdline does not carry roothash={roothash}")
 
     with log.step("Assembling the GPT disk (systemd-repart)", "Assembled the OS disk"):
@@ -401,31 +361,29 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
         for p in (esp / "EFI/BOOT/BOOTX64.EFI", esp / "EFI/BOOT", esp / "EFI", esp):
             os.utime(p, (ctx.source_date_epoch, ctx.source_date_epoch))
         esp_size = -(-(uki.stat().st_size * 11 // 10 + 8 * MIB) // MIB) * MIB
-        defs = work / "repart.d"
-        variables = {"esp_size": esp_size, "root_uuid": str(uuid.UUID(roothash[:32])),
-                     "verity_uuid": str(uuid.UUID(roothash[32:]))}
-        render_tree(ctx.root / SOURCE / "repart.d", variables, defs, label=f"{SOURCE}/repart.d")
+        root_uuid, verity_uuid = vimages.uuids
+        variables = {"esp_size": esp_size, "root_uuid": str(root_uuid), "verity_uuid": str(verity_uuid)}
         disk = out / DISK
-        run(["systemd-repart", "--offline=yes", "--empty=create", "--size=auto", "--dry-run=no",
-             f"--seed={ctx.seed}", f"--definitions={defs}", f"--root={work}", "--no-pager", disk],
-            # mkfs.vfat stamps the volume label entry with the wall clock unless --invariant
-            extra_env={**env, "SYSTEMD_REPART_MKFS_OPTIONS_VFAT": "--invariant"})
-    table = gpt.read_table(disk)
-    parts = check_disk(disk, table, squash, work / "root.verity", roothash)
+        verity_disk.assemble(disk, ctx.root / SOURCE, variables, work / "repart.d", ctx.seed,
+                             # mkfs.vfat stamps the volume label entry with the wall clock unless --invariant
+                             {**env, "SYSTEMD_REPART_MKFS_OPTIONS_VFAT": "--invariant"}, [f"--root={work}"])
+    table = verity_disk.check(disk, vimages, LABELS, SOURCE)
+    parts = partition_records(disk, table)
 
+    params = vimages.params
     record = {
         "roothash": roothash,
         "cmdline": cmdline,
         "mode": ctx.profile.mode,
         "platform": ctx.profile.platform,
         "kernel": {"version": kvers[0], "package": ctx.profile.os.kernel_package},
-        "stub": {"version": stub_version(sections), "sha256": sha256_file(stub)},
+        "stub": {"version": pe.stub_version(uki_pe)[1], "sha256": sha256_file(stub)},
         "uki": {"sha256": sha256_file(uki), "size": uki.stat().st_size,
-                "sections": {n: hashlib.sha256(d).hexdigest() for n, d in sections.items()}},
+                "sections": {s.name: uki_pe.section_sha256(s.name).hex() for s in uki_pe.sections}},
         "disk": {"sha256": sha256_file(disk), "size": disk.stat().st_size,
                  "disk_uuid": str(table.disk_uuid), "partitions": parts},
-        "verity": {"data_blocks": params.data_blocks, "block_size": BLOCK, "salt": salt.hex(),
-                   "uuid": str(uuid.UUID(bytes=vuuid))},
+        "verity": {"data_blocks": params.data_blocks, "block_size": params.data_block_size,
+                   "salt": params.salt.hex(), "uuid": str(uuid.UUID(bytes=params.uuid))},
         "packages": {"file": PACKAGES, "count": len(packages), "sha256": sha256_file(out / PACKAGES)},
     }
     (out / RECORD).write_bytes(json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
@@ -433,37 +391,13 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
             "packages_sha256": record["packages"]["sha256"]}
 
 
-def check_disk(disk: Path, table: gpt.Table, squash: Path, hashimg: Path, roothash: str) -> list[dict]:
-    """The disk holds ESP, root, root-verity with the expected UUIDs and bytes; return the table."""
+def partition_records(disk: Path, table: gpt.Table) -> list[dict]:
+    """The disk's partitions for the record; it must hold ESP, root and root-verity, nothing else."""
     labels = sorted(p.label for p in table.partitions)
-    if labels != ["esp", "root", "root-verity"]:
+    if labels != ["esp", *LABELS]:
         raise VerificationFailed(f"{DISK}: unexpected partitions {labels}")
-    parts = []
-    with open(disk, "rb") as f:
-        for p in table.partitions:
-            f.seek(p.offset)
-            h = hashlib.sha256()
-            remaining = p.size
-            while remaining:
-                chunk = f.read(min(remaining, 4 * MIB))
-                h.update(chunk)
-                remaining -= len(chunk)
-            parts.append({"number": p.number, "label": p.label, "type": str(p.type_uuid), "uuid": str(p.uuid),
-                          "offset": p.offset, "size": p.size, "sha256": h.hexdigest()})
-    by_label = {p.label: p for p in table.partitions}
-    for label, src, want_uuid in (("root", squash, roothash[:32]), ("root-verity", hashimg, roothash[32:])):
-        p = by_label.get(label)
-        if p is None or p.uuid.hex != want_uuid:
-            raise VerificationFailed(f"{DISK}: partition {label!r} missing or its UUID is not the roothash half")
-        with open(disk, "rb") as f:
-            f.seek(p.offset)
-            if hashlib.sha256(f.read(src.stat().st_size)).digest() != _sha(src):
-                raise VerificationFailed(f"{DISK}: partition {label!r} does not hold the expected blocks")
-    return parts
-
-
-def _sha(path: Path) -> bytes:
-    return bytes.fromhex(sha256_file(path))
+    return [{"number": p.number, "label": p.label, "type": str(p.type_uuid), "uuid": str(p.uuid),
+             "offset": p.offset, "size": p.size, "sha256": gpt.partition_sha256(disk, p)} for p in table.partitions]
 
 
 def _install_k3s(ctx: Context, cfg: Path) -> None:
@@ -483,107 +417,4 @@ def _install_k3s(ctx: Context, cfg: Path) -> None:
     os.chmod(images, 0o644)
 
 
-# ---------------------------------------------------------------- comparing two builds
-
-def diff_ukis(a: Path, b: Path) -> list[str]:
-    """Names of the PE sections that differ between two UKIs (empty when byte-identical)."""
-    if sha256_file(a) == sha256_file(b):
-        return []
-    sa, sb = pe_sections(a), pe_sections(b)
-    out = [f"{UKI}: section {n} differs" for n in sorted(set(sa) | set(sb)) if sa.get(n) != sb.get(n)]
-    return out or [f"{UKI}: headers differ (sections are identical)"]
-
-
-def diff_disks(a: Path, b: Path, scratch: Path | None = None) -> list[str]:
-    """What differs between two OS disks: partition table, then partition by partition, and
-    inside the squashfs root and the ESP file by file. Empty when byte-identical."""
-    if sha256_file(a) == sha256_file(b):
-        return []
-    ta, tb = gpt.read_table(a), gpt.read_table(b)
-    out = []
-    if ta.disk_uuid != tb.disk_uuid:
-        out.append(f"disk UUID {ta.disk_uuid} != {tb.disk_uuid}")
-    pa, pb = {p.label: p for p in ta.partitions}, {p.label: p for p in tb.partitions}
-    for label in sorted(set(pa) | set(pb)):
-        x, y = pa.get(label), pb.get(label)
-        if x is None or y is None:
-            out.append(f"partition {label}: only in {'b' if x is None else 'a'}")
-            continue
-        if (x.uuid, x.size, x.type_uuid) != (y.uuid, y.size, y.type_uuid):
-            out.append(f"partition {label}: uuid/size/type {x.uuid}/{x.size} != {y.uuid}/{y.size}")
-        if _part_sha(a, x) == _part_sha(b, y):
-            continue
-        out.append(f"partition {label}: contents differ")
-        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-            if label == "root":
-                out += [f"  root:{line}" for line in _diff_trees(*(
-                    _unsquash(d, p, Path(tmp) / n) for d, p, n in ((a, x, "a"), (b, y, "b"))))]
-            elif label == "esp":
-                out += [f"  ESP:{line}" for line in _diff_trees(*(
-                    _esp_files(d, p, Path(tmp) / n) for d, p, n in ((a, x, "a"), (b, y, "b"))))]
-    if not out:
-        out.append("disks differ outside the partitions (GPT headers or padding)")
-    return out
-
-
-def _part_sha(disk: Path, p: gpt.Partition) -> str:
-    h = hashlib.sha256()
-    with open(disk, "rb") as f:
-        f.seek(p.offset)
-        remaining = p.size
-        while remaining:
-            chunk = f.read(min(remaining, 4 * MIB))
-            if not chunk:
-                break
-            h.update(chunk)
-            remaining -= len(chunk)
-    return h.hexdigest()
-
-
-def _unsquash(disk: Path, p: gpt.Partition, dest: Path) -> dict[str, str]:
-    listing = run(["unsquashfs", "-o", str(p.offset), "-lln", disk]).text.splitlines()
-    run(["unsquashfs", "-o", str(p.offset), "-no-progress", "-d", dest, disk])
-    digests = tree_digests(dest, ".")
-    # the listing carries modes, owners and mtimes, which file digests do not
-    for line in listing:
-        parts = line.split(None, 5)
-        if len(parts) == 6 and parts[5].startswith("squashfs-root"):
-            if parts[0].startswith("d"):  # a directory's size follows from its entries' layout
-                parts[2] = "-"
-            digests["meta:" + parts[5].split(" -> ")[0]] = " ".join(parts[:5])
-    return digests
-
-
-def _esp_files(disk: Path, p: gpt.Partition, dest: Path) -> dict[str, str]:
-    image = f"{disk}@@{p.offset}"
-    env = {"MTOOLS_SKIP_CHECK": "1"}
-    dest.mkdir(parents=True)
-    out = {"listing": hashlib.sha256(run(["mdir", "-i", image, "-/", "::"], extra_env=env).stdout).hexdigest()}
-    run(["mcopy", "-i", image, "-s", "-n", "-m", "::/", str(dest)], extra_env=env)
-    out.update(tree_digests(dest, "."))
-    return out
-
-
-def _diff_trees(x: dict[str, str], y: dict[str, str]) -> list[str]:
-    lines = []
-    for k in sorted(set(x) | set(y)):
-        if x.get(k) != y.get(k):
-            lines.append(f" {k}: " + ("only in b" if k not in x else "only in a" if k not in y else "differs"))
-    return lines[:200] or [" (no file-level difference found)"]
-
-
-def esp_files(disk: Path) -> list[str]:
-    """Paths of the files on the ESP (read from the disk file with mtools, no mounting)."""
-    table = gpt.read_table(disk)
-    esp = table.by_type(gpt.ESP_TYPE)
-    if len(esp) != 1:
-        raise VerificationFailed(f"{disk}: expected one ESP, found {len(esp)}")
-    out = run(["mdir", "-i", f"{disk}@@{esp[0].offset}", "-/", "-b", "::"],
-              extra_env={"MTOOLS_SKIP_CHECK": "1"}).text
-    # `mdir -b` lists directories too (with a trailing slash)
-    return sorted(line.strip().removeprefix("::") for line in out.splitlines()
-                  if line.strip() and not line.strip().endswith("/"))
-
-
-__all__ = ["OsImage", "diff_disks", "diff_ukis", "esp_files", "kernel_cmdline", "os_pins",
-           "pe_sections", "render_config", "stub_version"]
+__all__ = ["OsImage", "kernel_cmdline", "os_pins", "render_config"]

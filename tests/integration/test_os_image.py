@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.measure import gpt, verity
+from pipeline.diff import diff_disks, diff_ukis
+from pipeline.measure import fat, gpt, pe, verity
 from pipeline.run import run
-from pipeline.stages import os_image
 from tests.conftest import mb, need
 
 pytestmark = pytest.mark.slow
 TOOLS = ("mkosi", "systemd-repart", "mksquashfs", "unsquashfs", "mdir", "/usr/lib/systemd/ukify")
+
+
+def section(uki: Path, name: str):
+    return pe.PeImage(uki.read_bytes(), str(uki)).section_data(name)
 
 
 def build_os(project: Path, profile: str) -> Path:
@@ -103,7 +107,8 @@ def test_firewall_default_drop(root: Root):
 
 def test_esp_holds_only_the_uki(os_out: Path, tmp_path):
     disk = os_out / "os_disk.raw"
-    assert os_image.esp_files(disk) == ["/EFI/BOOT/BOOTX64.EFI"]
+    with fat.open_esp(disk) as esp:
+        assert esp.walk() == ["/EFI/BOOT/BOOTX64.EFI"]
     esp = gpt.read_table(disk).by_type(gpt.ESP_TYPE)[0]
     run(["mcopy", "-i", f"{disk}@@{esp.offset}", "::/EFI/BOOT/BOOTX64.EFI", tmp_path / "uki"],
         extra_env={"MTOOLS_SKIP_CHECK": "1"})
@@ -114,7 +119,7 @@ def test_cmdline_carries_roothash_of_root(os_out: Path):
     disk = os_out / "os_disk.raw"
     table = gpt.read_table(disk)
     data, hashes = table.by_label("root", str(disk)), table.by_label("root-verity", str(disk))
-    cmdline = os_image.pe_sections(os_out / "uki.efi")[".cmdline"].rstrip(b"\0").decode()
+    cmdline = bytes(section(os_out / "uki.efi", ".cmdline")).rstrip(b"\0").decode()
     roothash = next(a.split("=", 1)[1] for a in cmdline.split() if a.startswith("roothash="))
     assert data.uuid.hex + hashes.uuid.hex == roothash
     # the stored tree matches the root partition and this roothash (checked independently of the build)
@@ -135,8 +140,8 @@ def test_package_manifest(os_out: Path):
 
 def test_reproducible(os_out: Path, demo_rebuild: Path, tmp_path):
     """Two clean builds (separate projects, caches, mkosi package caches) are byte-identical."""
-    diffs = os_image.diff_ukis(os_out / "uki.efi", demo_rebuild / "uki.efi")
-    diffs += os_image.diff_disks(os_out / "os_disk.raw", demo_rebuild / "os_disk.raw", scratch=tmp_path)
+    diffs = diff_ukis(os_out / "uki.efi", demo_rebuild / "uki.efi")
+    diffs += diff_disks(os_out / "os_disk.raw", demo_rebuild / "os_disk.raw", scratch=tmp_path)
     assert not diffs, "OS builds differ:\n" + "\n".join(diffs)
     assert (os_out / "packages.json").read_bytes() == (demo_rebuild / "packages.json").read_bytes()
     assert (os_out / "os.json").read_bytes() == (demo_rebuild / "os.json").read_bytes()
@@ -154,7 +159,7 @@ def test_diff_helper_names_the_file(os_out: Path, tmp_path):
     with open(copy, "r+b") as f:
         f.seek(at)
         f.write(bytes([raw[at] ^ 0xFF]))
-    diffs = os_image.diff_disks(disk, copy, scratch=tmp_path)
+    diffs = diff_disks(disk, copy, scratch=tmp_path)
     assert any("partition esp: contents differ" in d for d in diffs), diffs
     assert any("EFI/BOOT/BOOTX64.EFI" in d and "differs" in d for d in diffs), diffs
     assert not any("root" in d for d in diffs), diffs
@@ -162,7 +167,7 @@ def test_diff_helper_names_the_file(os_out: Path, tmp_path):
 
 def test_debug_differs(os_out: Path, os_debug: Path):
     assert (os_out / "uki.efi").read_bytes() != (os_debug / "uki.efi").read_bytes()
-    diffs = os_image.diff_ukis(os_out / "uki.efi", os_debug / "uki.efi")
+    diffs = diff_ukis(os_out / "uki.efi", os_debug / "uki.efi")
     assert "uki.efi: section .cmdline differs" in diffs
     dbg = Root(os_debug / "os_disk.raw")
     assert dbg.link("/etc/systemd/system/serial-getty@.service") is None  # login allowed on ttyS0
@@ -194,7 +199,7 @@ def zstd_frames(data: bytes) -> list[bytes]:
 def initrd_entries(uki: Path) -> dict[str, tuple[int, bytes]]:
     """{path: (mode, data)} of the UKI's initrd (zstd-compressed newc cpio archives, concatenated)."""
     raw = b"".join(run(["zstd", "-dc"], input=frame).stdout
-                   for frame in zstd_frames(os_image.pe_sections(uki)[".initrd"]))
+                   for frame in zstd_frames(bytes(section(uki, ".initrd"))))
     out, pos = {}, 0
     while pos + 110 <= len(raw):
         if raw[pos:pos + 6] != b"070701":

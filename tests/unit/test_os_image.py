@@ -110,12 +110,6 @@ def test_pinned_builds_install_only_pinned_versions(tmp_path):
         os_image.os_pins(ctx_for(bare, locked=True))
 
 
-def test_stub_version():
-    sections = {".sdmagic": b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0"}
-    assert os_image.stub_version(sections) == "252.39-1~deb12u2"
-    assert os_image.stub_version({}) == "unknown"
-
-
 def one_error_line(res, *needles):
     assert res.returncode == 2, res.stderr
     lines = [line for line in res.stderr.splitlines() if "error" in line]
