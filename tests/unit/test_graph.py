@@ -199,22 +199,24 @@ def test_plan_waits_for_a_running_build_and_reads_its_result(project, monkeypatc
     from pipeline import log
 
     orch(project).run(["source"])
-    waiting, done = threading.Event(), threading.Event()
+    held, waiting, done = threading.Event(), threading.Event(), threading.Event()
     real_info = log.info
     monkeypatch.setattr(log, "info", lambda msg: (waiting.set() if msg.startswith("waiting for") else None,
                                                   real_info(msg)))
 
     def build():
         with orch(project).cache.exclusive():
-            waiting.wait()
-            (project.root / "src/a.txt").write_text("HELLO ")
-            shutil.rmtree(project.cache_dir / "stages")  # what a build replacing results looks like
-        done.set()
+            held.set()
+            if waiting.wait(60):  # plan is blocked on the lock: replace the results under it
+                (project.root / "src/a.txt").write_text("HELLO ")
+                shutil.rmtree(project.cache_dir / "stages")  # what a build replacing results looks like
+                done.set()
     t = threading.Thread(target=build)
     t.start()
+    assert held.wait(60)  # the build holds the lock before plan asks for it
     plans = orch(project).plan(["source"])
     t.join()
-    assert done.is_set() and plans[0].hit is None
+    assert waiting.is_set() and done.is_set() and plans[0].hit is None
 
 
 def test_clean_removes_only_this_profiles_results(tmp_path):
