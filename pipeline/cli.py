@@ -282,9 +282,9 @@ def export_inputs(ctx, directory, as_json):
 
     `mithril-build all --inputs DIRECTORY` and `audit --inputs DIRECTORY` then build with no
     network at all, byte for byte the same."""
-    from .inputs import export
+    from .orchestrate import export_inputs
 
-    summary = export(ctx, directory)
+    summary = export_inputs(ctx, directory)
     emit(summary, as_json, f"wrote {summary['inputs']} inputs ({summary['bytes']} bytes) to {summary['folder']}")
 
 
@@ -716,7 +716,7 @@ def azure_vhd(disk, output, source_date_epoch, as_json):
     """Write DISK as a fixed VHD (padded to 1 MiB, reproducible footer) for other upload tools."""
     from .azure_vhd import check_paths, check_timestamp, write_vhd
     from .errors import BadInput
-    from .lock import sha256_file
+    from .files import sha256_file
 
     check_paths(disk, output)
     if source_date_epoch is None:

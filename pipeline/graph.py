@@ -9,11 +9,8 @@ the store, and a cache hit re-checks every output digest before it is reused.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import os
 import shutil
-import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,20 +18,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import log
-from .cache import Cache, output_digests, publish, write_sha256sums
+from .cache import Cache, StageResult, output_digests, publish, write_sha256sums
 from .config import Config, Profile
 from .errors import BadInput
-from .lock import FilePin, InputStore, Lock, sha256_file
-
-SKIP_DIRS = {"__pycache__", ".pytest_cache"}
-
-
-def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(canonical(obj)).hexdigest()
+from .files import canonical, digest, sha256_file, tree_digests
+from .inputs import InputStore
+from .lock import FilePin, Lock
 
 
 @functools.cache
@@ -49,26 +38,6 @@ def tool_version(*argv: str) -> str:
         return "missing"
     text = (res.stdout or res.stderr).decode(errors="replace").strip()
     return text.splitlines()[0] if text else "unknown"
-
-
-def tree_digests(base: Path, *relpaths: str) -> dict[str, str]:
-    """{relpath: sha256} of every file under the given paths; executables get a '+x' suffix,
-    symlinks are recorded by target. Sorted, independent of mtimes."""
-    out: dict[str, str] = {}
-    for rel in relpaths:
-        top = base / rel
-        if not top.exists() and not top.is_symlink():
-            continue
-        paths = [top] if not top.is_dir() or top.is_symlink() else sorted(
-            p for p in top.rglob("*") if not SKIP_DIRS & set(p.relative_to(base).parts))
-        for p in paths:
-            key = p.relative_to(base).as_posix()
-            if p.is_symlink():
-                out[key] = "symlink:" + os.readlink(p)
-            elif p.is_file():
-                x = "+x" if os.stat(p).st_mode & stat.S_IXUSR else ""
-                out[key] = sha256_file(p) + x
-    return dict(sorted(out.items()))
 
 
 PACKAGE = Path(__file__).resolve().parent
@@ -105,16 +74,6 @@ class Context:
     @property
     def seed(self) -> uuid.UUID:
         return self.config.seed
-
-
-@dataclass(frozen=True)
-class StageResult:
-    dir: Path
-    record: dict
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        return self.record["outputs"]
 
 
 class Stage:

@@ -23,8 +23,9 @@ from pathlib import Path
 from . import log
 from .archive import Entry, deb_data, tar_entries
 from .errors import BadInput
-from .graph import SKIP_DIRS, Context, tree_digests
-from .lock import LOCK_FILE, DebPin, atomic_write
+from .files import SKIP_DIRS, atomic_write, tree_digests
+from .graph import Context
+from .lock import LOCK_FILE, DebPin
 from .oci import image_archive
 
 REPO = Path(__file__).resolve().parent.parent  # our own source trees ship from this checkout

@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import images, log, templates
 from ..archive import Entry, deb_member
 from ..errors import BadInput
+from ..files import sha256_file
 from ..lock import LOCK_FILE, DebPin, ImagePin
 from ..graph import Context, Stage, StageResult, tool_version
 from ..measure import gpt, verity
@@ -380,11 +381,7 @@ def file_manifest(tree: Path) -> list[dict]:
         if stat.S_ISLNK(st.st_mode):
             out.append({"path": rel, "mode": "0777", "size": 0, "target": os.readlink(p)})
         elif stat.S_ISREG(st.st_mode):
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            out.append({"path": rel, "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size, "sha256": h.hexdigest()})
+            out.append({"path": rel, "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size, "sha256": sha256_file(p)})
     return out
 
 

@@ -18,7 +18,7 @@ from .. import log
 from ..azure_vhd import FOOTER_SIZE, MIN_DATA_SIZE, disk_footer
 from ..config import CONFIG_FILE, Config, Profile
 from ..errors import BadInput, ToolFailed
-from ..lock import atomic_write, sha256_file
+from ..files import atomic_write, sha256_file
 
 DISKS = {"os": "os_disk.raw", "app": "application_disk.raw"}
 MEASUREMENTS = "measurements.json"

@@ -97,7 +97,7 @@ class Measurements(Stage):
 
 def write(result: predict.Prediction, out: Path, root: Path) -> None:
     """Validate, then write measurements.json and eventlog.json (each replaced atomically)."""
-    from ..lock import atomic_write
+    from ..files import atomic_write
 
     validate(result.measurements, root)
     atomic_write(out / "eventlog.json", predict.dumps(result.eventlog))

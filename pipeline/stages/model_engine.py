@@ -27,7 +27,8 @@ from .. import container, hf, log
 from ..config import ModelConfig
 from ..errors import BadInput, ToolFailed, VerificationFailed
 from ..graph import Context, Stage, StageResult
-from ..lock import LOCK_FILE, ImagePin, ModelPin, sha256_file
+from ..files import sha256_file
+from ..lock import LOCK_FILE, ImagePin, ModelPin
 from ..run import run
 
 SOURCE = "model_engine"

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from .. import log, templates
 from ..errors import BadInput, ToolFailed, VerificationFailed
-from ..graph import Context, Stage, StageResult, tool_version, tree_digests
-from ..lock import LOCK_FILE, DebPin, sha256_file
+from ..files import sha256_file, tree_digests
+from ..graph import Context, Stage, StageResult, tool_version
+from ..lock import LOCK_FILE, DebPin
 from ..measure import gpt, verity
 from ..run import SYSTEM_PATH, run
 

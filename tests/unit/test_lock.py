@@ -12,6 +12,7 @@ import yaml
 from pipeline import lock as lk
 from pipeline import project
 from pipeline.errors import BadInput
+from pipeline.inputs import InputStore, snapshot_url
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,12 +96,12 @@ def test_bad_lock(tmp_path, text, msg):
 def test_snapshot_url_of_pool_files():
     debian = {"mirror": "http://deb.debian.org/debian", "security": "http://security.debian.org/debian-security",
               "snapshot": "20261128T233728Z"}
-    assert lk.snapshot_url("http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb", debian) == \
+    assert snapshot_url("http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb", debian) == \
         "https://snapshot.debian.org/archive/debian/20261128T233728Z/pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb"
-    assert lk.snapshot_url("http://security.debian.org/debian-security/pool/updates/main/o/openssl/x.deb", debian) == \
+    assert snapshot_url("http://security.debian.org/debian-security/pool/updates/main/o/openssl/x.deb", debian) == \
         "https://snapshot.debian.org/archive/debian-security/20261128T233728Z/pool/updates/main/o/openssl/x.deb"
-    assert lk.snapshot_url("https://example.com/pool/x.deb", debian) is None
-    assert lk.snapshot_url("http://deb.debian.org/debian/pool/x.deb", {**debian, "snapshot": None}) is None
+    assert snapshot_url("https://example.com/pool/x.deb", debian) is None
+    assert snapshot_url("http://deb.debian.org/debian/pool/x.deb", {**debian, "snapshot": None}) is None
 
 
 def test_offline_store_takes_files_from_the_inputs_folder_only(tmp_path):
@@ -111,7 +112,7 @@ def test_offline_store_takes_files_from_the_inputs_folder_only(tmp_path):
     lock = lk.Lock.model_validate({"files": {"x": {"url": "http://192.0.2.1/x", "sha256": sha}}})
     inputs = tmp_path / "inputs"
     (inputs / "sha256").mkdir(parents=True)
-    store = lk.InputStore(tmp_path / "store", lock, tmp_path, offline=inputs)
+    store = InputStore(tmp_path / "store", lock, tmp_path, offline=inputs)
     with pytest.raises(BadInput, match=f"{sha}: missing from the inputs folder"):
         store.path("x")  # never the network (192.0.2.1 is unreachable by definition)
     (inputs / "sha256" / sha).write_bytes(b"something else")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import container, graph
+from pipeline import container, graph, inputs
 from pipeline import lock as lk
 from pipeline.config import load as load_config
 from pipeline.errors import BadInput, ToolFailed, VerificationFailed
@@ -93,7 +93,7 @@ def make_ctx(tmp_path: Path, hub: FakeHub, name="gpt2", locked=False, image_dige
         images={"triton": lk.ImagePin(ref="nvcr.io/nvidia/tritonserver:26.02-trtllm-python-py3", digest=image_digest)})
     pname, prof = config.profile(name)
     cache = tmp_path / "cache"
-    return graph.Context(root, config, pname, prof, lock, lk.InputStore(cache / "inputs", lock, root), cache,
+    return graph.Context(root, config, pname, prof, lock, inputs.InputStore(cache / "inputs", lock, root), cache,
                          root / "out" / pname, locked)
 
 
