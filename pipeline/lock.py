@@ -7,21 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, Field, NonNegativeInt, StrictInt, field_validator
 
 from .errors import BadInput
 from .files import atomic_write
+from .readers import Strict, load_model
 
 LOCK_FILE = "mithril.lock"
 VERSION = 1
 HEX64 = r"^[0-9a-f]{64}$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FilePin(_Strict):
+class FilePin(Strict):
     """A file fetched by URL (or read from a path in the checkout) and pinned by sha256."""
 
     url: str | None = None
@@ -30,7 +27,7 @@ class FilePin(_Strict):
     size: NonNegativeInt | None = None
 
 
-class ImagePin(_Strict):
+class ImagePin(Strict):
     """A container image: `ref` is human-readable, `digest` the pin (null = not resolved yet)."""
 
     ref: str
@@ -43,7 +40,7 @@ class ImagePin(_Strict):
         return f"{name.rsplit(':', 1)[0] if ':' in name.split('/')[-1] else name}@{self.digest}"
 
 
-class DebPin(_Strict):
+class DebPin(Strict):
     """One Debian package, as its signed Packages index listed it. Every pin carries a URL and a
     sha256, so the input store (and an offline export) can fetch and check it alone."""
 
@@ -56,20 +53,20 @@ class DebPin(_Strict):
         return FilePin(url=self.url, sha256=self.sha256, size=self.size)
 
 
-class ModelFile(_Strict):
+class ModelFile(Strict):
     size: NonNegativeInt | None = None
     sha256: str | None = Field(None, pattern=HEX64)  # LFS files
     git_sha1: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")  # other files
 
 
-class ModelPin(_Strict):
+class ModelPin(Strict):
     repo: str
     revision: str = "main"
     commit: str | None = Field(None, pattern=r"^[0-9a-f]{40}$")
     files: dict[str, ModelFile] = {}
 
 
-class Lock(_Strict):
+class Lock(Strict):
     version: StrictInt = VERSION
     debian: dict[str, Any] = {}
     tools: dict[str, str] = {}
@@ -114,19 +111,8 @@ class Lock(_Strict):
 
 
 def load(path: Path) -> Lock:
-    from .readers import load_yaml
-
-    where = str(path)
-    raw = load_yaml(path, where) if path.exists() or path.is_symlink() else {}
-    if not isinstance(raw, dict):
-        raise BadInput(where, "must be a YAML mapping")
-    try:
-        return Lock.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise BadInput(where, f"{loc}: {msg}") from None
+    """The lock; none yet is an empty one."""
+    return load_model(path, Lock) if path.exists() or path.is_symlink() else Lock()
 
 
 def dump(lock: Lock, path: Path) -> None:
