@@ -54,6 +54,9 @@ def code_digest(stage_cls: type) -> str:
 
 @dataclass(frozen=True)
 class Context:
+    """What every stage sees. Command-line overrides arrive here and nowhere else: --profile and
+    --model in `profile`, --locked, --inputs in `store`, --cache-dir, --engine-dir."""
+
     root: Path
     config: Config
     profile_name: str
@@ -63,6 +66,7 @@ class Context:
     cache_dir: Path
     out_dir: Path
     locked: bool
+    engine_dir: Path | None = None  # --engine-dir: import this engine instead of models.<name>.engine_dir
 
     def checkout_digests(self, *relpaths: str) -> dict[str, str]:
         return tree_digests(self.root, *relpaths)

@@ -35,7 +35,8 @@ def find_root(start: Path | None) -> Path:
 
 
 def context(project: Path | None, profile: str | None, model: str | None, cache_dir: Path | None,
-            locked: bool, inputs: Path | None = None) -> Context:
+            locked: bool, inputs: Path | None = None, engine_dir: Path | None = None) -> Context:
+    """The Context of a command: the project, its resolved profile and lock, and the overrides."""
     root = find_root(project)
     config = cfg.load(root / cfg.CONFIG_FILE)
     name, prof = config.profile(profile, model, str(root / cfg.CONFIG_FILE))
@@ -45,7 +46,8 @@ def context(project: Path | None, profile: str | None, model: str | None, cache_
     return Context(root=root, config=config, profile_name=name, profile=prof, lock=lock,
                    store=InputStore(cache / "inputs", lock, root, offline=check_folder(inputs) if inputs else None),
                    cache_dir=cache,
-                   out_dir=root / "out" / name, locked=locked)
+                   out_dir=root / "out" / name, locked=locked,
+                   engine_dir=engine_dir.resolve() if engine_dir else None)
 
 
 def check_folder_path(path: Path, what: str) -> None:

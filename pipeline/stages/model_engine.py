@@ -202,8 +202,8 @@ def image_pin(ctx: Context, m: ModelConfig) -> ImagePin:
 
 
 def engine_import_dir(ctx: Context, m: ModelConfig) -> Path | None:
-    """--engine-dir (passed as $MITHRIL_ENGINE_DIR) or models.<name>.engine_dir, relative to the project."""
-    value = os.environ.get("MITHRIL_ENGINE_DIR") or m.engine_dir
+    """--engine-dir, or models.<name>.engine_dir (relative to the project)."""
+    value = ctx.engine_dir or m.engine_dir
     if not value:
         return None
     path = (ctx.root / value).resolve()
