@@ -1,9 +1,10 @@
 """Stage graph, content-addressed stage cache and atomic publishing (README: "How the cache works").
 
 A stage's cache key is the sha256 of the canonical JSON of everything it declares as input
-(`key_inputs`), its version, and the output digests of the stages it depends on. A stage builds
-into a fresh temporary folder; only a complete result whose record is written is renamed into
-the store, and a cache hit re-checks every output digest before it is reused.
+(`key_inputs`, and the mithril.lock entries of `lock_entries`), its version and code, and the
+output digests of the stages it depends on. A stage builds into a fresh temporary folder; only a
+complete result whose record is written is renamed into the store, and a cache hit re-checks
+every output digest before it is reused.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .config import Config, Profile
 from .errors import BadInput
 from .files import canonical, digest, sha256_file, tree_digests
 from .inputs import InputStore
-from .lock import FilePin, Lock
+from .lock import DebPin, FilePin, Lock
 
 
 @functools.cache
@@ -92,12 +93,35 @@ class Stage:
         return True
 
     def key_inputs(self, ctx: Context) -> dict:
+        """Everything but its lock entries and dependencies that the result depends on."""
         raise NotImplementedError
 
+    def lock_entries(self, ctx: Context) -> list[str]:
+        """The mithril.lock entries this stage builds from ("files.k3s", "debs.caddy",
+        "images.triton", "models.gpt2-medium"), declared here only: the cache key holds them,
+        `pins` (export-inputs, checks of checkout files) and `lock` (what to resolve) read them."""
+        return []
+
+    def deb_pins(self, ctx: Context, name: str) -> dict[str, DebPin]:
+        """The .debs of its entry debs.<name> that the stage installs: the lock's, unless the
+        stage resolves what is not pinned yet."""
+        return ctx.lock.debs.get(name, {})
+
     def pins(self, ctx: Context) -> dict[str, FilePin]:
-        """The external files this stage fetches ({lock entry: pin}): what `export-inputs`
-        writes, so that `--inputs` can build offline."""
-        return {}
+        """The external files of `lock_entries` ({lock entry: pin}): what `export-inputs` writes,
+        so that `--inputs` can build offline. (Models come from the Hub's cache, not from here.)"""
+        out: dict[str, FilePin] = {}
+        for entry in self.lock_entries(ctx):
+            section, name = entry.split(".", 1)
+            if section == "files":
+                out[entry] = ctx.lock.file(name)
+            elif section == "debs":
+                out.update({f"{entry}.{n}": p.file() for n, p in sorted(self.deb_pins(ctx, name).items())})
+            elif section == "images":
+                archive = ctx.lock.image(name, ctx.locked).archive
+                if archive is not None and archive.url:  # an archive in the checkout travels with it
+                    out[f"{entry}.archive"] = archive
+        return out
 
     def check(self, ctx: Context) -> None:
         """Check inputs the cache key names only by their pin (files in the checkout), on every
@@ -193,14 +217,15 @@ class Orchestrator:
 
     def key_fields(self, stage: Stage, deps: dict[str, StageResult], inputs: dict) -> dict:
         return {"stage": stage.name, "version": stage.version, "code": code_digest(type(stage)),
-                "inputs": inputs[stage.name], "deps": {n: r.outputs for n, r in sorted(deps.items())}}
+                **inputs[stage.name], "deps": {n: r.outputs for n, r in sorted(deps.items())}}
 
     def preflight(self, stages: list[Stage]) -> dict[str, dict]:
-        """Every stage's inputs, read and checked before anything is built or published: bad
-        input fails here, with out/ and the cache untouched."""
+        """Every stage's inputs and lock entries, read and checked before anything is built or
+        published: bad input fails here, with out/ and the cache untouched."""
         inputs = {}
         for stage in stages:
-            inputs[stage.name] = stage.key_inputs(self.ctx)
+            lock = {e: self.ctx.lock.entry(*e.split(".", 1)) for e in stage.lock_entries(self.ctx)}
+            inputs[stage.name] = {"inputs": stage.key_inputs(self.ctx), "lock": lock}
             stage.check(self.ctx)
         return inputs
 

@@ -104,9 +104,11 @@ class Lock(Strict):
             raise BadInput(LOCK_FILE, f"images.{name}.ref: ':latest' is not allowed", "pin a version tag")
         return pin
 
-    def entry(self, section: str, name: str) -> dict:
-        """The canonical JSON of one entry, for stage cache keys."""
+    def entry(self, section: str, name: str) -> Any:
+        """The JSON of one entry (None when there is none), for stage cache keys."""
         value = getattr(self, section).get(name)
+        if section == "debs" and value is not None:  # {package: pin}
+            return {n: p.model_dump(mode="json") for n, p in sorted(value.items())}
         return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 

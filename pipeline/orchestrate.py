@@ -134,16 +134,12 @@ def clean(ctx: Context, everything: bool, outputs: bool, all_profiles: bool = Fa
 
 
 def profile_inputs(ctx: Context) -> tuple[list[str], list[str]]:
-    """(image names, model names) in mithril.lock that the selected profile builds from."""
-    from .stages.appdisk import lock_images
+    """(image names, model names) in mithril.lock that the profile's stages declare."""
+    entries = [e.split(".", 1) for stage in stages_of(ctx) for e in stage.lock_entries(ctx)]
 
-    images, models = lock_images(ctx), []
-    if ctx.profile.model:
-        models.append(ctx.profile.model)
-        m = ctx.config.models[ctx.profile.model]
-        if m.backend == "tensorrt-engine" and m.image not in images:
-            images.append(m.image)
-    return images, models
+    def names(section: str) -> list[str]:
+        return list(dict.fromkeys(n for s, n in entries if s == section))
+    return names("images"), names("models")
 
 
 def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, update_debs: bool = False) -> dict:

@@ -29,8 +29,8 @@ def image_refs(ctx: Context, unresolved: list[str]) -> dict[str, str]:
     refs = {name: recipe.ref for name, recipe in images.RECIPES.items()}
     if ctx.profile.app == "demo":
         refs["app"] = f"{appdisk.DEMO_IMAGE}:1"
-    app = appdisk.app_lock_image(ctx)
-    for name in appdisk.lock_images(ctx):
+    app = images.app_lock_image(ctx)
+    for name in images.lock_images(ctx):
         pin = ctx.lock.images.get(name)
         if pin is None:
             raise BadInput(LOCK_FILE, f"images.{name}: no such entry", "add its `ref`")
@@ -54,9 +54,9 @@ def _config(ctx: Context, name: str, unresolved: list[str]) -> ImageConfig:
     if ctx.profile.app == "demo":
         port = str(ctx.config.appdisk.app_port)
         return ImageConfig(("/bin/busybox", "httpd", "-f", "-p", port, "-h", "/www"), (), (), "65534:65534", "/", ())
-    pin = ctx.lock.image(appdisk.app_lock_image(ctx), False)
+    pin = ctx.lock.image(images.app_lock_image(ctx), False)
     if pin.archive is None or not pin.archive.path:
-        unresolved.append(f"images.{appdisk.app_lock_image(ctx)}.archive")
+        unresolved.append(f"images.{images.app_lock_image(ctx)}.archive")
         return ImageConfig(("UNRESOLVED",), (), (), "0:0", "/", ())
     return read_image(ctx.root / pin.archive.path, f"{LOCK_FILE}: images.app.archive").config
 

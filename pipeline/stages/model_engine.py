@@ -238,12 +238,15 @@ class ModelEngine(Stage):
     def enabled(self, ctx: Context) -> bool:
         return ctx.profile.model is not None
 
+    def lock_entries(self, ctx: Context) -> list[str]:
+        name, m = model_config(ctx)
+        return [f"models.{name}"] + ([f"images.{m.image}"] if m.backend == "tensorrt-engine" else [])
+
     def key_inputs(self, ctx: Context) -> dict:
         name, m = model_config(ctx)
         key: dict = {"model": name, "config": m.model_dump(mode="json", exclude={"engine_dir"}),
-                     "lock": ctx.lock.entry("models", name), "source": ctx.checkout_digests(SOURCE)}
+                     "source": ctx.checkout_digests(SOURCE)}
         if m.backend == "tensorrt-engine":
-            key["image"] = ctx.lock.entry("images", m.image)
             imported = engine_import_dir(ctx, m)
             if imported:
                 key["import"] = {"engine.json": sha256_file(imported / "engine.json"),

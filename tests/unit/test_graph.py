@@ -193,6 +193,22 @@ def test_pinned_checkout_file_edited_after_a_build_is_refused_on_a_cache_hit(pro
     assert Pinned.builds == 1
 
 
+class Declared(Source):
+    """A stage that only declares its lock entry: its pins and its cache key follow from it."""
+    name = "declared"
+
+    def lock_entries(self, ctx):
+        return ["files.tool"]
+
+
+def test_lock_entries_make_the_pins_and_the_key(project):
+    ctx = _pinned_ctx(project, b"v1")
+    assert Declared().pins(ctx) == {"files.tool": ctx.lock.file("tool")}
+    Orchestrator(ctx, {"declared": Declared}).run(["declared"])
+    plan = Orchestrator(_pinned_ctx(project, b"v2"), {"declared": Declared}).plan(["declared"])[0]
+    assert plan.hit is None and plan.reason == "changed: lock.files.tool.sha256: changed"
+
+
 def test_plan_waits_for_a_running_build_and_reads_its_result(project, monkeypatch):
     """status/plan take the shared lock: they never read a result while a build replaces it."""
     import threading

@@ -70,6 +70,18 @@ def test_lock_pins_an_unpinned_url_and_reports(tmp_path, served):
                                    "[bookworm, bookworm-security])"
 
 
+def test_what_lock_and_export_inputs_read_is_what_the_stages_declare(tmp_path):
+    from pipeline.orchestrate import profile_inputs, profile_pins
+
+    llama = project.context(REPO, "llama", None, tmp_path, False)
+    assert profile_inputs(llama) == (["triton", "nvidia-device-plugin"], ["Llama-2-7b-hf"])
+    demo = project.context(REPO, "demo", None, tmp_path, False)
+    assert profile_inputs(demo) == ([], [])
+    pins = profile_pins(demo)
+    assert "files.busybox-static" in pins and {n.split(".")[1] for n in pins if n.startswith("debs.")} == \
+        {"caddy", "attestation-server", "os"}
+
+
 def test_image_pins_and_latest_are_checked():
     lock = lk.Lock.model_validate({"images": {"a": {"ref": "r.io/x:1"}, "b": {"ref": "r.io/y:latest",
                                                                               "digest": "sha256:" + "1" * 64}}})
