@@ -74,7 +74,7 @@ def _user(unresolved: list[str]):
 def render(ctx: Context, dest: Path) -> dict:
     """Write the profile's generated files into dest (which must not exist or be empty); return
     the index (also written as dest/RENDERED.json)."""
-    from .stages.model_engine import render_repository
+    from .stages.model_engine import render_repository, triton_serving
     from .orchestrate import settings
 
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -89,12 +89,12 @@ def render(ctx: Context, dest: Path) -> dict:
         if not ctx.profile.os.k3s:
             configs = {n: _config(ctx, n, unresolved) for n in appdisk.COMPONENTS}
             services = appdisk.service_args(ctx, configs, _user(unresolved))
-        record = None
+        triton = None
         if ctx.profile.model:
             m = ctx.config.models[ctx.profile.model]
             render_repository(ctx.root / "model_engine" / "triton", tmp / "model" / "triton", m)
-            record = {}
-        values = appdisk.manifest_values(ctx, refs, services, record)
+            triton = triton_serving(ctx)
+        values = appdisk.manifest_values(ctx, refs, services, triton)
         src = appdisk.source(ctx)
         appdisk.write_rendered(src, tmp / "appdisk", values)
         if ctx.profile.os.k3s:  # also as a file (on the disk it is inside the ConfigMap)

@@ -27,6 +27,7 @@ from ..graph import Context, Stage, StageResult, tool_version
 from ..measure import gpt, verity
 from ..oci import image_archive
 from ..oci_read import check_archive, unpack
+from ..records import TritonServing, read
 from ..run import run
 
 SOURCE = "appdisk"
@@ -124,10 +125,12 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
     services = {}
     if not ctx.profile.os.k3s:  # no container runtime: each image runs from its own unpacked root (run.d)
         services = unpack_services(ctx, tree)
+    triton = engine_sha256 = None
     if model is not None:
         shutil.copytree(model.dir / "model_repository", tree / "model", symlinks=True)
         shutil.copy2(model.dir / "engine.json", tree / "model" / "engine.json")
-    values = manifest_values(ctx, refs, services, model.record if model is not None else None)
+        triton, engine_sha256 = read(model.dir, TritonServing), model.outputs.get("engine.json")
+    values = manifest_values(ctx, refs, services, triton, engine_sha256)
     write_rendered(src, tree, values)
     normalise(tree)
     return archives
@@ -141,8 +144,9 @@ def source(ctx: Context) -> Path:
     return src
 
 
-def manifest_values(ctx: Context, refs: dict[str, str], services: dict[str, str], model_record: dict | None) -> dict:
-    """Everything the templates of appdisk/ see."""
+def manifest_values(ctx: Context, refs: dict[str, str], services: dict[str, str], triton: TritonServing | None,
+                    engine_sha256: str | None = None) -> dict:
+    """Everything the templates of appdisk/ see (`triton` and `engine_sha256` from the model stage)."""
     from .. import gpu
 
     cfg = ctx.config.appdisk
@@ -154,10 +158,8 @@ def manifest_values(ctx: Context, refs: dict[str, str], services: dict[str, str]
               "upstreams": upstreams(ctx, k3s), "services": services,
               "gpu": {"resource": gpu.RESOURCE, "lib_dir": gpu.LIB_DIR, "libs": list(gpu.LIBS),
                       "container_lib_dir": gpu.CONTAINER_LIB_DIR} if ctx.profile.os.nvidia else None}
-    if model_record is not None:
-        from .model_engine import triton_manifest_values  # only with a model selected
-
-        values["triton"] = triton_manifest_values(ctx, model_record)
+    if triton is not None:
+        values["triton"] = {**triton.model_dump(mode="json"), "engine_sha256": engine_sha256}
     return values
 
 

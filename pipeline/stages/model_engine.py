@@ -8,6 +8,7 @@ Output (the stage folder, published to out/<profile>/):
   model_repository/checkpoint/    the verified checkpoint (backend pytorch: served as is)
   engine.json                     how the engine was made (docs/model.md)
   timing.cache                    TensorRT timing cache of the build (when built here)
+  triton.json                     how the app disk runs Triton for it (records.TritonServing)
 The app disk mounts model_repository/ at MODEL_ROOT in the Triton container.
 
 Engine builds are not bit-reproducible; everything else here is (the repository is rendered from
@@ -27,6 +28,7 @@ from .. import container, hf, log
 from ..config import ModelConfig
 from ..errors import BadInput, ToolFailed, VerificationFailed
 from ..graph import Context, Stage, StageResult
+from ..records import TritonServing
 from ..files import sha256_file
 from ..lock import LOCK_FILE, ImagePin, ModelPin
 from ..run import run
@@ -245,7 +247,7 @@ class ModelEngine(Stage):
     def key_inputs(self, ctx: Context) -> dict:
         name, m = model_config(ctx)
         key: dict = {"model": name, "config": m.model_dump(mode="json", exclude={"engine_dir"}),
-                     "source": ctx.checkout_digests(SOURCE)}
+                     "source": ctx.checkout_digests(SOURCE), "app_port": ctx.config.appdisk.app_port}
         if m.backend == "tensorrt-engine":
             imported = engine_import_dir(ctx, m)
             if imported:
@@ -292,6 +294,7 @@ class ModelEngine(Stage):
             with log.step("Rendering the Triton model repository"):
                 render_repository(ctx.root / SOURCE / "triton", repo / "triton", m)
             _normalise(repo)
+            (out / TritonServing.FILE).write_bytes(_json(triton_serving(ctx).model_dump(mode="json")))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return {"model": name, "backend": m.backend, "tensor_parallel": m.tensor_parallel,
@@ -402,11 +405,11 @@ def import_engine(src: Path, engine_out: Path, out: Path, name: str, m: ModelCon
     return record
 
 
-# ---------------------------------------------------------------- for the appdisk stage
+# ---------------------------------------------------------------- what the app disk reads (triton.json)
 
-def triton_manifest_values(ctx: Context, model_record: dict) -> dict:
-    """What appdisk/manifests/app.yaml.j2 needs to run Triton for this model: GPU count, runtime
-    class, shared memory, the server's arguments, environment and the model mount point."""
+def triton_serving(ctx: Context) -> TritonServing:
+    """How the app disk runs Triton for this model (appdisk/manifests/app.yaml.j2): GPU count,
+    shared memory, the server's arguments and environment, the model mount point."""
     name, m = model_config(ctx)
     port = ctx.config.appdisk.app_port
     repo = f"{MODEL_ROOT}/triton"
@@ -423,13 +426,12 @@ def triton_manifest_values(ctx: Context, model_record: dict) -> dict:
                      "--model-control-mode=explicit", "--load-model=tensorrt_llm", "--allow-http=false",
                      "--allow-grpc=false", "--allow-metrics=false",
                      f"--backend-config=python,shm-region-prefix-name=prefix{rank}_"]
-    return {
-        "model": name,
-        "backend": m.backend,
-        "gpus": tp,
-        "shm_size": "2Gi",
-        "model_root": MODEL_ROOT,
-        "args": args,
-        "env": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": "/tmp/hf", "HOME": "/tmp"},
-        "engine_sha256": (model_record.get("outputs") or {}).get("engine.json"),
-    }
+    return TritonServing(
+        model=name,
+        backend=m.backend,
+        gpus=tp,
+        shm_size="2Gi",
+        model_root=MODEL_ROOT,
+        args=args,
+        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": "/tmp/hf", "HOME": "/tmp"},
+    )

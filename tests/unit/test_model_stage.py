@@ -253,15 +253,19 @@ def test_engine_dir_reaches_every_command_through_the_context(tmp_path):
 
 
 def test_triton_manifest_values(hub, tmp_path, monkeypatch):
+    """The model stage writes what the app disk needs to run Triton (triton.json)."""
+    from pipeline.records import TritonServing, read
+
     FakeHost(monkeypatch)
     ctx = make_ctx(tmp_path, hub)
-    values = me.triton_manifest_values(ctx, build(ctx).record)
+    values = read(build(ctx).dir, TritonServing).model_dump()
+    assert values == me.triton_serving(ctx).model_dump()
     assert values["gpus"] == 1 and "runtime_class" not in values and values["model_root"] == "/models"
     assert values["args"][0] == "tritonserver" and "--model-repository=/models/triton" in values["args"]
     assert f"--http-port={ctx.config.appdisk.app_port}" in values["args"]
     tp2 = make_ctx(tmp_path / "tp", hub, tensor_parallel=2)
-    args = me.triton_manifest_values(tp2, {})["args"]
-    assert args[0] == "mpirun" and args.count("tritonserver") == 2 and me.triton_manifest_values(tp2, {})["gpus"] == 2
+    args = me.triton_serving(tp2).args
+    assert args[0] == "mpirun" and args.count("tritonserver") == 2 and me.triton_serving(tp2).gpus == 2
 
 
 def test_model_stage_disabled_without_model(hub, tmp_path):
