@@ -55,8 +55,8 @@ def code_digest(stage_cls: type) -> str:
 
 @dataclass(frozen=True)
 class Context:
-    """What every stage sees. Command-line overrides arrive here and nowhere else: --profile and
-    --model in `profile`, --locked, --inputs in `store`, --cache-dir, --engine-dir."""
+    """What every stage sees. Command-line overrides reach stages here and nowhere else: --profile
+    and --model as `profile`, --locked, --inputs as `store.offline`, --cache-dir, --engine-dir."""
 
     root: Path
     config: Config

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from . import log
 from .cache import RECORDS
+from .files import sha256_file
 from .graph import Context, Orchestrator
-from .inputs import export, verify_folder
+from .inputs import download, export, verify_folder
 from .lock import FilePin
 
 
@@ -152,9 +153,7 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
 
     from . import lock as lk
     from .errors import MithrilError
-    from .files import sha256_file
     from .graph import tool_version
-    from .inputs import download
 
     data = ctx.lock.model_dump(mode="json", exclude_none=True)
     entries: list[dict] = []
