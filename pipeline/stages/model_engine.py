@@ -235,7 +235,7 @@ def gpu_key() -> list[list[str]] | str:
 class ModelEngine(Stage):
     name = "model"
     version = 1
-    code = ("hf.py", "container.py")
+    code = ("hf.py", "container.py", "records.py")
 
     def enabled(self, ctx: Context) -> bool:
         return ctx.profile.model is not None
