@@ -203,7 +203,7 @@ def write_run_record(root: Path, profile: str, url: str, ek_ca: bytes) -> Path:
     """Where `connect`, run in this project, finds the running server's trust anchors."""
     import os
 
-    from .lock import atomic_write
+    from .files import atomic_write
 
     path = root / RUN_RECORDS / f"{profile}.json"
     atomic_write(path, json.dumps({"url": url, "profile": profile, "ek_ca": ek_ca.decode(), "pid": os.getpid()},

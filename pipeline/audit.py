@@ -18,7 +18,8 @@ from pathlib import Path
 from . import log
 from . import provenance as prov
 from .errors import BadInput, MithrilError, ToolFailed, VerificationFailed
-from .lock import download, sha256_file
+from .files import sha256_file
+from .inputs import download
 from .run import run, which
 
 SUMS = "SHA256SUMS"

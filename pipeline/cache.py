@@ -16,21 +16,28 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import log
-from .lock import TMP_PREFIX, atomic_write, sha256_file
-
-if TYPE_CHECKING:
-    from .graph import StageResult
+from .files import TMP_PREFIX, atomic_write, sha256_file, tree_digests
 
 RECORD = "_record.json"
 
 
 def output_digests(folder: Path) -> dict[str, str]:
-    from .graph import tree_digests
-
     return {k: v for k, v in tree_digests(folder, ".").items() if k != RECORD}
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A finished stage result in the store: its folder and its record."""
+
+    dir: Path
+    record: dict
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return self.record["outputs"]
 
 
 @dataclass
@@ -80,8 +87,6 @@ class Cache:
     def lookup(self, stage: str, key: str, verify: bool = True, discard: bool = True) -> StageResult | None:
         """The stored result for key, its outputs re-hashed (verify). A broken result is removed
         (discard), except by readers, which only report it as missing."""
-        from .graph import StageResult
-
         folder = self.stage_dir(stage) / key
         rec_path = folder / RECORD
         if not rec_path.is_file():
@@ -116,8 +121,6 @@ class Cache:
 
     def store(self, stage: str, key: str, tmp: Path, record: dict) -> StageResult:
         """Write the record last, then rename the finished folder into place."""
-        from .graph import StageResult
-
         atomic_write(tmp / RECORD, json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
         final = self.stage_dir(stage) / key
         final.parent.mkdir(parents=True, exist_ok=True)

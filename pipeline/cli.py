@@ -46,9 +46,13 @@ def project_options(f):
                   help="Refuse any input that is not pinned in mithril.lock. Default: on when $CI is set.")
     @click.option("--inputs", type=click.Path(path_type=Path, file_okay=False, exists=True),
                   help="Take every external input from this `export-inputs` folder, never from the network.")
+    @click.option("--engine-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                  envvar="MITHRIL_ENGINE_DIR",
+                  help="Import an engine built elsewhere (a folder with engine.json and engine/), verified against "
+                       "its engine.json and mithril.lock, instead of building one here ($MITHRIL_ENGINE_DIR).")
     @click.option("-v", "--verbose", is_flag=True, help="Print every external command.")
     @functools.wraps(f)
-    def wrapper(*args, project, profile, model, cache_dir, locked, inputs, verbose, **kwargs):
+    def wrapper(*args, project, profile, model, cache_dir, locked, inputs, engine_dir, verbose, **kwargs):
         from . import project as proj
         from . import run
 
@@ -56,7 +60,7 @@ def project_options(f):
         run.verbose = verbose
         if locked is None:
             locked = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-        ctx = proj.context(project, profile, model, cache_dir, locked, inputs)
+        ctx = proj.context(project, profile, model, cache_dir, locked, inputs, engine_dir)
         _crash_dir = ctx.cache_dir
         return f(ctx, *args, **kwargs)
     return wrapper
@@ -93,7 +97,7 @@ def _stage_command(name: str, group=None, command_name: str | None = None):
 
 
 for _name in STAGE_HELP:
-    if _name not in ("provenance", "measurements", "model"):  # a group / own options: see below
+    if _name not in ("provenance", "measurements"):  # a group / own options: see below
         _stage_command(_name)
 
 
@@ -120,21 +124,6 @@ def measurements_(ctx, explain, force, as_json):
         emit(pcr_events(pcr, ctx.out_dir), as_json, explain_pcr(pcr, ctx.out_dir))
     elif as_json:
         click.echo((ctx.out_dir / "measurements.json").read_text(), nl=False)
-
-
-@cli.command("model", help=STAGE_HELP["model"] + " Builds what it depends on first; cached results are reused.")
-@click.option("--explain", is_flag=True, help="Say why each stage is not a cache hit.")
-@click.option("--force", is_flag=True, help="Rebuild even when a cached result exists.")
-@click.option("--engine-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Import an engine built elsewhere (a folder with engine.json and engine/), verified "
-                   "against its engine.json and mithril.lock, instead of building one here.")
-@project_options
-def model_(ctx, explain, force, engine_dir):
-    from .orchestrate import build
-
-    if engine_dir is not None:  # read by the model stage (and part of its cache key)
-        os.environ["MITHRIL_ENGINE_DIR"] = str(engine_dir.resolve())
-    build(ctx, ["model"], explain=explain, force=force)
 
 
 @cli.command("all")
@@ -282,9 +271,9 @@ def export_inputs(ctx, directory, as_json):
 
     `mithril-build all --inputs DIRECTORY` and `audit --inputs DIRECTORY` then build with no
     network at all, byte for byte the same."""
-    from .inputs import export
+    from .orchestrate import export_inputs
 
-    summary = export(ctx, directory)
+    summary = export_inputs(ctx, directory)
     emit(summary, as_json, f"wrote {summary['inputs']} inputs ({summary['bytes']} bytes) to {summary['folder']}")
 
 
@@ -715,7 +704,7 @@ def azure_group():
 def azure_vhd(disk, output, source_date_epoch, as_json):
     """Write DISK as a fixed VHD (padded to 1 MiB, reproducible footer) for other upload tools."""
     from .errors import BadInput
-    from .lock import sha256_file
+    from .files import sha256_file
     from .platforms.azure.vhd import check_paths, check_timestamp, write_vhd
 
     check_paths(disk, output)

@@ -7,26 +7,14 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictInt,
-    ValidationError,
-    create_model,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, StrictInt, create_model, field_validator, model_validator
 
 from . import platforms
 from .errors import BadInput
+from .readers import Strict, load_model
 
 CONFIG_FILE = "mithril.yaml"
 PlatformName = Literal[platforms.names()]  # one per folder of pipeline/platforms/
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # Integers as YAML writes them: `true`, 1.0 or "443" for a port or a count is a mistake, not a number.
@@ -275,27 +263,6 @@ def check(config: Config, name: str, p: Profile) -> None:
     platform.check(config, p, at)
 
 
-def _error_line(path: Path, err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"] if not str(x).endswith("Override") and x not in ("OsConfig",
-                                                                                          "AzureConfig"))
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif e["type"] == "missing":
-        msg = "required key is missing"
-    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
-
-
 def load(path: Path) -> Config:
-    from .readers import load_yaml
-
-    where = str(path)
-    raw = load_yaml(path, where, fix="run `mithril-build init` or pass --project DIR")
-    if not isinstance(raw, dict):
-        raise BadInput(where, "must be a YAML mapping")
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as e:
-        raise BadInput(where, _error_line(path, e)) from None
+    return load_model(path, Config, fix="run `mithril-build init` or pass --project DIR",
+                      wording={"missing": "required key is missing"})

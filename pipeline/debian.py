@@ -25,7 +25,9 @@ from pathlib import Path
 from . import log
 from .archive import deb_control
 from .errors import BadInput
-from .lock import LOCK_FILE, download, sha256_file
+from .files import sha256_file
+from .inputs import download
+from .lock import LOCK_FILE
 from .run import run
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"

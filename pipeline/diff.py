@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import BadInput
-from .graph import tree_digests
-from .lock import sha256_file
+from .files import tree_digests
+from .files import sha256_file
 from .measure import fat, gpt, pe
 from .run import run
 

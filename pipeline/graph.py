@@ -1,19 +1,17 @@
 """Stage graph, content-addressed stage cache and atomic publishing (README: "How the cache works").
 
 A stage's cache key is the sha256 of the canonical JSON of everything it declares as input
-(`key_inputs`), its version, and the output digests of the stages it depends on. A stage builds
-into a fresh temporary folder; only a complete result whose record is written is renamed into
-the store, and a cache hit re-checks every output digest before it is reused.
+(`key_inputs`, and the mithril.lock entries of `lock_entries`), its version and code, and the
+output digests of the stages it depends on. A stage builds into a fresh temporary folder; only a
+complete result whose record is written is renamed into the store, and a cache hit re-checks
+every output digest before it is reused.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import os
 import shutil
-import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,20 +19,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import log
-from .cache import Cache, output_digests, publish, write_sha256sums
+from .cache import Cache, StageResult, output_digests, publish, write_sha256sums
 from .config import Config, Profile
 from .errors import BadInput
-from .lock import FilePin, InputStore, Lock, sha256_file
-
-SKIP_DIRS = {"__pycache__", ".pytest_cache"}
-
-
-def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(canonical(obj)).hexdigest()
+from .files import canonical, digest, sha256_file, tree_digests
+from .inputs import InputStore
+from .lock import DebPin, FilePin, Lock
 
 
 @functools.cache
@@ -51,26 +41,6 @@ def tool_version(*argv: str) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
-def tree_digests(base: Path, *relpaths: str) -> dict[str, str]:
-    """{relpath: sha256} of every file under the given paths; executables get a '+x' suffix,
-    symlinks are recorded by target. Sorted, independent of mtimes."""
-    out: dict[str, str] = {}
-    for rel in relpaths:
-        top = base / rel
-        if not top.exists() and not top.is_symlink():
-            continue
-        paths = [top] if not top.is_dir() or top.is_symlink() else sorted(
-            p for p in top.rglob("*") if not SKIP_DIRS & set(p.relative_to(base).parts))
-        for p in paths:
-            key = p.relative_to(base).as_posix()
-            if p.is_symlink():
-                out[key] = "symlink:" + os.readlink(p)
-            elif p.is_file():
-                x = "+x" if os.stat(p).st_mode & stat.S_IXUSR else ""
-                out[key] = sha256_file(p) + x
-    return dict(sorted(out.items()))
-
-
 PACKAGE = Path(__file__).resolve().parent
 
 
@@ -85,6 +55,9 @@ def code_digest(stage_cls: type) -> str:
 
 @dataclass(frozen=True)
 class Context:
+    """What every stage sees. Command-line overrides reach stages here and nowhere else: --profile
+    and --model as `profile`, --locked, --inputs as `store.offline`, --cache-dir, --engine-dir."""
+
     root: Path
     config: Config
     profile_name: str
@@ -94,6 +67,7 @@ class Context:
     cache_dir: Path
     out_dir: Path
     locked: bool
+    engine_dir: Path | None = None  # --engine-dir: import this engine instead of models.<name>.engine_dir
 
     def checkout_digests(self, *relpaths: str) -> dict[str, str]:
         return tree_digests(self.root, *relpaths)
@@ -105,16 +79,6 @@ class Context:
     @property
     def seed(self) -> uuid.UUID:
         return self.config.seed
-
-
-@dataclass(frozen=True)
-class StageResult:
-    dir: Path
-    record: dict
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        return self.record["outputs"]
 
 
 class Stage:
@@ -129,12 +93,35 @@ class Stage:
         return True
 
     def key_inputs(self, ctx: Context) -> dict:
+        """Everything but its lock entries and dependencies that the result depends on."""
         raise NotImplementedError
 
+    def lock_entries(self, ctx: Context) -> list[str]:
+        """The mithril.lock entries this stage builds from ("files.k3s", "debs.caddy",
+        "images.triton", "models.gpt2-medium"), declared here only: the cache key holds them,
+        `pins` (export-inputs, checks of checkout files) and `lock` (what to resolve) read them."""
+        return []
+
+    def deb_pins(self, ctx: Context, name: str) -> dict[str, DebPin]:
+        """The .debs of its entry debs.<name> that the stage installs: the lock's, unless the
+        stage resolves what is not pinned yet."""
+        return ctx.lock.debs.get(name, {})
+
     def pins(self, ctx: Context) -> dict[str, FilePin]:
-        """The external files this stage fetches ({lock entry: pin}): what `export-inputs`
-        writes, so that `--inputs` can build offline."""
-        return {}
+        """The external files of `lock_entries` ({lock entry: pin}): what `export-inputs` writes,
+        so that `--inputs` can build offline. (Models come from the Hub's cache, not from here.)"""
+        out: dict[str, FilePin] = {}
+        for entry in self.lock_entries(ctx):
+            section, name = entry.split(".", 1)
+            if section == "files":
+                out[entry] = ctx.lock.file(name)
+            elif section == "debs":
+                out.update({f"{entry}.{n}": p.file() for n, p in sorted(self.deb_pins(ctx, name).items())})
+            elif section == "images":
+                archive = ctx.lock.image(name, ctx.locked).archive
+                if archive is not None and archive.url:  # an archive in the checkout travels with it
+                    out[f"{entry}.archive"] = archive
+        return out
 
     def check(self, ctx: Context) -> None:
         """Check inputs the cache key names only by their pin (files in the checkout), on every
@@ -230,14 +217,15 @@ class Orchestrator:
 
     def key_fields(self, stage: Stage, deps: dict[str, StageResult], inputs: dict) -> dict:
         return {"stage": stage.name, "version": stage.version, "code": code_digest(type(stage)),
-                "inputs": inputs[stage.name], "deps": {n: r.outputs for n, r in sorted(deps.items())}}
+                **inputs[stage.name], "deps": {n: r.outputs for n, r in sorted(deps.items())}}
 
     def preflight(self, stages: list[Stage]) -> dict[str, dict]:
-        """Every stage's inputs, read and checked before anything is built or published: bad
-        input fails here, with out/ and the cache untouched."""
+        """Every stage's inputs and lock entries, read and checked before anything is built or
+        published: bad input fails here, with out/ and the cache untouched."""
         inputs = {}
         for stage in stages:
-            inputs[stage.name] = stage.key_inputs(self.ctx)
+            lock = {e: self.ctx.lock.entry(*e.split(".", 1)) for e in stage.lock_entries(self.ctx)}
+            inputs[stage.name] = {"inputs": stage.key_inputs(self.ctx), "lock": lock}
             stage.check(self.ctx)
         return inputs
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import log
 from .errors import BadInput, ToolFailed, VerificationFailed
-from .lock import LOCK_FILE, ModelPin, sha256_file
+from .files import sha256_file
+from .lock import LOCK_FILE, ModelPin
 from .run import add_secret, redact
 
 

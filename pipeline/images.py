@@ -1,5 +1,6 @@
 """Container images built here from Debian packages pinned in mithril.lock (`debs.<image>`), no
-registry: the recipes, and a reproducible single-layer OCI archive from the pinned .debs.
+registry: the recipes, and a reproducible single-layer OCI archive from the pinned .debs. Also
+which registry images (lock `images:`) a profile's app disk carries.
 
 The .debs are unpacked as dpkg would (data.tar only); no maintainer script runs, so the images
 hold no dpkg database, no generated caches and nothing apt could manage. Only declared
@@ -20,11 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import log
+from . import gpu, log
 from .archive import Entry, deb_data, tar_entries
 from .errors import BadInput
-from .graph import SKIP_DIRS, Context, tree_digests
-from .lock import LOCK_FILE, DebPin, atomic_write
+from .files import SKIP_DIRS, atomic_write, tree_digests
+from .graph import Context
+from .lock import LOCK_FILE, DebPin
 from .oci import image_archive
 
 REPO = Path(__file__).resolve().parent.parent  # our own source trees ship from this checkout
@@ -76,6 +78,19 @@ def accounts() -> list[Entry]:
 def source_trees(recipe: Recipe) -> list[str]:
     """The recipe's source folders present in this checkout (attestation_server/ may not be yet)."""
     return [t for t in recipe.trees if (REPO / t).is_dir()]
+
+
+def app_lock_image(ctx: Context) -> str | None:
+    """The lock image that is the app: triton for llm, appdisk.app_image for app `image`."""
+    return {"llm": "triton", "image": ctx.config.appdisk.app_image}.get(ctx.profile.app)
+
+
+def lock_images(ctx: Context) -> list[str]:
+    """The registry images (lock `images:`) the app disk carries: the app's, the NVIDIA device
+    plugin with a GPU, the extra ones (the recipes' images and the demo app are built here)."""
+    app = app_lock_image(ctx)
+    out = ([app] if app else []) + ([gpu.DEVICE_PLUGIN] if ctx.profile.os.nvidia else [])
+    return out + [n for n in ctx.config.appdisk.extra_images if n not in out]
 
 
 def key_inputs(ctx: Context) -> dict:

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from . import log, platforms
 from .cache import RECORDS
+from .files import sha256_file
 from .graph import Context, Orchestrator
+from .inputs import download, export, verify_folder
+from .lock import FilePin
 
 
 def _orchestrator(ctx: Context) -> Orchestrator:
@@ -26,13 +29,24 @@ def stages_of(ctx: Context) -> list:
     return orch.selected(list(orch.stages))
 
 
+def profile_pins(ctx: Context) -> dict[str, FilePin]:
+    """{lock entry: pin} of every file the profile's enabled stages fetch."""
+    pins: dict[str, FilePin] = {}
+    for stage in stages_of(ctx):
+        pins.update(stage.pins(ctx))
+    return dict(sorted(pins.items()))
+
+
+def export_inputs(ctx: Context, dest: Path) -> dict:
+    """`export-inputs`: every external input of the profile's build into dest (inputs.export)."""
+    return export(ctx.store, profile_pins(ctx), ctx.profile_name, dest)
+
+
 def build(ctx: Context, targets: list[str] | None, explain: bool = False, force: bool = False) -> dict:
     orch = _orchestrator(ctx)
     targets = targets or list(orch.stages)
     if ctx.store.offline is not None:
-        from .inputs import verify_folder
-
-        verify_folder(ctx)
+        verify_folder(ctx.store.offline, profile_pins(ctx))
     log.info(f"profile {ctx.profile_name}: platform {ctx.profile.platform}, mode {ctx.profile.mode}, "
              f"app {ctx.profile.app}" + (f", model {ctx.profile.model}" if ctx.profile.model else "")
              + (", --locked" if ctx.locked else ""))
@@ -118,16 +132,12 @@ def clean(ctx: Context, everything: bool, outputs: bool, all_profiles: bool = Fa
 
 
 def profile_inputs(ctx: Context) -> tuple[list[str], list[str]]:
-    """(image names, model names) in mithril.lock that the selected profile builds from."""
-    from .stages.appdisk import lock_images
+    """(image names, model names) in mithril.lock that the profile's stages declare."""
+    entries = [e.split(".", 1) for stage in stages_of(ctx) for e in stage.lock_entries(ctx)]
 
-    images, models = lock_images(ctx), []
-    if ctx.profile.model:
-        models.append(ctx.profile.model)
-        m = ctx.config.models[ctx.profile.model]
-        if m.backend == "tensorrt-engine" and m.image not in images:
-            images.append(m.image)
-    return images, models
+    def names(section: str) -> list[str]:
+        return list(dict.fromkeys(n for s, n in entries if s == section))
+    return names("images"), names("models")
 
 
 def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, update_debs: bool = False) -> dict:
@@ -162,9 +172,9 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
         elif pin.url:
             def fetch(name=name, pin=pin):
                 with tempfile.TemporaryDirectory() as tmp:
-                    path = lk.Path(tmp) / "f"
-                    lk.download(pin.url, path, f"files.{name}")
-                    data["files"][name].update(sha256=lk.sha256_file(path), size=path.stat().st_size)
+                    path = Path(tmp) / "f"
+                    download(pin.url, path, f"files.{name}")
+                    data["files"][name].update(sha256=sha256_file(path), size=path.stat().st_size)
                 return "pinned now (trust on first use: check the source)"
             attempt(f"files.{name}", fetch)
         else:

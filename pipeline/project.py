@@ -13,7 +13,8 @@ from . import config as cfg
 from . import lock as lk
 from .errors import BadInput
 from .graph import Context
-from .inputs import check_folder
+from .files import sha256_file
+from .inputs import InputStore, check_folder
 
 # What `init` copies: the project's declarative inputs (stage folders hold data, not code).
 STARTER = ("mithril.yaml", "mithril.lock", "appdisk", "mkosi", "measurements", "model_engine")
@@ -34,7 +35,8 @@ def find_root(start: Path | None) -> Path:
 
 
 def context(project: Path | None, profile: str | None, model: str | None, cache_dir: Path | None,
-            locked: bool, inputs: Path | None = None) -> Context:
+            locked: bool, inputs: Path | None = None, engine_dir: Path | None = None) -> Context:
+    """The Context of a command: the project, its resolved profile and lock, and the overrides."""
     root = find_root(project)
     config = cfg.load(root / cfg.CONFIG_FILE)
     name, prof = config.profile(profile, model, str(root / cfg.CONFIG_FILE))
@@ -42,9 +44,10 @@ def context(project: Path | None, profile: str | None, model: str | None, cache_
     cache = (cache_dir or root / ".mithril" / "cache").resolve()
     check_folder_path(cache, "--cache-dir" if cache_dir else "cache folder")
     return Context(root=root, config=config, profile_name=name, profile=prof, lock=lock,
-                   store=lk.InputStore(cache / "inputs", lock, root, offline=check_folder(inputs) if inputs else None),
+                   store=InputStore(cache / "inputs", lock, root, offline=check_folder(inputs) if inputs else None),
                    cache_dir=cache,
-                   out_dir=root / "out" / name, locked=locked)
+                   out_dir=root / "out" / name, locked=locked,
+                   engine_dir=engine_dir.resolve() if engine_dir else None)
 
 
 def check_folder_path(path: Path, what: str) -> None:
@@ -102,7 +105,7 @@ def init(directory: Path, force: bool, image: Path | None = None, port: int | No
                               "app-debug": {"platform": "qemu", "mode": "debug", "app": "image"}}
         config["appdisk"].update(app_image="app", app_port=app_port)
         lock = lk.load(directory / lk.LOCK_FILE)
-        pin = lk.ImagePin(ref=ref, archive=lk.FilePin(path="images/app.tar", sha256=lk.sha256_file(dest),
+        pin = lk.ImagePin(ref=ref, archive=lk.FilePin(path="images/app.tar", sha256=sha256_file(dest),
                                                       size=dest.stat().st_size))
         lk.dump(lock.model_copy(update={"images": {**lock.images, "app": pin}}), directory / lk.LOCK_FILE)
     cfg.Config.model_validate(config)  # what we write must load

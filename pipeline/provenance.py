@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .errors import BadInput, ToolFailed, VerificationFailed
-from .lock import atomic_write, sha256_file
+from .files import atomic_write, canonical, sha256_file
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -27,7 +27,7 @@ KEY_PASSWORD_ENV = "MITHRIL_SIGNING_KEY_PASSWORD"
 
 
 def canonical_line(obj: dict) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return canonical(obj) + b"\n"
 
 
 def subjects_from_outputs(outputs: dict[str, str]) -> list[dict]:

@@ -1,15 +1,22 @@
 """Reading the files users hand us (mithril.yaml, mithril.lock, records, documents): every way
 they can be unreadable — missing, a folder, not UTF-8, not YAML/JSON, nested too deep, a number
-too long to convert — is one BadInput line naming the file (exit 2), never another exception."""
+too long to convert, a field pydantic refuses — is one BadInput line naming the file (exit 2),
+never another exception."""
 
 from __future__ import annotations
 
 import json
+import typing
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import BadInput
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_TEXT = 64 << 20  # config, lock, records and documents are KiB to a few MiB
 
@@ -78,3 +85,52 @@ def load_yaml(path: Path, where: str | None = None, fix: str = ""):
 def load_json(path: Path, where: str | None = None, fix: str = ""):
     where = where or str(path)
     return parse_json(read_text(path, where, fix=fix), where)
+
+
+class Strict(BaseModel):
+    """The base of every model of a file we read: an unknown key is a mistake, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+WORDING = {"extra_forbidden": "unknown key"}  # our words for pydantic's error types, where clearer
+
+
+def load_model(path: Path, model: type[M], where: str | None = None, fix: str = "",
+               wording: Mapping[str, str] | None = None) -> M:
+    """A YAML file (JSON for *.json) as `model`. `wording` adds to WORDING."""
+    where = where or str(path)
+    is_json = path.suffix == ".json"
+    raw = (load_json if is_json else load_yaml)(path, where, fix)
+    if not isinstance(raw, dict):
+        raise BadInput(where, "must be a JSON object" if is_json else "must be a YAML mapping")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise BadInput(where, error_line(e, model, {**WORDING, **(wording or {})})) from None
+
+
+def error_line(err: ValidationError, model: type[BaseModel], wording: Mapping[str, str]) -> str:
+    """"field.path: reason (+N more)" for the first error. Where a value may be one of several
+    models, pydantic puts the model's name into the path: it means nothing in the file, so it goes."""
+    first = err.errors()[0]
+    names = _model_names(model)
+    loc = ".".join(str(x) for x in first["loc"] if x not in names)
+    msg = wording.get(first["type"]) or first["msg"].removeprefix("Value error, ")
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def _model_names(model: type[BaseModel]) -> set[str]:
+    """The names of `model` and of every model its fields may hold."""
+    names: set[str] = set()
+    todo: list = [model]
+    while todo:
+        t = todo.pop()
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            if t.__name__ not in names:
+                names.add(t.__name__)
+                todo += [f.annotation for f in t.model_fields.values()]
+        else:
+            todo += typing.get_args(t)
+    return names

@@ -29,8 +29,8 @@ def image_refs(ctx: Context, unresolved: list[str]) -> dict[str, str]:
     refs = {name: recipe.ref for name, recipe in images.RECIPES.items()}
     if ctx.profile.app == "demo":
         refs["app"] = f"{appdisk.DEMO_IMAGE}:1"
-    app = appdisk.app_lock_image(ctx)
-    for name in appdisk.lock_images(ctx):
+    app = images.app_lock_image(ctx)
+    for name in images.lock_images(ctx):
         pin = ctx.lock.images.get(name)
         if pin is None:
             raise BadInput(LOCK_FILE, f"images.{name}: no such entry", "add its `ref`")
@@ -54,9 +54,9 @@ def _config(ctx: Context, name: str, unresolved: list[str]) -> ImageConfig:
     if ctx.profile.app == "demo":
         port = str(ctx.config.appdisk.app_port)
         return ImageConfig(("/bin/busybox", "httpd", "-f", "-p", port, "-h", "/www"), (), (), "65534:65534", "/", ())
-    pin = ctx.lock.image(appdisk.app_lock_image(ctx), False)
+    pin = ctx.lock.image(images.app_lock_image(ctx), False)
     if pin.archive is None or not pin.archive.path:
-        unresolved.append(f"images.{appdisk.app_lock_image(ctx)}.archive")
+        unresolved.append(f"images.{images.app_lock_image(ctx)}.archive")
         return ImageConfig(("UNRESOLVED",), (), (), "0:0", "/", ())
     return read_image(ctx.root / pin.archive.path, f"{LOCK_FILE}: images.app.archive").config
 
@@ -74,7 +74,7 @@ def _user(unresolved: list[str]):
 def render(ctx: Context, dest: Path) -> dict:
     """Write the profile's generated files into dest (which must not exist or be empty); return
     the index (also written as dest/RENDERED.json)."""
-    from .stages.model_engine import render_repository
+    from .stages.model_engine import render_repository, triton_serving
     from .orchestrate import settings
 
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -89,12 +89,12 @@ def render(ctx: Context, dest: Path) -> dict:
         if not ctx.profile.os.k3s:
             configs = {n: _config(ctx, n, unresolved) for n in appdisk.COMPONENTS}
             services = appdisk.service_args(ctx, configs, _user(unresolved))
-        record = None
+        triton = None
         if ctx.profile.model:
             m = ctx.config.models[ctx.profile.model]
             render_repository(ctx.root / "model_engine" / "triton", tmp / "model" / "triton", m)
-            record = {}
-        values = appdisk.manifest_values(ctx, refs, services, record)
+            triton = triton_serving(ctx)
+        values = appdisk.manifest_values(ctx, refs, services, triton)
         src = appdisk.source(ctx)
         appdisk.write_rendered(src, tmp / "appdisk", values)
         if ctx.profile.os.k3s:  # also as a file (on the disk it is inside the ConfigMap)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import log, templates
 from .errors import BadInput, VerificationFailed
-from .lock import sha256_file
+from .files import sha256_file
 from .measure import gpt, verity
 from .run import run
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.archive import Entry, deb_member, deterministic_tar
-from pipeline.lock import download, sha256_file
+from pipeline.files import sha256_file
+from pipeline.inputs import download
 from pipeline.run import run
 from tests.conftest import REPO
 

@@ -12,19 +12,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from ..errors import BadInput
+from ..readers import Strict, load_model
 from .pcr import sha256
 from .pcr04 import FirmwareEvent
 
 PLATFORMS_DIR = Path("measurements") / "platforms"
 HEX64 = r"^[0-9a-f]{64}$"
 FIRMWARE_PCRS = (0, 1, 2, 3)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class KnownValue(Strict):
@@ -108,18 +105,7 @@ def load(root: Path, name: str) -> Platform:
     if not path.is_file():
         raise BadInput(where, f"unknown platform {name!r}",
                        "known platforms: " + (", ".join(known(root)) or "none (measurements/platforms/ is empty)"))
-    from ..readers import load_yaml
-
-    raw = load_yaml(path, where)
-    if not isinstance(raw, dict):
-        raise BadInput(where, "must be a YAML mapping")
-    try:
-        plat = Platform.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise BadInput(where, f"{loc}: {msg}") from None
+    plat = load_model(path, Platform, where)
     if plat.name != name:
         raise BadInput(where, f"name: {plat.name!r} does not match the file name {name!r}")
     return plat

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInput
+from ..files import sha256_file
 from . import pcr04, pcr09, pcr11, pcr12_13, pcr15
 from .fat import open_esp
 from .pcr import Event, Simulator, replay
@@ -26,14 +27,6 @@ class Prediction:
     measurements: dict
     eventlog: dict
     uki: bytes = field(repr=False)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def predict(os_disk: Path, roothash: str, platform: Platform, mode: str, *, phases: tuple[str, ...] = (),
@@ -93,7 +86,7 @@ def predict(os_disk: Path, roothash: str, platform: Platform, mode: str, *, phas
         pcrs[str(index)] = {"expected": [sim.value(index).hex()], "policy": "enforce"}
 
     inputs = {
-        "os_disk.raw": known.get("os_disk.raw") or _sha256_file(os_disk),
+        "os_disk.raw": known.get("os_disk.raw") or sha256_file(os_disk),
         "uki.efi": known.get("uki.efi") or hashlib.sha256(uki_bytes).hexdigest(),
         f"measurements/platforms/{platform.name}.yaml": hashlib.sha256(platform_file).hexdigest(),
     }

@@ -17,10 +17,12 @@ from pathlib import Path
 from .. import images, log, templates, verity_disk
 from ..archive import Entry, deb_member
 from ..errors import BadInput
+from ..files import sha256_file
 from ..lock import LOCK_FILE, DebPin, ImagePin
 from ..graph import Context, Stage, StageResult, tool_version
 from ..oci import image_archive
 from ..oci_read import check_archive, unpack
+from ..records import TritonServing, read
 
 SOURCE = "appdisk"
 DISK = "application_disk.raw"
@@ -37,21 +39,6 @@ def components(ctx: Context) -> list[str]:
     return list(COMPONENTS)
 
 
-def app_lock_image(ctx: Context) -> str | None:
-    """The lock image that is the app: triton for llm, appdisk.app_image for app `image`."""
-    return {"llm": "triton", "image": ctx.config.appdisk.app_image}.get(ctx.profile.app)
-
-
-def lock_images(ctx: Context) -> list[str]:
-    """Registry images (lock `images:`) on the disk: the app's, the NVIDIA device plugin with a GPU,
-    the extra ones; caddy, the attestation server and the demo app are built here."""
-    from .. import gpu
-
-    app = app_lock_image(ctx)
-    out = ([app] if app else []) + ([gpu.DEVICE_PLUGIN] if ctx.profile.os.nvidia else [])
-    return out + [n for n in ctx.config.appdisk.extra_images if n not in out]
-
-
 class AppDisk(Stage):
     name = "appdisk"
     version = 3
@@ -61,35 +48,28 @@ class AppDisk(Stage):
 
     def key_inputs(self, ctx: Context) -> dict:
         check_templates(ctx.root / SOURCE)
-        lock = {f"images.{n}": ctx.lock.entry("images", n) for n in lock_images(ctx)}
-        if ctx.profile.app == "demo":
-            lock["files.busybox-static"] = ctx.lock.entry("files", "busybox-static")
         return {
             "files": ctx.checkout_digests(SOURCE),
             "config": {"appdisk": ctx.config.appdisk.model_dump(mode="json"), "app": ctx.profile.app,
                        "model": ctx.profile.model, "k3s": ctx.profile.os.k3s, "platform": ctx.profile.platform,
                        "seed": str(ctx.seed), "source_date_epoch": ctx.source_date_epoch},
-            "lock": lock,
             "images": images.key_inputs(ctx),  # debs pins and our source trees, per built image
             "tools": {"mksquashfs": tool_version("mksquashfs", "-version"),
                       "systemd-repart": tool_version("systemd-repart", "--version")},
         }
 
-    def pins(self, ctx: Context) -> dict:
-        out = {f"files.{n}": ctx.lock.file(n) for n in (["busybox-static"] if ctx.profile.app == "demo" else [])}
-        for name, recipe in images.RECIPES.items():
-            out.update({f"debs.{name}.{n}": DebPin(**p).file() for n, p in images.pins(ctx, recipe).items()})
-        for name in lock_images(ctx):  # archives in the checkout travel with it
-            pin = ctx.lock.image(name, ctx.locked)
-            if pin.archive is not None and pin.archive.url:
-                out[f"images.{name}.archive"] = pin.archive
-        return out
+    def lock_entries(self, ctx: Context) -> list[str]:
+        demo = ["files.busybox-static"] if ctx.profile.app == "demo" else []
+        return demo + [f"debs.{n}" for n in images.RECIPES] + [f"images.{n}" for n in images.lock_images(ctx)]
+
+    def deb_pins(self, ctx: Context, name: str) -> dict[str, DebPin]:
+        return {n: DebPin(**p) for n, p in images.pins(ctx, images.RECIPES[name]).items()}
 
     def check(self, ctx: Context) -> None:
         """Image archives of the checkout (`init --image`): their pin, and that they are images.
         (An archive not pinned yet is the build's error, so that `plan` still shows the plan.)"""
         super().check(ctx)
-        for name in lock_images(ctx):
+        for name in images.lock_images(ctx):
             pin = ctx.lock.images.get(name)
             archive = pin.archive if pin else None
             if archive and archive.path and archive.sha256:
@@ -142,10 +122,12 @@ def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict
     services = {}
     if not ctx.profile.os.k3s:  # no container runtime: each image runs from its own unpacked root (run.d)
         services = unpack_services(ctx, tree)
+    triton = engine_sha256 = None
     if model is not None:
         shutil.copytree(model.dir / "model_repository", tree / "model", symlinks=True)
         shutil.copy2(model.dir / "engine.json", tree / "model" / "engine.json")
-    values = manifest_values(ctx, refs, services, model.record if model is not None else None)
+        triton, engine_sha256 = read(model.dir, TritonServing), model.outputs.get("engine.json")
+    values = manifest_values(ctx, refs, services, triton, engine_sha256)
     write_rendered(src, tree, values)
     normalise(tree)
     return archives
@@ -159,8 +141,9 @@ def source(ctx: Context) -> Path:
     return src
 
 
-def manifest_values(ctx: Context, refs: dict[str, str], services: dict[str, str], model_record: dict | None) -> dict:
-    """Everything the templates of appdisk/ see."""
+def manifest_values(ctx: Context, refs: dict[str, str], services: dict[str, str], triton: TritonServing | None,
+                    engine_sha256: str | None = None) -> dict:
+    """Everything the templates of appdisk/ see (`triton` and `engine_sha256` from the model stage)."""
     from .. import gpu
 
     cfg = ctx.config.appdisk
@@ -172,10 +155,8 @@ def manifest_values(ctx: Context, refs: dict[str, str], services: dict[str, str]
               "upstreams": upstreams(ctx, k3s), "services": services,
               "gpu": {"resource": gpu.RESOURCE, "lib_dir": gpu.LIB_DIR, "libs": list(gpu.LIBS),
                       "container_lib_dir": gpu.CONTAINER_LIB_DIR} if ctx.profile.os.nvidia else None}
-    if model_record is not None:
-        from .model_engine import triton_manifest_values  # only with a model selected
-
-        values["triton"] = triton_manifest_values(ctx, model_record)
+    if triton is not None:
+        values["triton"] = {**triton.model_dump(mode="json"), "engine_sha256": engine_sha256}
     return values
 
 
@@ -242,8 +223,8 @@ def build_images(ctx: Context, dest: Path) -> tuple[list[dict], dict[str, str]]:
     for recipe in images.RECIPES.values():
         with log.step(f"Building the {recipe.name} image", f"Built the {recipe.name} image"):
             add(recipe.name, recipe.ref, *images.build(ctx, recipe))
-    app = app_lock_image(ctx)
-    for name in lock_images(ctx):
+    app = images.app_lock_image(ctx)
+    for name in images.lock_images(ctx):
         pin = archive_pin(ctx, name)
         target = dest / f"{'app' if name == app else name}.tar"
         # checked as copied: what goes on the disk is what was hashed and read
@@ -377,11 +358,7 @@ def file_manifest(tree: Path) -> list[dict]:
         if stat.S_ISLNK(st.st_mode):
             out.append({"path": rel, "mode": "0777", "size": 0, "target": os.readlink(p)})
         elif stat.S_ISREG(st.st_mode):
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            out.append({"path": rel, "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size, "sha256": h.hexdigest()})
+            out.append({"path": rel, "mode": f"{st.st_mode & 0o7777:04o}", "size": st.st_size, "sha256": sha256_file(p)})
     return out
 
 

@@ -6,13 +6,13 @@ against measurements/schema/measurements.v1.json) and eventlog.json.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from .. import log
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult
 from ..measure import gpt, platform, predict
+from ..records import AppDiskRecord, OsRecord, read
 
 SCHEMA = Path("measurements") / "schema" / "measurements.v1.json"
 OUTPUTS = ("measurements.json", "eventlog.json")
@@ -34,13 +34,6 @@ def validate(doc: dict, root: Path) -> None:
         e = errors[0]
         field = ".".join(str(p) for p in e.path) or "(top level)"
         raise BadInput("measurements.json", f"{field}: {e.message} (schema {path})")
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as e:
-        raise BadInput(str(path), f"cannot read: {str(e)[:200]}") from None
 
 
 def _check_app_disk(disk: Path, roothash: str) -> None:
@@ -71,22 +64,19 @@ class Measurements(Stage):
                 raise BadInput("mithril.yaml", f"measurements need the {dep} stage, which is not enabled")
         os_dir, app_dir = deps["os"].dir, deps["appdisk"].dir
         plat = platform.load(ctx.root, ctx.profile.platform)
-        os_record = _json(os_dir / "os.json")
-        if os_record.get("mode", ctx.profile.mode) != ctx.profile.mode:
-            raise BadInput(str(os_dir / "os.json"), f"mode: the OS image is {os_record['mode']!r}, the profile "
+        os_record = read(os_dir, OsRecord)
+        if os_record.mode != ctx.profile.mode:
+            raise BadInput(str(os_dir / OsRecord.FILE), f"mode: the OS image is {os_record.mode!r}, the profile "
                            f"says {ctx.profile.mode!r}", "rebuild the os stage for this profile")
-        phases = tuple(os_record.get("pcr11_phases", ()))  # the image masks systemd-pcrphase by default
-        roothash = _json(app_dir / "appdisk.json").get("roothash")
-        if not (isinstance(roothash, str) and re.fullmatch(r"[0-9a-f]{64}", roothash)):
-            raise BadInput(str(app_dir / "appdisk.json"), "roothash: missing or not 64 lower-case hex digits",
-                           "rebuild the appdisk stage")
+        roothash = read(app_dir, AppDiskRecord).roothash
         _check_app_disk(app_dir / "application_disk.raw", roothash)
 
         # digests the cache already verified; os_disk.raw is not hashed again
         digests = {k: v for k, v in deps["os"].outputs.items() if k in ("os_disk.raw", "uki.efi", "os.json")}
         digests |= {k: v for k, v in deps["appdisk"].outputs.items() if k in ("application_disk.raw", "appdisk.json")}
+        # No boot phases in PCR 11: the image masks systemd-pcrphase, in the initrd too (mkosi.finalize).
         with log.step("Predicting PCRs", "Predicted PCRs"):
-            result = predict.predict(os_dir / "os_disk.raw", roothash, plat, ctx.profile.mode, phases=phases,
+            result = predict.predict(os_dir / "os_disk.raw", roothash, plat, ctx.profile.mode,
                                      platform_file=platform.path_for(ctx.root, plat.name).read_bytes(),
                                      digests=digests, uki_copy=os_dir / "uki.efi")
         write(result, out, ctx.root)
@@ -97,7 +87,7 @@ class Measurements(Stage):
 
 def write(result: predict.Prediction, out: Path, root: Path) -> None:
     """Validate, then write measurements.json and eventlog.json (each replaced atomically)."""
-    from ..lock import atomic_write
+    from ..files import atomic_write
 
     validate(result.measurements, root)
     atomic_write(out / "eventlog.json", predict.dumps(result.eventlog))

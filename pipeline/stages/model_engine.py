@@ -8,6 +8,7 @@ Output (the stage folder, published to out/<profile>/):
   model_repository/checkpoint/    the verified checkpoint (backend pytorch: served as is)
   engine.json                     how the engine was made (docs/model.md)
   timing.cache                    TensorRT timing cache of the build (when built here)
+  triton.json                     how the app disk runs Triton for it (records.TritonServing)
 The app disk mounts model_repository/ at MODEL_ROOT in the Triton container.
 
 Engine builds are not bit-reproducible; everything else here is (the repository is rendered from
@@ -27,7 +28,9 @@ from .. import container, hf, log
 from ..config import ModelConfig
 from ..errors import BadInput, ToolFailed, VerificationFailed
 from ..graph import Context, Stage, StageResult
-from ..lock import LOCK_FILE, ImagePin, ModelPin, sha256_file
+from ..records import TritonServing
+from ..files import sha256_file
+from ..lock import LOCK_FILE, ImagePin, ModelPin
 from ..run import run
 
 SOURCE = "model_engine"
@@ -201,8 +204,8 @@ def image_pin(ctx: Context, m: ModelConfig) -> ImagePin:
 
 
 def engine_import_dir(ctx: Context, m: ModelConfig) -> Path | None:
-    """--engine-dir (passed as $MITHRIL_ENGINE_DIR) or models.<name>.engine_dir, relative to the project."""
-    value = os.environ.get("MITHRIL_ENGINE_DIR") or m.engine_dir
+    """--engine-dir, or models.<name>.engine_dir (relative to the project)."""
+    value = ctx.engine_dir or m.engine_dir
     if not value:
         return None
     path = (ctx.root / value).resolve()
@@ -232,17 +235,20 @@ def gpu_key() -> list[list[str]] | str:
 class ModelEngine(Stage):
     name = "model"
     version = 1
-    code = ("hf.py", "container.py")
+    code = ("hf.py", "container.py", "records.py")
 
     def enabled(self, ctx: Context) -> bool:
         return ctx.profile.model is not None
 
+    def lock_entries(self, ctx: Context) -> list[str]:
+        name, m = model_config(ctx)
+        return [f"models.{name}"] + ([f"images.{m.image}"] if m.backend == "tensorrt-engine" else [])
+
     def key_inputs(self, ctx: Context) -> dict:
         name, m = model_config(ctx)
         key: dict = {"model": name, "config": m.model_dump(mode="json", exclude={"engine_dir"}),
-                     "lock": ctx.lock.entry("models", name), "source": ctx.checkout_digests(SOURCE)}
+                     "source": ctx.checkout_digests(SOURCE), "app_port": ctx.config.appdisk.app_port}
         if m.backend == "tensorrt-engine":
-            key["image"] = ctx.lock.entry("images", m.image)
             imported = engine_import_dir(ctx, m)
             if imported:
                 key["import"] = {"engine.json": sha256_file(imported / "engine.json"),
@@ -288,6 +294,7 @@ class ModelEngine(Stage):
             with log.step("Rendering the Triton model repository"):
                 render_repository(ctx.root / SOURCE / "triton", repo / "triton", m)
             _normalise(repo)
+            (out / TritonServing.FILE).write_bytes(_json(triton_serving(ctx).model_dump(mode="json")))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return {"model": name, "backend": m.backend, "tensor_parallel": m.tensor_parallel,
@@ -398,11 +405,11 @@ def import_engine(src: Path, engine_out: Path, out: Path, name: str, m: ModelCon
     return record
 
 
-# ---------------------------------------------------------------- for the appdisk stage
+# ---------------------------------------------------------------- what the app disk reads (triton.json)
 
-def triton_manifest_values(ctx: Context, model_record: dict) -> dict:
-    """What appdisk/manifests/app.yaml.j2 needs to run Triton for this model: GPU count, runtime
-    class, shared memory, the server's arguments, environment and the model mount point."""
+def triton_serving(ctx: Context) -> TritonServing:
+    """How the app disk runs Triton for this model (appdisk/manifests/app.yaml.j2): GPU count,
+    shared memory, the server's arguments and environment, the model mount point."""
     name, m = model_config(ctx)
     port = ctx.config.appdisk.app_port
     repo = f"{MODEL_ROOT}/triton"
@@ -419,13 +426,12 @@ def triton_manifest_values(ctx: Context, model_record: dict) -> dict:
                      "--model-control-mode=explicit", "--load-model=tensorrt_llm", "--allow-http=false",
                      "--allow-grpc=false", "--allow-metrics=false",
                      f"--backend-config=python,shm-region-prefix-name=prefix{rank}_"]
-    return {
-        "model": name,
-        "backend": m.backend,
-        "gpus": tp,
-        "shm_size": "2Gi",
-        "model_root": MODEL_ROOT,
-        "args": args,
-        "env": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": "/tmp/hf", "HOME": "/tmp"},
-        "engine_sha256": (model_record.get("outputs") or {}).get("engine.json"),
-    }
+    return TritonServing(
+        model=name,
+        backend=m.backend,
+        gpus=tp,
+        shm_size="2Gi",
+        model_root=MODEL_ROOT,
+        args=args,
+        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": "/tmp/hf", "HOME": "/tmp"},
+    )

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from .. import log, platforms, templates, verity_disk
 from ..errors import BadInput, ToolFailed, VerificationFailed
+from ..files import sha256_file
 from ..graph import Context, Stage, StageResult, tool_version
-from ..lock import LOCK_FILE, DebPin, sha256_file
+from ..lock import LOCK_FILE, DebPin
 from ..measure import gpt, pe
 from ..run import SYSTEM_PATH, run
 
@@ -122,21 +123,14 @@ def render_config(ctx: Context, dest: Path | None) -> dict[str, str]:
 
 # ---------------------------------------------------------------- k3s pins
 
-def _k3s_pins(ctx: Context, need: bool) -> dict:
-    """The k3s pins for the cache key; an entry without a sha256 is keyed as such so that `plan`
-    still answers, and refused (`need`) when the image is built."""
-    pins = {}
+def _require_k3s_pins(ctx: Context) -> None:
+    """Building the image needs both k3s entries pinned by sha256 (`plan` answers without)."""
     for name in K3S_PINS:
         pin = ctx.lock.files.get(name)
         if pin is None or not pin.sha256:
             state = "no such entry" if pin is None else "has no sha256"
-            if need:
-                raise BadInput(LOCK_FILE, f"files.{name}: {state}, but profile {ctx.profile_name} has k3s",
-                               f"pin files.{name} (url + sha256) with `mithril-build lock` where GitHub is reachable")
-            pins[name] = f"not pinned ({state})"
-            continue
-        pins[name] = pin.model_dump(mode="json")
-    return pins
+            raise BadInput(LOCK_FILE, f"files.{name}: {state}, but profile {ctx.profile_name} has k3s",
+                           f"pin files.{name} (url + sha256) with `mithril-build lock` where GitHub is reachable")
 
 
 def _airgap_name(ctx: Context) -> str:
@@ -246,12 +240,14 @@ class OsImage(Stage):
     deps = ()
     code = ("verity_disk.py", "measure/verity.py", "measure/gpt.py", "measure/pe.py")
 
+    def lock_entries(self, ctx: Context) -> list[str]:
+        return [f"debs.{OS_DEBS}"] + ([f"files.{n}" for n in K3S_PINS] if ctx.profile.os.k3s else [])
+
+    def deb_pins(self, ctx: Context, name: str) -> dict[str, DebPin]:
+        return os_pins(ctx) or {}
+
     def key_inputs(self, ctx: Context) -> dict:
-        pins = os_pins(ctx)
-        lock: dict = {"debian": ctx.lock.debian,
-                      "debs": {n: p.model_dump(mode="json") for n, p in sorted(pins.items())} if pins else None}
-        if ctx.profile.os.k3s:
-            lock["files"] = _k3s_pins(ctx, need=False)
+        os_pins(ctx)  # --locked refuses an unpinned debs.os first
         mkosi = tool_version("mkosi", "--version")
         pinned = ctx.lock.tools.get("mkosi")
         if pinned and mkosi.split()[-1] != pinned:
@@ -265,22 +261,16 @@ class OsImage(Stage):
             "config": {"os": ctx.profile.os.model_dump(mode="json"), "mode": ctx.profile.mode,
                        "platform": ctx.profile.platform, "seed": str(ctx.seed),
                        "source_date_epoch": ctx.source_date_epoch},
-            "lock": lock,
+            "debian": ctx.lock.debian,
             "tools": {t: tool_version(*argv) for t, argv in {
                 "mkosi": ("mkosi", "--version"), "systemd-repart": ("systemd-repart", "--version"),
                 "mksquashfs": ("mksquashfs", "-version"), "ukify": (UKIFY, "--version"),
                 "mkfs.vfat": ("mkfs.vfat", "--help"), "mtools": ("mcopy", "--version")}.items()},
         }
 
-    def pins(self, ctx: Context) -> dict:
-        out = {f"debs.{OS_DEBS}.{n}": p.file() for n, p in sorted((os_pins(ctx) or {}).items())}
-        if ctx.profile.os.k3s:
-            out.update({f"files.{n}": ctx.lock.file(n) for n in K3S_PINS})
-        return out
-
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
         if ctx.profile.os.k3s:
-            _k3s_pins(ctx, need=True)
+            _require_k3s_pins(ctx)
         scratch = ctx.cache_dir / "tmp"  # emptied when the next run takes the cache lock
         if any(c.isspace() for c in str(scratch)):
             # mkosi 24 runs `cat >{path}` through a shell and apt takes the local repository as a

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.graph import tree_digests
+from pipeline.files import tree_digests
 from pipeline.measure import gpt
 from pipeline.run import run
 from tests.conftest import mb, need, new_project

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import debian
+from pipeline import debian, inputs
 from pipeline import lock as lk
 from pipeline.debian import Archive, Package, Relation, compare_versions, parse_relations, resolve
 from pipeline.errors import BadInput
@@ -141,7 +141,7 @@ def test_real_index_is_complete(debian_archive):
 def inrelease(tmp_path_factory) -> Path:
     need("gpgv", debian.KEYRING)
     path = tmp_path_factory.mktemp("release") / "InRelease"
-    lk.download("http://security.debian.org/debian-security/dists/bookworm-security/InRelease", path, "InRelease")
+    inputs.download("http://security.debian.org/debian-security/dists/bookworm-security/InRelease", path, "InRelease")
     return path
 
 
@@ -311,7 +311,7 @@ def caddy_repo(tmp_path_factory):
     """A local repository of the caddy image's pinned .debs (fetched through the input store)."""
     lock = lk.load(REPO / "mithril.lock")
     d = tmp_path_factory.mktemp("localrepo")
-    store = lk.InputStore(d / "store", lock, REPO)
+    store = inputs.InputStore(d / "store", lock, REPO)
     debs = {n: store.pinned(p.file(), f"debs.caddy.{n}") for n, p in lock.debs["caddy"].items()}
     return debian.local_repository(debs, d / "repo", "bookworm", 1704067200), lock.debs["caddy"]
 

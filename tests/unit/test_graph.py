@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import config as cfg
+from pipeline import inputs
 from pipeline import lock as lk
 from pipeline.graph import Context, Orchestrator, Stage, digest, explain_diff
 
@@ -48,7 +49,7 @@ def make_ctx(root: Path) -> Context:
     config = cfg.load(root / "mithril.yaml")
     name, prof = config.profile(None)
     lock = lk.Lock()
-    return Context(root, config, name, prof, lock, lk.InputStore(root / "c/inputs", lock, root),
+    return Context(root, config, name, prof, lock, inputs.InputStore(root / "c/inputs", lock, root),
                    root / "c", root / "out" / name, False)
 
 
@@ -170,7 +171,7 @@ def _pinned_ctx(project, data: bytes):
 
     (project.root / "tool.bin").write_bytes(data)
     lock = lk.Lock(files={"tool": lk.FilePin(path="tool.bin", sha256=hashlib.sha256(data).hexdigest())})
-    store = lk.InputStore(project.cache_dir / "inputs", lock, project.root)
+    store = inputs.InputStore(project.cache_dir / "inputs", lock, project.root)
     return dataclasses.replace(project, lock=lock, store=store)
 
 
@@ -184,12 +185,28 @@ def test_pinned_checkout_file_edited_after_a_build_is_refused_on_a_cache_hit(pro
         Orchestrator(ctx, {"pinned": Pinned}).run(["pinned"])
     (ctx.root / "tool.bin").write_bytes(b"v1")
     hashed = []
-    monkeypatch.setattr(lk, "sha256_file", lambda p, **kw: hashed.append(p) or __import__("hashlib").sha256(
+    monkeypatch.setattr(inputs, "sha256_file", lambda p, **kw: hashed.append(p) or __import__("hashlib").sha256(
         p.read_bytes()).hexdigest())
     Orchestrator(ctx, {"pinned": Pinned}).run(["pinned"])  # changed identity: hashed again, then a hit
     Orchestrator(ctx, {"pinned": Pinned}).run(["pinned"])  # same identity: not hashed again
     assert [p.name for p in hashed if p.name == "tool.bin"] == ["tool.bin"]
     assert Pinned.builds == 1
+
+
+class Declared(Source):
+    """A stage that only declares its lock entry: its pins and its cache key follow from it."""
+    name = "declared"
+
+    def lock_entries(self, ctx):
+        return ["files.tool"]
+
+
+def test_lock_entries_make_the_pins_and_the_key(project):
+    ctx = _pinned_ctx(project, b"v1")
+    assert Declared().pins(ctx) == {"files.tool": ctx.lock.file("tool")}
+    Orchestrator(ctx, {"declared": Declared}).run(["declared"])
+    plan = Orchestrator(_pinned_ctx(project, b"v2"), {"declared": Declared}).plan(["declared"])[0]
+    assert plan.hit is None and plan.reason == "changed: lock.files.tool.sha256: changed"
 
 
 def test_plan_waits_for_a_running_build_and_reads_its_result(project, monkeypatch):

@@ -12,6 +12,7 @@ import yaml
 from pipeline import lock as lk
 from pipeline import project
 from pipeline.errors import BadInput
+from pipeline.inputs import InputStore, snapshot_url
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,6 +70,18 @@ def test_lock_pins_an_unpinned_url_and_reports(tmp_path, served):
                                    "[bookworm, bookworm-security])"
 
 
+def test_what_lock_and_export_inputs_read_is_what_the_stages_declare(tmp_path):
+    from pipeline.orchestrate import profile_inputs, profile_pins
+
+    llama = project.context(REPO, "llama", None, tmp_path, False)
+    assert profile_inputs(llama) == (["triton", "nvidia-device-plugin"], ["Llama-2-7b-hf"])
+    demo = project.context(REPO, "demo", None, tmp_path, False)
+    assert profile_inputs(demo) == ([], [])
+    pins = profile_pins(demo)
+    assert "files.busybox-static" in pins and {n.split(".")[1] for n in pins if n.startswith("debs.")} == \
+        {"caddy", "attestation-server", "os"}
+
+
 def test_image_pins_and_latest_are_checked():
     lock = lk.Lock.model_validate({"images": {"a": {"ref": "r.io/x:1"}, "b": {"ref": "r.io/y:latest",
                                                                               "digest": "sha256:" + "1" * 64}}})
@@ -95,12 +108,12 @@ def test_bad_lock(tmp_path, text, msg):
 def test_snapshot_url_of_pool_files():
     debian = {"mirror": "http://deb.debian.org/debian", "security": "http://security.debian.org/debian-security",
               "snapshot": "20261128T233728Z"}
-    assert lk.snapshot_url("http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb", debian) == \
+    assert snapshot_url("http://deb.debian.org/debian/pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb", debian) == \
         "https://snapshot.debian.org/archive/debian/20261128T233728Z/pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb"
-    assert lk.snapshot_url("http://security.debian.org/debian-security/pool/updates/main/o/openssl/x.deb", debian) == \
+    assert snapshot_url("http://security.debian.org/debian-security/pool/updates/main/o/openssl/x.deb", debian) == \
         "https://snapshot.debian.org/archive/debian-security/20261128T233728Z/pool/updates/main/o/openssl/x.deb"
-    assert lk.snapshot_url("https://example.com/pool/x.deb", debian) is None
-    assert lk.snapshot_url("http://deb.debian.org/debian/pool/x.deb", {**debian, "snapshot": None}) is None
+    assert snapshot_url("https://example.com/pool/x.deb", debian) is None
+    assert snapshot_url("http://deb.debian.org/debian/pool/x.deb", {**debian, "snapshot": None}) is None
 
 
 def test_offline_store_takes_files_from_the_inputs_folder_only(tmp_path):
@@ -111,7 +124,7 @@ def test_offline_store_takes_files_from_the_inputs_folder_only(tmp_path):
     lock = lk.Lock.model_validate({"files": {"x": {"url": "http://192.0.2.1/x", "sha256": sha}}})
     inputs = tmp_path / "inputs"
     (inputs / "sha256").mkdir(parents=True)
-    store = lk.InputStore(tmp_path / "store", lock, tmp_path, offline=inputs)
+    store = InputStore(tmp_path / "store", lock, tmp_path, offline=inputs)
     with pytest.raises(BadInput, match=f"{sha}: missing from the inputs folder"):
         store.path("x")  # never the network (192.0.2.1 is unreachable by definition)
     (inputs / "sha256" / sha).write_bytes(b"something else")

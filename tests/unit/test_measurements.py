@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 
 from pipeline.errors import BadInput
-from pipeline.graph import StageResult, tree_digests
+from pipeline.cache import StageResult
+from pipeline.files import tree_digests
 from pipeline.measure import pe, platform, predict
 from pipeline.project import REPO
 from pipeline.stages.measurements import Measurements, schema_path

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import container, graph
+from pipeline import container, graph, inputs
 from pipeline import lock as lk
 from pipeline.config import load as load_config
 from pipeline.errors import BadInput, ToolFailed, VerificationFailed
 from pipeline.run import Completed
 from pipeline.stages import model_engine as me
 from pipeline.config import AzureOverride
+from tests.conftest import mb
 from tests.unit.fakehub import FakeHub, online_hub, small_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,6 @@ TOKEN = "hf_StageSecretToken987654321"
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    monkeypatch.delenv("MITHRIL_ENGINE_DIR", raising=False)
     yield from online_hub(monkeypatch, tmp_path, REPO, COMMIT, small_model("gpt"), token=TOKEN)
 
 
@@ -70,7 +70,8 @@ class FakeHost:
         return Completed(tuple(argv), 0, b"", b"")
 
 
-def make_ctx(tmp_path: Path, hub: FakeHub, name="gpt2", locked=False, image_digest=DIGEST, **model_update) -> graph.Context:
+def make_ctx(tmp_path: Path, hub: FakeHub, name="gpt2", locked=False, image_digest=DIGEST, engine_dir=None,
+             **model_update) -> graph.Context:
     root = tmp_path / "project"
     if not root.exists():
         root.mkdir(parents=True)
@@ -93,8 +94,8 @@ def make_ctx(tmp_path: Path, hub: FakeHub, name="gpt2", locked=False, image_dige
         images={"triton": lk.ImagePin(ref="nvcr.io/nvidia/tritonserver:26.02-trtllm-python-py3", digest=image_digest)})
     pname, prof = config.profile(name)
     cache = tmp_path / "cache"
-    return graph.Context(root, config, pname, prof, lock, lk.InputStore(cache / "inputs", lock, root), cache,
-                         root / "out" / pname, locked)
+    return graph.Context(root, config, pname, prof, lock, inputs.InputStore(cache / "inputs", lock, root), cache,
+                         root / "out" / pname, locked, engine_dir)
 
 
 def build(ctx: graph.Context) -> graph.StageResult:
@@ -216,8 +217,7 @@ def test_engine_import_verified(hub, tmp_path, monkeypatch):
     shutil.copy(built / "timing.cache", elsewhere / "timing.cache")
 
     host = FakeHost(monkeypatch, runtime=None, gpu=False)  # the importing host has neither
-    monkeypatch.setenv("MITHRIL_ENGINE_DIR", "../imported")  # relative to the project
-    out = build(make_ctx(tmp_path, hub)).dir
+    out = build(make_ctx(tmp_path, hub, engine_dir=Path("../imported"))).dir  # relative to the project
     assert host.calls == []
     assert (out / "engine.json").read_bytes() == (built / "engine.json").read_bytes()
     assert files_of(out / "model_repository") == files_of(built / "model_repository")
@@ -225,36 +225,47 @@ def test_engine_import_verified(hub, tmp_path, monkeypatch):
     # a tampered engine is refused
     with open(elsewhere / "engine" / "rank0.engine", "ab") as f:
         f.write(b"x")
-    monkeypatch.setenv("MITHRIL_ENGINE_DIR", str(elsewhere))
     with pytest.raises(VerificationFailed, match="engine files differ from the record: rank0.engine"):
-        build(make_ctx(tmp_path / "t", hub))
+        build(make_ctx(tmp_path / "t", hub, engine_dir=elsewhere))
 
 
 def test_engine_import_with_other_options_is_refused(hub, tmp_path, monkeypatch):
     FakeHost(monkeypatch)
     built = build(make_ctx(tmp_path / "gpu-host", hub)).dir
-    monkeypatch.setenv("MITHRIL_ENGINE_DIR", str(built))
     with pytest.raises(VerificationFailed, match="build_options differ"):
-        build(make_ctx(tmp_path, hub, max_batch_size=4))
+        build(make_ctx(tmp_path, hub, engine_dir=built, max_batch_size=4))
 
 
 def test_engine_dir_without_engine_json_is_bad_input(hub, tmp_path, monkeypatch):
     FakeHost(monkeypatch)
-    monkeypatch.setenv("MITHRIL_ENGINE_DIR", str(tmp_path))
     with pytest.raises(BadInput, match="no engine.json here"):
-        build(make_ctx(tmp_path, hub))
+        build(make_ctx(tmp_path, hub, engine_dir=tmp_path))
+
+
+def test_engine_dir_reaches_every_command_through_the_context(tmp_path):
+    """--engine-dir is an override like --model: `plan` and `all` see it too (here: a folder
+    that is no engine, refused before anything is built)."""
+    for command in ("plan", "all"):
+        res = mb(command, "--project", REPO_ROOT, "--profile", "gpt2", "--cache-dir", tmp_path / "cache",
+                 "--engine-dir", tmp_path)
+        assert res.returncode == 2 and "no engine.json here" in res.stderr, res.stderr
+    assert not (tmp_path / "cache" / "stages").exists()
 
 
 def test_triton_manifest_values(hub, tmp_path, monkeypatch):
+    """The model stage writes what the app disk needs to run Triton (triton.json)."""
+    from pipeline.records import TritonServing, read
+
     FakeHost(monkeypatch)
     ctx = make_ctx(tmp_path, hub)
-    values = me.triton_manifest_values(ctx, build(ctx).record)
+    values = read(build(ctx).dir, TritonServing).model_dump()
+    assert values == me.triton_serving(ctx).model_dump()
     assert values["gpus"] == 1 and "runtime_class" not in values and values["model_root"] == "/models"
     assert values["args"][0] == "tritonserver" and "--model-repository=/models/triton" in values["args"]
     assert f"--http-port={ctx.config.appdisk.app_port}" in values["args"]
     tp2 = make_ctx(tmp_path / "tp", hub, tensor_parallel=2)
-    args = me.triton_manifest_values(tp2, {})["args"]
-    assert args[0] == "mpirun" and args.count("tritonserver") == 2 and me.triton_manifest_values(tp2, {})["gpus"] == 2
+    args = me.triton_serving(tp2).args
+    assert args[0] == "mpirun" and args.count("tritonserver") == 2 and me.triton_serving(tp2).gpus == 2
 
 
 def test_model_stage_disabled_without_model(hub, tmp_path):

@@ -142,7 +142,7 @@ def test_bad_input_template_syntax(tmp_path):
 def test_k3s_with_pins_renders(tmp_path):
     root = with_k3s_pins(make_project(tmp_path, lambda t: t.replace("  k3s: false", "  k3s: true")))
     ctx = ctx_for(root)
-    assert set(os_image.OsImage().key_inputs(ctx)["lock"]["files"]) == {"k3s", "k3s-airgap-images"}
+    assert {"files.k3s", "files.k3s-airgap-images"} <= set(os_image.OsImage().lock_entries(ctx))
     out = render(root)
     assert "10.42.0.0/16" in (out / "mkosi.extra/usr/lib/mithril/firewall/rules.v4").read_text()
     config = yaml.safe_load((out / "mkosi.extra/usr/lib/mithril/k3s/config.yaml").read_text())

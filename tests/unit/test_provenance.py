@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from pipeline import provenance as prov
-from pipeline.graph import StageResult, output_digests
+from pipeline.cache import StageResult, output_digests
 from pipeline.project import context
 from pipeline.run import run
 from pipeline.stages.provenance import Provenance

@@ -17,7 +17,7 @@ from pathlib import Path
 from ... import log, platforms
 from ...config import CONFIG_FILE, Config, Profile
 from ...errors import BadInput, ToolFailed
-from ...lock import atomic_write, sha256_file
+from ...files import atomic_write, sha256_file
 from . import AzurePlatform
 from .vhd import FOOTER_SIZE, MIN_DATA_SIZE, disk_footer
 

@@ -1,0 +1,82 @@
+"""File helpers every part of the build shares: sha256 of files and trees, atomic writes, and
+the canonical JSON that cache keys are hashed from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import log
+
+TMP_PREFIX = ".mithril-tmp-"  # every temporary name we make beside a result: a killed run's are recognisable
+SKIP_DIRS = {"__pycache__", ".pytest_cache"}
+
+
+def sha256_file(path: Path, progress: bool = False) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        bar = log.progress(os.fstat(f.fileno()).st_size, f"sha256 {path.name}") if progress else None
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            if bar:
+                bar.update(len(chunk))
+        if bar:
+            bar.close()
+    return h.hexdigest()
+
+
+def copy_hashed(src: Path, dest: Path) -> str:
+    """Copy src to dest; the sha256 of the bytes written."""
+    h = hashlib.sha256()
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def canonical(obj: Any) -> bytes:
+    """Sorted keys, no spaces, UTF-8: equal data, equal bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(canonical(obj)).hexdigest()
+
+
+def tree_digests(base: Path, *relpaths: str) -> dict[str, str]:
+    """{relpath: sha256} of every file under the given paths; executables get a '+x' suffix,
+    symlinks are recorded by target. Sorted, independent of mtimes."""
+    out: dict[str, str] = {}
+    for rel in relpaths:
+        top = base / rel
+        if not top.exists() and not top.is_symlink():
+            continue
+        paths = [top] if not top.is_dir() or top.is_symlink() else sorted(
+            p for p in top.rglob("*") if not SKIP_DIRS & set(p.relative_to(base).parts))
+        for p in paths:
+            key = p.relative_to(base).as_posix()
+            if p.is_symlink():
+                out[key] = "symlink:" + os.readlink(p)
+            elif p.is_file():
+                x = "+x" if os.stat(p).st_mode & stat.S_IXUSR else ""
+                out[key] = sha256_file(p) + x
+    return dict(sorted(out.items()))
