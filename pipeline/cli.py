@@ -837,6 +837,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:  # a bare `mithril-build`: the help, as asked
+        click.echo(e.ctx.get_help() if e.ctx else e.format_message(), err=True)
+        sys.exit(2)
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "mithril-build"
         _fail(f"{e.format_message()} (see `{where} --help`)", 2)

@@ -120,3 +120,11 @@ def test_plan_still_shows_the_plan_when_an_entry_is_not_pinned_yet(project):
     build's error, so `plan --locked` of an llm profile still answers."""
     res = cli("plan", "--profile", "llama", "--locked", "--json", cwd=project)
     assert res.returncode == 0, res.stderr
+
+
+def test_a_bare_command_or_group_prints_its_help(tmp_path):
+    """`mithril-build` or `mithril-build azure` alone: click's help, readable (not one escaped line)."""
+    for args in ((), ("azure",)):
+        res = cli(*args, cwd=tmp_path)
+        assert res.returncode == 2 and res.stderr.startswith("Usage: mithril-build"), res.stderr
+        assert "\nCommands:\n" in res.stderr
