@@ -129,9 +129,10 @@ def resolve_target(url: str, measurements: Path | None, ek_ca: Path | None, proj
         if record is not None:
             measurements = root / "out" / record["profile"] / "measurements.json"
         elif root is not None:
+            from . import CONFIG_FILE
             from . import config as cfg
 
-            profile = cfg.load(root / cfg.CONFIG_FILE).default_profile
+            profile = cfg.load(root / CONFIG_FILE).default_profile
             measurements = root / "out" / profile / "measurements.json"
         else:
             raise BadInput("--measurements", "not given and no mithril project here or above",

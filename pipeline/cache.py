@@ -176,7 +176,7 @@ def publish(result: StageResult, stage: str, out_dir: Path) -> None:
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
-    atomic_write(rec_path, json.dumps(result.record, indent=2, sort_keys=True).encode() + b"\n")
+    atomic_write(rec_path, json.dumps(result.record, indent=2, sort_keys=True).encode() + b"\n", keep_same=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -194,4 +194,4 @@ def write_sha256sums(out_dir: Path) -> None:
         if (path.is_file() and not path.name.startswith(".") and rel not in UNSUMMED
                 and not rel.startswith(RECORDS + "/")):
             lines.append(f"{sha256_file(path)}  {rel}\n")
-    atomic_write(out_dir / "SHA256SUMS", "".join(lines).encode())
+    atomic_write(out_dir / "SHA256SUMS", "".join(lines).encode(), keep_same=True)

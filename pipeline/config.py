@@ -9,11 +9,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt, create_model, field_validator, model_validator
 
-from . import platforms
+from . import CONFIG_FILE, platforms
 from .errors import BadInput
 from .readers import Strict, load_model
 
-CONFIG_FILE = "mithril.yaml"
 PlatformName = Literal[platforms.names()]  # one per folder of pipeline/platforms/
 
 

@@ -3,6 +3,7 @@ the canonical JSON that cache keys are hashed from."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,8 +18,24 @@ TMP_PREFIX = ".mithril-tmp-"  # every temporary name we make beside a result: a 
 SKIP_DIRS = {"__pycache__", ".pytest_cache"}
 
 
+# Every file this process hashed, with its identity when read (None: it changed while read). The
+# warm no-op (noop.py) rests only on files whose identity still is the one their bytes were read at.
+hashed: dict[str, list[int] | None] = {}
+
+
+def identity(path: Path | str) -> list[int] | None:
+    """(device, inode, size, mode, mtime, ctime) of path itself, None if absent. Any write to a
+    file moves its ctime, which no user call can set back."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def sha256_file(path: Path, progress: bool = False) -> str:
     h = hashlib.sha256()
+    before = identity(path)
     with open(path, "rb") as f:
         bar = log.progress(os.fstat(f.fileno()).st_size, f"sha256 {path.name}") if progress else None
         while chunk := f.read(1 << 20):
@@ -27,6 +44,7 @@ def sha256_file(path: Path, progress: bool = False) -> str:
                 bar.update(len(chunk))
         if bar:
             bar.close()
+    hashed[os.path.abspath(path)] = before if identity(path) == before else None
     return h.hexdigest()
 
 
@@ -40,7 +58,13 @@ def copy_hashed(src: Path, dest: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, keep_same: bool = False) -> None:
+    """Replace path with data in one rename. `keep_same`: leave a file that already holds exactly
+    data as it is (its identity unchanged, so a warm no-op that rests on it still holds)."""
+    if keep_same:
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
     try:

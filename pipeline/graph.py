@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import log
+from . import log, noop
 from .cache import Cache, StageResult, output_digests, publish, write_sha256sums
 from .config import Config, Profile
 from .errors import BadInput
@@ -28,11 +28,16 @@ from .lock import DebPin, FilePin, Lock
 
 
 @functools.cache
+def cached_line(stage: str, key: str) -> str:
+    return f"✓ {stage}: cached ({key[:12]})"
+
+
 def tool_version(*argv: str) -> str:
     """First line a tool prints for its version (part of cache keys); 'missing' if absent."""
     from .errors import ToolFailed
     from .run import SYSTEM_PATH, run
 
+    noop.tools.add(argv[0])  # a new version invalidates the warm no-op too
     try:
         res = run(list(argv), extra_env={"PATH": SYSTEM_PATH}, ok=range(256))
     except ToolFailed:
@@ -279,7 +284,7 @@ class Orchestrator:
                 forced = force and stage.name in targets
                 hit = None if forced else self.cache.lookup(stage.name, key)
                 if hit:
-                    log.info(f"✓ {stage.name}: cached ({key[:12]})")
+                    log.info(cached_line(stage.name, key))
                     results[stage.name] = hit
                 else:
                     why = "forced" if forced else self._why(stage, fields)

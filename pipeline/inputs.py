@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import log
 from .errors import BadInput, ToolFailed
-from .files import atomic_write, copy_hashed, sha256_file
+from .files import atomic_write, copy_hashed, identity, sha256_file
 from .lock import LOCK_FILE, FilePin, Lock
 
 INDEX = "index.json"
@@ -58,8 +58,10 @@ class InputStore:
     superseded versions from its pool) is retried on snapshot.debian.org at the lock's
     `debian.snapshot` timestamp."""
 
-    def __init__(self, root: Path, lock: Lock, project: Path, offline: Path | None = None):
+    def __init__(self, root: Path, lock: Lock, project: Path, offline: Path | None = None,
+                 trust_identity: bool = True):
         self.root, self.lock, self.project, self.offline = root, lock, project, offline
+        self.trust_identity = trust_identity  # False (--verify): checkout files hashed on every use
 
     def path(self, name: str) -> Path:
         pin = self.lock.file(name)
@@ -67,7 +69,7 @@ class InputStore:
 
     def pinned(self, pin: FilePin, what: str, check: Callable[[Path], object] | None = None) -> Path:
         """The pinned file, its sha256 checked. A file of the checkout (`path`) is hashed again
-        whenever its identity (device, inode, size, mtime, ctime) differs from the last time it
+        whenever its identity (device, inode, size, mode, mtime, ctime) differs from the last time it
         matched; then `check` (e.g. reading it as an image archive) runs too."""
         if pin.path:
             src = (self.project / pin.path).resolve()
@@ -75,7 +77,7 @@ class InputStore:
                 raise BadInput(LOCK_FILE, f"{what}.path: {pin.path!r} points outside the project")
             if not src.is_file():
                 raise BadInput(LOCK_FILE, f"{what}.path: {pin.path} does not exist")
-            if self._known(src) == pin.sha256:
+            if self.trust_identity and self._known(src) == pin.sha256:
                 return src
             target = src
         else:
@@ -84,7 +86,7 @@ class InputStore:
             target = self.root / "sha256" / pin.sha256
             if not target.exists():
                 self._fetch(pin, target, what)
-        identity = _identity(target)
+        before = identity(target)
         actual = sha256_file(target)
         if actual != pin.sha256:
             if not pin.path:
@@ -96,7 +98,7 @@ class InputStore:
         if check is not None:
             check(target)
         if pin.path:
-            self._remember(target, identity, actual)
+            self._remember(target, before, actual)
         return target
 
     def copy(self, pin: FilePin, what: str, dest: Path) -> None:
@@ -124,18 +126,18 @@ class InputStore:
             known = json.loads((self.root / self.IDENTITIES).read_text()).get(str(path))
         except (OSError, ValueError, AttributeError, RecursionError):
             return None
-        if isinstance(known, list) and len(known) == 6 and known[:5] == _identity(path):
-            return known[5]
+        if isinstance(known, list) and len(known) == 7 and known[:6] == identity(path):
+            return known[6]
         return None
 
-    def _remember(self, path: Path, identity: list[int], digest: str) -> None:
-        if identity != _identity(path):
+    def _remember(self, path: Path, before: list[int] | None, digest: str) -> None:
+        if before is None or before != identity(path):
             return  # changed while we read it
         table = {}
         with contextlib.suppress(OSError, ValueError, RecursionError):
             loaded = json.loads((self.root / self.IDENTITIES).read_text())
             table = loaded if isinstance(loaded, dict) else {}
-        table[str(path)] = [*identity, digest]
+        table[str(path)] = [*before, digest]
         with contextlib.suppress(OSError):  # only a cache: without it the file is hashed again
             atomic_write(self.root / self.IDENTITIES, json.dumps(table, indent=0, sort_keys=True).encode())
 
@@ -160,11 +162,6 @@ class InputStore:
                 raise
             log.warn(f"{what}: {pin.url} is gone; trying snapshot.debian.org")
             download(snapshot, target, what)
-
-
-def _identity(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def snapshot_url(url: str, debian: dict) -> str | None:

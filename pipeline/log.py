@@ -16,7 +16,11 @@ def info(msg: str) -> None:
         print("  " * _depth + msg, file=sys.stderr, flush=True)
 
 
+warnings: list[str] = []  # this process's, in order (a warm no-op repeats a build's warnings)
+
+
 def warn(msg: str) -> None:
+    warnings.append("warning: " + msg)
     print("  " * _depth + "warning: " + msg, file=sys.stderr, flush=True)
 
 

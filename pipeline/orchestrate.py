@@ -47,10 +47,14 @@ def build(ctx: Context, targets: list[str] | None, explain: bool = False, force:
     targets = targets or list(orch.stages)
     if ctx.store.offline is not None:
         verify_folder(ctx.store.offline, profile_pins(ctx))
-    log.info(f"profile {ctx.profile_name}: platform {ctx.profile.platform}, mode {ctx.profile.mode}, "
-             f"app {ctx.profile.app}" + (f", model {ctx.profile.model}" if ctx.profile.model else "")
-             + (", --locked" if ctx.locked else ""))
+    log.info(headline(ctx))
     return orch.run(targets, explain=explain, force=force)
+
+
+def headline(ctx: Context) -> str:
+    p = ctx.profile
+    return (f"profile {ctx.profile_name}: platform {p.platform}, mode {p.mode}, app {p.app}"
+            + (f", model {p.model}" if p.model else "") + (", --locked" if ctx.locked else ""))
 
 
 def plan(ctx: Context, targets: list[str] | None) -> list[dict]:

@@ -7,14 +7,15 @@ import shutil
 import uuid
 from pathlib import Path
 
-import yaml
+from typing import TYPE_CHECKING
 
-from . import config as cfg
-from . import lock as lk
+from . import CONFIG_FILE
 from .errors import BadInput
-from .graph import Context
-from .files import sha256_file
-from .inputs import InputStore, check_folder
+
+if TYPE_CHECKING:
+    from .graph import Context
+
+# Light on purpose: `all` finds the project (and answers a warm no-op) before the build is loaded.
 
 # What `init` copies: the project's declarative inputs (stage folders hold data, not code).
 STARTER = ("mithril.yaml", "mithril.lock", "appdisk", "mkosi", "measurements", "model_engine")
@@ -23,28 +24,39 @@ REPO = Path(__file__).resolve().parent.parent
 
 def find_root(start: Path | None) -> Path:
     if start is not None:
-        if not (start / cfg.CONFIG_FILE).is_file():
-            raise BadInput(str(start / cfg.CONFIG_FILE), "not found", "pass the folder that holds mithril.yaml")
+        if not (start / CONFIG_FILE).is_file():
+            raise BadInput(str(start / CONFIG_FILE), "not found", "pass the folder that holds mithril.yaml")
         return start.resolve()
     here = Path.cwd().resolve()
     for d in (here, *here.parents):
-        if (d / cfg.CONFIG_FILE).is_file():
+        if (d / CONFIG_FILE).is_file():
             return d
-    raise BadInput(str(here / cfg.CONFIG_FILE), "not found in this folder or above",
+    raise BadInput(str(here / CONFIG_FILE), "not found in this folder or above",
                    "run `mithril-build init` or pass --project DIR")
 
 
+def cache_path(root: Path, cache_dir: Path | None) -> Path:
+    return (cache_dir or root / ".mithril" / "cache").resolve()
+
+
 def context(project: Path | None, profile: str | None, model: str | None, cache_dir: Path | None,
-            locked: bool, inputs: Path | None = None, engine_dir: Path | None = None) -> Context:
+            locked: bool, inputs: Path | None = None, engine_dir: Path | None = None,
+            verify: bool = False) -> Context:
     """The Context of a command: the project, its resolved profile and lock, and the overrides."""
+    from . import config as cfg
+    from . import lock as lk
+    from .graph import Context
+    from .inputs import InputStore, check_folder
+
     root = find_root(project)
-    config = cfg.load(root / cfg.CONFIG_FILE)
-    name, prof = config.profile(profile, model, str(root / cfg.CONFIG_FILE))
+    config = cfg.load(root / CONFIG_FILE)
+    name, prof = config.profile(profile, model, str(root / CONFIG_FILE))
     lock = lk.load(root / lk.LOCK_FILE)
-    cache = (cache_dir or root / ".mithril" / "cache").resolve()
+    cache = cache_path(root, cache_dir)
     check_folder_path(cache, "--cache-dir" if cache_dir else "cache folder")
     return Context(root=root, config=config, profile_name=name, profile=prof, lock=lock,
-                   store=InputStore(cache / "inputs", lock, root, offline=check_folder(inputs) if inputs else None),
+                   store=InputStore(cache / "inputs", lock, root, offline=check_folder(inputs) if inputs else None,
+                                    trust_identity=not verify),
                    cache_dir=cache,
                    out_dir=root / "out" / name, locked=locked,
                    engine_dir=engine_dir.resolve() if engine_dir else None)
@@ -71,6 +83,12 @@ def init(directory: Path, force: bool, image: Path | None = None, port: int | No
     """Copy the starter files into directory; refuse to overwrite unless forced. The project gets
     its own name (from the folder) and a fresh random seed, so no two projects share disk UUIDs or
     verity salts. With `image`, the app is that container image archive (pinned in the lock)."""
+    import yaml
+
+    from . import config as cfg
+    from . import lock as lk
+    from .files import sha256_file
+
     directory = directory.resolve()
     if directory == REPO:
         raise BadInput(str(directory), "this is mithril-build's own checkout", "choose another folder")
@@ -92,7 +110,7 @@ def init(directory: Path, force: bool, image: Path | None = None, port: int | No
         else:
             shutil.copy2(src, dst)
         written.append(str(dst))
-    config = yaml.safe_load((REPO / cfg.CONFIG_FILE).read_text())
+    config = yaml.safe_load((REPO / CONFIG_FILE).read_text())
     config.update(project=project_name(directory), seed=str(seed or uuid.uuid4()))
     if app is not None:
         archive, ref, app_port = app
@@ -111,7 +129,7 @@ def init(directory: Path, force: bool, image: Path | None = None, port: int | No
     cfg.Config.model_validate(config)  # what we write must load
     header = ("# mithril-build project (written by `mithril-build init`). `mithril-build --help` explains the\n"
               "# commands. seed: disk and partition UUIDs and dm-verity salts derive from it (keep it fixed).\n")
-    (directory / cfg.CONFIG_FILE).write_text(header + yaml.safe_dump(config, sort_keys=False, width=110))
+    (directory / CONFIG_FILE).write_text(header + yaml.safe_dump(config, sort_keys=False, width=110))
     gi = directory / ".gitignore"
     if not gi.exists():
         gi.write_text("/.mithril/\n/out/\n")

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .. import provenance as prov
-from ..config import CONFIG_FILE
+from .. import CONFIG_FILE
 from ..errors import ToolFailed
 from ..graph import Context, Stage, StageResult
 from ..lock import LOCK_FILE

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import log, platforms
-from ...config import CONFIG_FILE, Config, Profile
+from ... import CONFIG_FILE
+from ...config import Config, Profile
 from ...errors import BadInput, ToolFailed
 from ...files import atomic_write, sha256_file
 from . import AzurePlatform

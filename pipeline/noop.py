@@ -1,0 +1,99 @@
+"""The warm no-op: `mithril-build all` with nothing to do, answered without loading the build.
+
+After a successful `all`, a memo in <cache>/noop/ lists every file and folder that answer rests
+on (the checkout, the pipeline's code, the tools in cache keys, the cached results, out/<profile>,
+an --inputs folder) with its identity (files.identity). While every identity is unchanged, the
+next `all` with the same options and environment prints the answer from the memo. Any change
+(an edit, a touch, a file replaced, removed, or added to a folder) falls back to the full run,
+which re-hashes every output. A write always moves a file's ctime, so a tampered output is never
+trusted; `all --verify` re-hashes everything regardless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .cache import Cache
+from .files import SKIP_DIRS, atomic_write, hashed, identity
+
+VERSION = 1
+FOLDER = "noop"  # <cache>/noop/<key>.json
+PACKAGE = Path(__file__).resolve().parent
+
+tools: set[str] = set()  # programs whose version went into a cache key (graph.tool_version)
+
+Identities = dict[str, "list[int] | None"]
+
+
+def tree(top: Path, skip: frozenset[str] = frozenset()) -> Identities:
+    """Identities of top and of everything below it (paths in skip and SKIP_DIRS left out)."""
+    top_s = os.path.abspath(top)
+    out = {top_s: identity(top_s)}
+    for dirpath, dirs, files in os.walk(top_s):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and os.path.join(dirpath, d) not in skip]
+        for name in dirs + files:
+            path = os.path.join(dirpath, name)
+            if path not in skip:
+                out[path] = identity(path)
+    return out
+
+
+def checkout(root: Path, cache_dir: Path) -> Identities:
+    """The project as a build may read it (everything but out/, the cache and top-level dot
+    folders such as .git and .mithril), and the pipeline's own code."""
+    skip = {os.path.join(root, n) for n in os.listdir(root) if n.startswith(".") or n == "out"}
+    files = tree(root, frozenset(skip | {os.path.abspath(cache_dir)}))
+    if not PACKAGE.is_relative_to(root):
+        files.update(tree(PACKAGE))
+    return files
+
+
+def key(options: dict) -> str:
+    """The memo's name: a digest of the options and the environment that reaches the build
+    (secrets among it are hashed, never stored)."""
+    env = {k: v for k, v in os.environ.items() if k == "PATH" or k.startswith(("MITHRIL_", "HF_"))}
+    data = json.dumps({"version": VERSION, "env": env, **options}, sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def replay(cache_dir: Path, name: str) -> list[str] | None:
+    """The lines of the remembered answer if nothing it rests on changed, else None."""
+    try:
+        memo = json.loads((cache_dir / FOLDER / f"{name}.json").read_text())
+        files, lines = memo["files"], memo["lines"]
+        if memo["version"] != VERSION or not isinstance(files, dict) or not isinstance(lines, list):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    with Cache(cache_dir).shared():  # a build under way is waited for, not read half-done
+        if not files or any(identity(p) != ident for p, ident in files.items()):
+            return None
+    return [str(line) for line in lines]
+
+
+def remember(cache_dir: Path, name: str, before: Identities, results: dict, out_dir: Path,
+             inputs: Path | None, lines: list[str]) -> None:
+    """Write the memo of a successful `all`, unless something it rests on changed during the run
+    (the next run then simply takes the full path)."""
+    from .run import SYSTEM_PATH  # the slow path has loaded it anyway
+
+    if any(identity(p) != ident for p, ident in before.items()):
+        return
+    files = dict(before)
+    for result in results.values():
+        files.update(tree(result.dir))
+    files.update(tree(out_dir))
+    if inputs is not None:
+        files.update(tree(inputs))
+    for tool in sorted(tools):
+        found = shutil.which(tool, path=SYSTEM_PATH)
+        for path in {found, os.path.realpath(found)} if found else {tool}:
+            files[os.path.abspath(path)] = identity(path)
+    if any(p in files and files[p] != ident for p, ident in hashed.items()):
+        return  # hashed, then changed: this run's answer does not hold for the file as it is now
+    atomic_write(cache_dir / FOLDER / f"{name}.json",
+                 json.dumps({"version": VERSION, "files": files, "lines": lines}, sort_keys=True).encode())
