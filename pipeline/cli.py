@@ -87,7 +87,7 @@ def project_options(f):
             from .orchestrate import headline
 
             lines = [headline(ctx), *log.warnings, *(cached_line(n, r.record["key"]) for n, r in results.items())]
-            noop.remember(ctx.cache_dir, warm[0], warm[1], results, ctx.out_dir, inputs, lines)
+            noop.remember(ctx.cache_dir, warm[0], warm[1], results, ctx.out_dir, [inputs, ctx.engine_dir], lines)
         return results
     return wrapper
 

@@ -2,11 +2,11 @@
 
 After a successful `all`, a memo in <cache>/noop/ lists every file and folder that answer rests
 on (the checkout, the pipeline's code, the tools in cache keys, the cached results, out/<profile>,
-an --inputs folder) with its identity (files.identity). While every identity is unchanged, the
-next `all` with the same options and environment prints the answer from the memo. Any change
-(an edit, a touch, a file replaced, removed, or added to a folder) falls back to the full run,
-which re-hashes every output. A write always moves a file's ctime, so a tampered output is never
-trusted; `all --verify` re-hashes everything regardless.
+an --inputs or --engine-dir folder) with its identity (files.identity). While every identity is
+unchanged, the next `all` with the same options and environment prints the answer from the memo.
+Any change (an edit, a touch, a file replaced, removed, or added to a folder) falls back to the
+full run, which re-hashes every output. A write always moves a file's ctime, so a tampered output
+is never trusted; `all --verify` re-hashes everything regardless.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def replay(cache_dir: Path, name: str) -> list[str] | None:
 
 
 def remember(cache_dir: Path, name: str, before: Identities, results: dict, out_dir: Path,
-             inputs: Path | None, lines: list[str]) -> None:
+             folders: list[Path | None], lines: list[str]) -> None:
     """Write the memo of a successful `all`, unless something it rests on changed during the run
     (the next run then simply takes the full path)."""
     from .run import SYSTEM_PATH  # the slow path has loaded it anyway
@@ -87,8 +87,9 @@ def remember(cache_dir: Path, name: str, before: Identities, results: dict, out_
     for result in results.values():
         files.update(tree(result.dir))
     files.update(tree(out_dir))
-    if inputs is not None:
-        files.update(tree(inputs))
+    for folder in folders:  # given on the command line: --inputs, --engine-dir
+        if folder is not None:
+            files.update(tree(folder))
     for tool in sorted(tools):
         found = shutil.which(tool, path=SYSTEM_PATH)
         for path in {found, os.path.realpath(found)} if found else {tool}:
