@@ -62,18 +62,13 @@ def project_options(f):
         if getattr(f, "warm_noop", False):
             from . import noop
 
-            root = proj.find_root(project)
-            cache = _crash_dir = proj.cache_path(root, cache_dir)
-            name = noop.key({"root": root, "profile": profile, "model": model, "cache": cache, "locked": locked,
-                             "inputs": inputs and inputs.resolve(), "engine_dir": engine_dir and engine_dir.resolve(),
-                             "verbose": verbose})
-            full = any(kwargs.get(k) for k in ("explain", "force", "verify"))  # asked for the full run
-            lines = None if full else noop.replay(cache, name)
-            if lines is not None:  # nothing it rests on changed: the answer of the last run
-                for line in lines:
+            options = {"profile": profile, "model": model, "locked": locked, "inputs": inputs and inputs.resolve(),
+                       "engine_dir": engine_dir and engine_dir.resolve(), "verbose": verbose}
+            warm = noop.start(project, cache_dir, options, full=any(kwargs.get(k) for k in ("explain", "force", "verify")))
+            if isinstance(warm, list):  # nothing it rests on changed: the answer of the last run
+                for line in warm:
                     click.echo(line, err=True)
                 return None
-            warm = name, noop.checkout(root, cache)
         from . import run
 
         run.verbose = verbose
@@ -82,12 +77,12 @@ def project_options(f):
         _crash_dir = ctx.cache_dir
         results = f(ctx, *args, **kwargs)
         if warm is not None:
-            from . import log, noop
-            from .graph import cached_line
+            from . import log
+            from .graph import cached_line, tools_in_keys
             from .orchestrate import headline
 
             lines = [headline(ctx), *log.warnings, *(cached_line(n, r.record["key"]) for n, r in results.items())]
-            noop.remember(ctx.cache_dir, warm[0], warm[1], results, ctx.out_dir, [inputs, ctx.engine_dir], lines)
+            noop.remember(warm, results, ctx.out_dir, [inputs, ctx.engine_dir], tools_in_keys, lines)
         return results
     return wrapper
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import log, noop
+from . import log
 from .cache import Cache, StageResult, output_digests, publish, write_sha256sums
 from .config import Config, Profile
 from .errors import BadInput
@@ -27,17 +27,20 @@ from .inputs import InputStore
 from .lock import DebPin, FilePin, Lock
 
 
-@functools.cache
+tools_in_keys: set[str] = set()  # programs whose version went into a key: the warm no-op rests on them
+
+
 def cached_line(stage: str, key: str) -> str:
     return f"✓ {stage}: cached ({key[:12]})"
 
 
+@functools.cache
 def tool_version(*argv: str) -> str:
     """First line a tool prints for its version (part of cache keys); 'missing' if absent."""
     from .errors import ToolFailed
     from .run import SYSTEM_PATH, run
 
-    noop.tools.add(argv[0])  # a new version invalidates the warm no-op too
+    tools_in_keys.add(argv[0])
     try:
         res = run(list(argv), extra_env={"PATH": SYSTEM_PATH}, ok=range(256))
     except ToolFailed:

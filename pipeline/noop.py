@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import Cache
@@ -23,8 +24,6 @@ from .files import SKIP_DIRS, atomic_write, hashed, identity
 VERSION = 1
 FOLDER = "noop"  # <cache>/noop/<key>.json
 PACKAGE = Path(__file__).resolve().parent
-
-tools: set[str] = set()  # programs whose version went into a cache key (graph.tool_version)
 
 Identities = dict[str, "list[int] | None"]
 
@@ -60,6 +59,30 @@ def key(options: dict) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A full run under way: what its memo will be named and rest on."""
+
+    cache_dir: Path
+    name: str
+    before: Identities
+
+
+def start(project: Path | None, cache_dir: Path | None, options: dict, full: bool) -> list[str] | Pending:
+    """The remembered answer's lines if nothing it rests on changed (and no `full` run was asked
+    for), else what the full run remembers when it succeeds (`remember`)."""
+    from . import log, project as proj
+
+    root = proj.find_root(project)
+    cache = proj.cache_path(root, cache_dir)
+    name = key({"root": root, "cache": cache, **options})
+    lines = None if full else replay(cache, name)
+    if lines is not None:
+        return lines
+    log.warnings.clear()  # the memo repeats this run's own warnings (tests run many in one process)
+    return Pending(cache, name, checkout(root, cache))
+
+
 def replay(cache_dir: Path, name: str) -> list[str] | None:
     """The lines of the remembered answer if nothing it rests on changed, else None."""
     try:
@@ -75,15 +98,15 @@ def replay(cache_dir: Path, name: str) -> list[str] | None:
     return [str(line) for line in lines]
 
 
-def remember(cache_dir: Path, name: str, before: Identities, results: dict, out_dir: Path,
-             folders: list[Path | None], lines: list[str]) -> None:
+def remember(run: Pending, results: dict, out_dir: Path, folders: list[Path | None], tools: set[str],
+             lines: list[str]) -> None:
     """Write the memo of a successful `all`, unless something it rests on changed during the run
     (the next run then simply takes the full path)."""
-    from .run import SYSTEM_PATH  # the slow path has loaded it anyway
+    from .run import SYSTEM_PATH  # the full run has loaded it anyway
 
-    if any(identity(p) != ident for p, ident in before.items()):
+    if any(identity(p) != ident for p, ident in run.before.items()):
         return
-    files = dict(before)
+    files = dict(run.before)
     for result in results.values():
         files.update(tree(result.dir))
     files.update(tree(out_dir))
@@ -96,5 +119,5 @@ def remember(cache_dir: Path, name: str, before: Identities, results: dict, out_
             files[os.path.abspath(path)] = identity(path)
     if any(p in files and files[p] != ident for p, ident in hashed.items()):
         return  # hashed, then changed: this run's answer does not hold for the file as it is now
-    atomic_write(cache_dir / FOLDER / f"{name}.json",
+    atomic_write(run.cache_dir / FOLDER / f"{run.name}.json",
                  json.dumps({"version": VERSION, "files": files, "lines": lines}, sort_keys=True).encode())
