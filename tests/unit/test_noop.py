@@ -4,7 +4,6 @@ reports it) moved since the memo was written."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from pipeline import noop
