@@ -210,3 +210,45 @@ def write_run_record(root: Path, profile: str, url: str, ek_ca: bytes) -> Path:
     atomic_write(path, json.dumps({"url": url, "profile": profile, "ek_ca": ek_ca.decode(), "pid": os.getpid()},
                                   indent=1).encode() + b"\n")
     return path
+
+
+# ---------------------------------------------------------------------------- attest gpu
+
+def parse_time(text: str | None, option: str = "--at"):
+    """An ISO 8601 time (a date alone is midnight UTC; no zone means UTC), or None for now."""
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(option, f"{text!r} is not an ISO 8601 time", "e.g. 2024-06-01 or 2024-06-01T12:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def read_rims(folder: Path | None, option: str = "--rims") -> list:
+    """Every RIM (*.swidtag, *.xml) in a folder, parsed; anything there that is not a RIM is bad input."""
+    from mithril_client.gpu.check import load_rims
+
+    if folder is None:
+        return []
+    if not Path(folder).is_dir():
+        raise BadInput(str(folder), f"not a folder (given as {option})")
+    files = {str(p): read_file(p, option) for p in sorted(Path(folder).iterdir())
+             if p.is_file() and p.suffix in (".swidtag", ".xml")}
+    return load_rims(files)
+
+
+def verify_gpu_files(report: Path, cert_chain: Path, nonce: str, rims: Path | None, at: str | None,
+                     driver_version: str | None = None) -> list[Row]:
+    """`attest gpu`: one GPU's evidence in NVIDIA's sample formats, as their local verifier takes it."""
+    from mithril_client.gpu.check import RimSet, check_gpu
+    from mithril_client.gpu.spdm import NONCE_LEN, read_report_file
+
+    gpu_nonce = parse_nonce(nonce)
+    if len(gpu_nonce) != NONCE_LEN:
+        raise BadInput("--nonce", f"{len(gpu_nonce)} bytes; an SPDM nonce has {NONCE_LEN}")
+    raw = read_report_file(read_file(report, "--report"), str(report))
+    return check_gpu(raw, read_file(cert_chain, "--cert-chain"), gpu_nonce, RimSet(tuple(read_rims(rims))),
+                     now=parse_time(at), driver_version=driver_version, where=str(report))

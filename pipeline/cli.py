@@ -583,7 +583,7 @@ def record_platform(ctx, platform_name, from_serial, from_quote, pcrs, signature
 
 @cli.group("attest")
 def attest_group():
-    """Verify TPM quotes against measurements.json."""
+    """Verify TPM quotes and GPU evidence against measurements.json and NVIDIA's references."""
 
 
 @attest_group.command("verify")
@@ -638,6 +638,34 @@ def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements,
         report = verify_files(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, allow_debug)
         rows, ok, data = report.rows, report.ok, report_json(report)
     emit(data, as_json, format_table(rows) + "\n" + ("QUOTE VERIFIED" if ok else "QUOTE VERIFICATION FAILED"))
+    if not ok:
+        sys.exit(1)
+
+
+@attest_group.command("gpu")
+@click.option("--report", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The GPU attestation report (SPDM GET_MEASUREMENTS request + response): hex text or binary.")
+@click.option("--cert-chain", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The GPU's certificate chain (PEM, leaf first), as NVML returns it.")
+@click.option("--nonce", required=True, metavar="HEX", help="The 32-byte nonce the GPU was asked to sign (hex).")
+@click.option("--rims", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of NVIDIA RIMs (*.swidtag): the driver RIM and the VBIOS RIM for this GPU.")
+@click.option("--driver-version", help="Require this driver version (the one the image installs).")
+@click.option("--at", "at", metavar="TIME", help="Judge certificate validity at this ISO 8601 time (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def attest_gpu(report, cert_chain, nonce, rims, driver_version, at, as_json):
+    """Check one NVIDIA H100 GPU's confidential-computing evidence offline: the certificate chain to
+    NVIDIA's device root (leaf FWID = report's), the report's signature, the nonce, every golden
+    value of the driver and VBIOS RIMs (each RIM's XML signature to NVIDIA's RIM root), the mode.
+
+    Exit 0 verified, 1 refused, 2 bad input."""
+    from mithril_client.measurements import format_table
+
+    from .attest import rows_json, verify_gpu_files
+
+    rows = verify_gpu_files(report, cert_chain, nonce, rims, at, driver_version)
+    ok = not any(r.failed for r in rows)
+    emit(rows_json(rows, ok), as_json, format_table(rows) + "\n" + ("GPU VERIFIED" if ok else "GPU VERIFICATION FAILED"))
     if not ok:
         sys.exit(1)
 

