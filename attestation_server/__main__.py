@@ -1,5 +1,5 @@
 """python3 -m attestation_server --listen HOST:PORT --platform qemu|azure-trusted-launch|azure-cvm
---tpm /dev/tpmrm0|swtpm:/path/tpm.sock --tls-dir DIR --state-dir DIR [--tls-owner UID:GID] [--pcr 15]"""
+--tpm /dev/tpmrm0|swtpm:/path/tpm.sock --tls-dir DIR --state-dir DIR [--tls-owner UID:GID] [--pcr 15] [--nvml LIB]"""
 
 from __future__ import annotations
 
@@ -37,11 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state-dir", type=Path, required=True, help="the CA key and the PCR record (tmpfs)")
     p.add_argument("--tls-owner", type=_owner, help="UID:GID that gets server.key (the ingress's user)")
     p.add_argument("--pcr", type=int, default=15, help="PCR that measures the CA (sha256 bank; default 15)")
+    p.add_argument("--nvml", help="GPU profiles: libnvidia-ml.so.1 of the measured root; every answer then carries "
+                                  "each GPU's attestation report and certificate chain (evidence version 2)")
     p.add_argument("--thim-url", default=imds.THIM_URL, help="Azure IMDS THIM endpoint (azure-cvm; a stand-in in tests)")
     args = p.parse_args(argv)
     try:
         cfg = Config(platform=args.platform, tpm=args.tpm, tls_dir=args.tls_dir, state_dir=args.state_dir,
-                     tls_owner=args.tls_owner, pcr=args.pcr, thim_url=args.thim_url)
+                     tls_owner=args.tls_owner, pcr=args.pcr, thim_url=args.thim_url, nvml=args.nvml)
         serve(cfg, *args.listen)
     except (StartError, TpmError, ValueError, OSError) as e:
         log(f"attestation server: cannot start: {e}")

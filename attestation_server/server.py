@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from mithril_client import tpm2
 from mithril_client.errors import BadInput
 from mithril_client.evidence import PLATFORMS, VERSION, parse_nonce
+from mithril_client.gpu.binding import binding, derive_gpu_nonce
 
-from . import imds, tls
+from . import imds, nvml, tls
 from .tpm import AK_TEMPLATE, ALG_SHA256, EK_TEMPLATE, RC_HANDLE, RH_ENDORSEMENT, Key, Tpm, TpmError
 
 QUOTED_PCRS = range(16)
@@ -52,6 +53,7 @@ class Config:
     tls_owner: tuple[int, int] | None = None
     pcr: int = 15
     thim_url: str = imds.THIM_URL
+    nvml: str | None = None  # GPU profiles: libnvidia-ml from the measured root; every answer then carries GPU evidence
 
     def __post_init__(self):
         if self.platform not in PLATFORMS:
@@ -163,6 +165,13 @@ class Attestor:
     def __init__(self, cfg: Config, tls_ca: bytes):
         self.cfg, self.tls_ca = cfg, tls_ca
         self._lock = threading.Lock()
+        self._nvml: nvml.Nvml | None = None
+
+    def _gpus(self, nonce: bytes) -> list[nvml.Collected]:
+        """Every GPU's report on the nonce derived from the client's, and its certificate chain."""
+        if self._nvml is None:
+            self._nvml = nvml.Nvml(self.cfg.nvml)  # loaded on first use: a failure is a 503, retried next time
+        return self._nvml.collect(derive_gpu_nonce(nonce))
 
     def _ak(self, tpm: Tpm) -> Key:
         if self.cfg.platform == "qemu":
@@ -180,10 +189,11 @@ class Attestor:
 
     def evidence(self, nonce: bytes) -> dict:
         platform = self.cfg.platform
-        trust: dict[str, str] = {}  # the platform's evidence that the AK is a real TPM's
+        trust: dict[str, object] = {}  # the platform's evidence that the AK is a real TPM's
+        gpus = self._gpus(nonce) if self.cfg.nvml else []  # before the quote, which covers them (evidence v2)
         with self._lock, Tpm(self.cfg.tpm) as tpm:
             ak = self._ak(tpm)
-            attest, signature, values = self._quote(tpm, ak, nonce)
+            attest, signature, values = self._quote(tpm, ak, binding(nonce, gpus) if self.cfg.nvml else nonce)
             if platform == "qemu":
                 try:
                     trust["ek_cert"] = _nv_cert_pem(tpm, NV_EK_CERT)
@@ -198,7 +208,9 @@ class Attestor:
             trust["vcek_chain"] = imds.vcek_chain(self.cfg.thim_url).decode()
         ak_pub = tpm2.load_ak(ak.public, "ak_public").public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        return {"version": VERSION, "platform": platform, "nonce": nonce.hex(),
+        if self.cfg.nvml:
+            trust["gpus"] = [{"report": _b64(g.report), "cert_chain": g.cert_chain.decode()} for g in gpus]
+        return {"version": 2 if self.cfg.nvml else VERSION, "platform": platform, "nonce": nonce.hex(),
                 "quote": _b64(attest), "signature": _b64(signature),
                 "pcrs": {"sha256": {str(i): values[i].hex() for i in QUOTED_PCRS}},
                 "ak_pub": ak_pub.decode(), "ak_public": _b64(ak.public), "tls_ca": self.tls_ca.decode(), **trust}
@@ -292,6 +304,9 @@ class Handler(BaseHTTPRequestHandler):
         except imds.ImdsError as e:
             log(f"{self.command} {url.path}: {e}")
             return self._error(HTTPStatus.BAD_GATEWAY, str(e))
+        except nvml.GpuError as e:  # a GPU profile never serves evidence without its GPUs'
+            log(f"{self.command} {url.path}: {e}")
+            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"GPU evidence could not be collected: {e}")
 
     def _guarded(self) -> None:
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .errors import BadInput
 
 VERSION = 1
+VERSIONS = (1, 2)  # 2: with GPU evidence (mithril_client.gpu.evidence)
 PLATFORMS = ("qemu", "azure-trusted-launch", "azure-cvm")
 MAX_DOCUMENT = 1 << 20  # 1 MiB: real evidence is a few KiB
 NONCE_MIN, NONCE_MAX = 16, 64  # bytes; a TPM2B_DATA holds at most 64
@@ -37,6 +38,8 @@ class Evidence:
     ak_cert: bytes | None = None  # PEM (Azure vTPM AK certificate, NV 0x01C101D0)
     hcl_report: bytes | None = None  # raw NV 0x01400001 (Azure confidential VMs)
     vcek_chain: bytes | None = None  # PEM: VCEK, ASK, ARK (Azure confidential VMs)
+    version: int = 1
+    gpus: tuple = ()  # version 2: gpu.evidence.GpuEvidence per GPU, in the server's order
 
 
 def parse_nonce(text: str, where: str = "nonce") -> bytes:
@@ -118,8 +121,8 @@ def parse_evidence(data: bytes | str, where: str = "evidence") -> Evidence:
         raise BadInput(where, f"not usable JSON: {str(e).splitlines()[0][:120]}") from None
     if not isinstance(doc, dict):
         raise BadInput(where, "must be a JSON object")
-    if type(doc.get("version")) is not int or doc["version"] != VERSION:  # not True, not 1.0
-        raise BadInput(where, f"version: expected {VERSION}, got {doc.get('version')!r}",
+    if type(doc.get("version")) is not int or doc["version"] not in VERSIONS:  # not True, not 1.0
+        raise BadInput(where, f"version: expected one of {VERSIONS}, got {doc.get('version')!r}",
                        "the server and this client speak different evidence versions")
     platform = _str(doc, "platform", where)
     if platform not in PLATFORMS:
@@ -137,4 +140,25 @@ def parse_evidence(data: bytes | str, where: str = "evidence") -> Evidence:
         ak_cert=_pem(doc, "ak_cert", where, required=False),
         hcl_report=_b64(doc, "hcl_report", where, required=False),
         vcek_chain=_pem(doc, "vcek_chain", where, required=False),
+        version=doc["version"],
+        gpus=_gpus(doc, where),
     )
+
+
+def _gpus(doc: dict, where: str) -> tuple:
+    """Version 2: `gpus`, a list of {report: base64, cert_chain: PEM}; version 1 has none."""
+    from .gpu.evidence import MAX_GPUS, GpuEvidence
+
+    raw = doc.get("gpus")
+    if doc["version"] == 1:
+        if raw is not None:
+            raise BadInput(where, "gpus: only in evidence version 2")
+        return ()
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_GPUS:
+        raise BadInput(where, f"gpus: expected a list of 1 to {MAX_GPUS} objects {{report, cert_chain}}")
+    out = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or set(entry) != {"report", "cert_chain"}:
+            raise BadInput(where, f"gpus[{i}]: expected exactly {{report, cert_chain}}")
+        out.append(GpuEvidence(_b64(entry, "report", f"{where}: gpus[{i}]"), _pem(entry, "cert_chain", f"{where}: gpus[{i}]")))
+    return tuple(out)

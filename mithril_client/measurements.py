@@ -29,6 +29,19 @@ class Measurements:
     mode: str
     pcrs: dict[int, tuple[tuple[str, ...], str]]  # index -> (expected values, policy)
     app_roothash: str | None
+    gpu: GpuReference | None = None  # a GPU profile: its evidence must carry GPU evidence
+
+
+@dataclass(frozen=True)
+class GpuReference:
+    """measurements.json `gpu`: the driver the image installs and the NVIDIA RIM that describes it
+    (the release carries the file; docs/gpu.md). `rims_checked_at`: the time the build checked the
+    pinned RIM's signature and certificates, at which they are judged later too."""
+
+    driver_version: str
+    driver_rim_id: str
+    driver_rim_sha256: str
+    rims_checked_at: object  # datetime
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,30 @@ def parse_measurements(raw: object, where: str) -> Measurements:
     if roothash is not None and (not isinstance(roothash, str) or not HEX64.match(roothash.lower())):
         raise BadInput(where, "application_disk.roothash: not 64 hex digits")
     return Measurements(where, str(raw.get("platform", "")), mode, dict(sorted(pcrs.items())),
-                        roothash.lower() if roothash else None)
+                        roothash.lower() if roothash else None, _gpu(raw.get("gpu"), where))
+
+
+def _gpu(raw, where: str) -> GpuReference | None:
+    if raw is None:
+        return None
+    import datetime as dt
+
+    if not isinstance(raw, dict):
+        raise BadInput(where, "gpu: expected an object {driver_version, driver_rim: {id, sha256, checked_at}}")
+    rim = raw.get("driver_rim")
+    version = raw.get("driver_version")
+    if not isinstance(version, str) or not version or not isinstance(rim, dict):
+        raise BadInput(where, "gpu: driver_version (string) and driver_rim (object) are required")
+    rim_id, sha, checked = rim.get("id"), rim.get("sha256"), rim.get("checked_at")
+    if not isinstance(rim_id, str) or not isinstance(sha, str) or not HEX64.match(sha):
+        raise BadInput(where, "gpu.driver_rim: id (string) and sha256 (64 lower-case hex digits) are required")
+    try:
+        when = dt.datetime.fromisoformat(str(checked).replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(where, f"gpu.driver_rim.checked_at: {checked!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise BadInput(where, "gpu.driver_rim.checked_at: needs a time zone (Z)")
+    return GpuReference(version, rim_id, sha, when)
 
 
 def load_measurements(path: Path) -> Measurements:

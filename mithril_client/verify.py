@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import serialization
 
 from .evidence import Evidence
+from .gpu.evidence import gpu_rows, quote_nonce, rename_binding_row
 from .measurements import Measurements, Row
 from .platforms import check_ak
 from .tpm2 import load_ak, parse_public, parse_quote, parse_signature, quote_rows
@@ -26,6 +27,7 @@ class Trust:
     now: dt.datetime | None = None  # certificate validity is checked at this time (default: now)
     snp_policy: object | None = None  # azure-cvm: platforms.azure_cvm.SnpPolicy (default: its defaults)
     fetch: Callable[[str], bytes] | None = None  # azure: how to fetch an AIA issuer certificate
+    gpu_rims: tuple = ()  # GPU profiles: parsed NVIDIA RIMs (gpu.rim.Rim): the release's driver RIM, VBIOS RIMs
 
 
 @dataclass
@@ -53,12 +55,13 @@ def verify_evidence(evidence: Evidence, nonce: bytes, measurements: Measurements
     ak = parse_public(evidence.ak_public, "evidence: ak_public")
     rows = [Row("platform", measurements.platform or "-", evidence.platform, "enforce",
                 "ok" if evidence.platform == measurements.platform else "MISMATCH")]
-    rows += quote_rows(quote, sig, ak.key, evidence.pcrs, nonce, measurements, ca_pem=evidence.tls_ca,
-                       allow_debug=trust.allow_debug)
+    rows += rename_binding_row(quote_rows(quote, sig, ak.key, evidence.pcrs, quote_nonce(evidence, nonce), measurements,
+                                          ca_pem=evidence.tls_ca, allow_debug=trust.allow_debug), evidence)
     if _spki(load_ak(evidence.ak_pub, "evidence: ak_pub")) != _spki(ak.key):
         rows.append(Row("ak_pub", "the key of ak_public", "a different key", "enforce", "MISMATCH"))
     rows += check_ak(evidence, ak, ek_roots=trust.ek_roots, now=trust.now, snp_policy=trust.snp_policy,
                      fetch=trust.fetch, activate=activate)
+    rows += gpu_rows(evidence, nonce, measurements, trust.gpu_rims, trust.now)
     return Report(rows, evidence)
 
 

@@ -11,7 +11,6 @@ Blocks no active golden value covers are not compared (NVIDIA's RIMs mark them i
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,11 +40,6 @@ CC_MODE_INDEX = 9
 
 def device_root() -> x509.Certificate:
     return data_cert(*DEVICE_ROOT)
-
-
-def derive_gpu_nonce(client_nonce: bytes) -> bytes:
-    """The 32-byte SPDM nonce the attestation server asks each GPU to sign, from the client's nonce."""
-    return hashlib.sha256(b"mithril gpu nonce v1\0" + client_nonce).digest()
 
 
 @dataclass(frozen=True)
@@ -212,14 +206,17 @@ def parse_chain(pem: bytes, where: str) -> list[x509.Certificate]:
 
 
 def check_gpu(report_raw: bytes, chain_pem: bytes, nonce: bytes, rims: RimSet, *, now: datetime | None = None,
-              driver_version: str | None = None, label: str = "", where: str = "gpu") -> list[Row]:
-    """Every row for one GPU. `driver_version`: the driver the image installs (measurements.json);
-    None accepts the report's own. `label` prefixes each row (e.g. "gpu 0: ") when there are several."""
+              driver_version: str | None = None, driver_sha256: str | None = None, label: str = "",
+              where: str = "gpu") -> list[Row]:
+    """Every row for one GPU. `driver_version`: the driver the image installs and `driver_sha256`
+    its RIM's file digest (measurements.json); None accepts the report's own driver and any driver
+    RIM for it. `label` prefixes each row (e.g. "gpu 0: ") when there are several."""
     now = now_arg(now)
     report = spdm.parse_report(report_raw, f"{where}: report")
     chain = parse_chain(chain_pem, f"{where}: cert_chain")
     rows = [chain_row(report, chain, now), signature_row(report, chain[0]), nonce_row(report, nonce)]
-    driver_candidates = [r for r in rims.rims if r.version.lower() == (report.driver_version or "").lower()]
+    driver_candidates = [r for r in rims.rims if r.version.lower() == (report.driver_version or "").lower()
+                         and driver_sha256 in (None, r.sha256)]
     vbios_candidates = [r for r in rims.rims if r.version.lower() == (report.vbios_version or "").lower()]
     driver_row, driver_rim = _rim_row("gpu driver", "driver", report, report.driver_version, driver_candidates, None,
                                       rims, now, driver_version)
