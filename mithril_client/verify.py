@@ -28,6 +28,7 @@ class Trust:
     snp_policy: object | None = None  # azure-cvm: platforms.azure_cvm.SnpPolicy (default: its defaults)
     fetch: Callable[[str], bytes] | None = None  # azure: how to fetch an AIA issuer certificate
     gpu_rims: tuple = ()  # GPU profiles: parsed NVIDIA RIMs (gpu.rim.Rim): the release's driver RIM, VBIOS RIMs
+    gpu_online: object | None = None  # gpu.online.Online: fetch missing RIMs, check OCSP (default: offline)
 
 
 @dataclass
@@ -61,7 +62,7 @@ def verify_evidence(evidence: Evidence, nonce: bytes, measurements: Measurements
         rows.append(Row("ak_pub", "the key of ak_public", "a different key", "enforce", "MISMATCH"))
     rows += check_ak(evidence, ak, ek_roots=trust.ek_roots, now=trust.now, snp_policy=trust.snp_policy,
                      fetch=trust.fetch, activate=activate)
-    rows += gpu_rows(evidence, nonce, measurements, trust.gpu_rims, trust.now)
+    rows += gpu_rows(evidence, nonce, measurements, trust.gpu_rims, trust.now, trust.gpu_online)
     return Report(rows, evidence)
 
 

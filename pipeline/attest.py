@@ -49,13 +49,15 @@ def verify_files(quote: Path, signature: Path, pcrs: Path, ak_pub: Path, nonce: 
 
 
 def verify_evidence_file(evidence: Path, nonce: str, measurements: Path, ek_ca: Path | None = None,
-                         allow_debug: bool = False, snp_policy: Path | None = None) -> Report:
+                         allow_debug: bool = False, snp_policy: Path | None = None, gpu_rims: Path | None = None,
+                         online=None) -> Report:
     """An evidence document saved from GET /attestation. Offline, qemu's credential activation
     cannot run, so a qemu AK stays unverified here: `connect` does the round trip."""
     m = load_measurements(measurements)
     doc = parse_evidence(read_file(evidence, "--evidence"), str(evidence))
     trust = Trust(ek_roots=read_file(ek_ca, "--ek-ca") if ek_ca else None, allow_debug=allow_debug,
-                  snp_policy=load_snp_policy(snp_policy))
+                  snp_policy=load_snp_policy(snp_policy), gpu_rims=gpu_rims_for(measurements, gpu_rims),
+                  gpu_online=online)
     return verify_evidence(doc, parse_nonce(nonce), m, trust)
 
 
@@ -240,8 +242,29 @@ def read_rims(folder: Path | None, option: str = "--rims") -> list:
     return load_rims(files)
 
 
+def gpu_rims_for(measurements: Path, extra: Path | None) -> tuple:
+    """The RIMs a GPU profile is verified with: those the release ships next to its
+    measurements.json (gpu-rims/, the driver RIM it names) and those of --gpu-rims (VBIOS RIMs)."""
+    shipped = Path(measurements).parent / "gpu-rims"
+    return tuple(read_rims(shipped if shipped.is_dir() else None, "gpu-rims/") + read_rims(extra, "--gpu-rims"))
+
+
+def online_arg(enabled: bool, rim_service: str | None, ocsp_url: str | None):
+    """--online [--rim-service URL] [--ocsp-url URL]: a gpu.online.Online, or None (offline)."""
+    from mithril_client.gpu.online import OCSP_URL, RIM_SERVICE, Online
+
+    if not enabled:
+        if rim_service or ocsp_url:
+            raise BadInput("--rim-service" if rim_service else "--ocsp-url", "only with --online")
+        return None
+    for option, url in (("--rim-service", rim_service), ("--ocsp-url", ocsp_url)):
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise BadInput(option, f"{url!r} is not an http(s) URL")
+    return Online(rim_service=rim_service or RIM_SERVICE, ocsp_url=ocsp_url or OCSP_URL)
+
+
 def verify_gpu_files(report: Path, cert_chain: Path, nonce: str, rims: Path | None, at: str | None,
-                     driver_version: str | None = None) -> list[Row]:
+                     driver_version: str | None = None, online=None) -> list[Row]:
     """`attest gpu`: one GPU's evidence in NVIDIA's sample formats, as their local verifier takes it."""
     from mithril_client.gpu.check import RimSet, check_gpu
     from mithril_client.gpu.spdm import NONCE_LEN, read_report_file
@@ -251,4 +274,4 @@ def verify_gpu_files(report: Path, cert_chain: Path, nonce: str, rims: Path | No
         raise BadInput("--nonce", f"{len(gpu_nonce)} bytes; an SPDM nonce has {NONCE_LEN}")
     raw = read_report_file(read_file(report, "--report"), str(report))
     return check_gpu(raw, read_file(cert_chain, "--cert-chain"), gpu_nonce, RimSet(tuple(read_rims(rims))),
-                     now=parse_time(at), driver_version=driver_version, where=str(report))
+                     now=parse_time(at), driver_version=driver_version, where=str(report), online=online)

@@ -608,9 +608,14 @@ def attest_group():
               help="Azure CVM: JSON {allow_debug, vmpl, min_tcb_milan, min_tcb_genoa} (default: debug off, VMPL 0, "
                    "the built-in minimum TCBs).")
 @click.option("--allow-debug", is_flag=True, help="Accept a debug-mode measurements file.")
+@click.option("--gpu-rims", type=click.Path(path_type=Path, file_okay=False),
+              help="GPU profiles: a folder of NVIDIA RIMs (the GPUs' VBIOS RIMs) besides the release's gpu-rims/.")
+@click.option("--online", is_flag=True, help="GPU: fetch missing RIMs from NVIDIA's RIM service and check revocation (OCSP).")
+@click.option("--rim-service", metavar="URL", help="With --online: the RIM service (default NVIDIA's; a mirror with its API).")
+@click.option("--ocsp-url", metavar="URL", help="With --online: the OCSP responder (default NVIDIA's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, ek_ca, snp_policy,
-                  allow_debug, as_json):
+                  allow_debug, gpu_rims, online, rim_service, ocsp_url, as_json):
     """Check a quote (signature, nonce, PCR digest), compare its PCRs with measurements.json, and
     check what ties the AK to a genuine TPM (the `ak` row).
 
@@ -621,20 +626,22 @@ def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements,
     Exit 0 when every enforced check passes, 1 when one fails, 2 on bad input."""
     from mithril_client.measurements import format_table
 
-    from .attest import report_json, rows_json, verify_evidence_file, verify_files
+    from .attest import online_arg, report_json, rows_json, verify_evidence_file, verify_files
     from .errors import BadInput
 
     files = {"--quote": quote, "--signature": signature, "--pcrs": pcrs, "--ak-pub": ak_pub}
     if evidence is not None:
         if any(files.values()) or ca_pem:
             raise BadInput("--evidence", "give either --evidence or the quote files, not both")
-        report = verify_evidence_file(evidence, nonce, measurements, ek_ca, allow_debug, snp_policy)
+        report = verify_evidence_file(evidence, nonce, measurements, ek_ca, allow_debug, snp_policy, gpu_rims,
+                                      online_arg(online, rim_service, ocsp_url))
         rows, ok, data = report.rows, report.ok, rows_json(report.rows, report.ok)
     else:
         if missing := [k for k, v in files.items() if v is None]:
             raise BadInput(", ".join(missing), "missing", "give --evidence, or all of --quote --signature --pcrs --ak-pub")
-        if ek_ca or snp_policy:
-            raise BadInput("--ek-ca" if ek_ca else "--snp-policy", "only with --evidence")
+        if ek_ca or snp_policy or gpu_rims or online:
+            raise BadInput("--ek-ca" if ek_ca else "--snp-policy" if snp_policy else "--gpu-rims/--online",
+                           "only with --evidence")
         report = verify_files(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, allow_debug)
         rows, ok, data = report.rows, report.ok, report_json(report)
     emit(data, as_json, format_table(rows) + "\n" + ("QUOTE VERIFIED" if ok else "QUOTE VERIFICATION FAILED"))
@@ -652,8 +659,11 @@ def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements,
               help="Folder of NVIDIA RIMs (*.swidtag): the driver RIM and the VBIOS RIM for this GPU.")
 @click.option("--driver-version", help="Require this driver version (the one the image installs).")
 @click.option("--at", "at", metavar="TIME", help="Judge certificate validity at this ISO 8601 time (default: now).")
+@click.option("--online", is_flag=True, help="GPU: fetch missing RIMs from NVIDIA's RIM service and check revocation (OCSP).")
+@click.option("--rim-service", metavar="URL", help="With --online: the RIM service (default NVIDIA's; a mirror with its API).")
+@click.option("--ocsp-url", metavar="URL", help="With --online: the OCSP responder (default NVIDIA's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def attest_gpu(report, cert_chain, nonce, rims, driver_version, at, as_json):
+def attest_gpu(report, cert_chain, nonce, rims, driver_version, at, online, rim_service, ocsp_url, as_json):
     """Check one NVIDIA H100 GPU's confidential-computing evidence offline: the certificate chain to
     NVIDIA's device root (leaf FWID = report's), the report's signature, the nonce, every golden
     value of the driver and VBIOS RIMs (each RIM's XML signature to NVIDIA's RIM root), the mode.
@@ -661,9 +671,9 @@ def attest_gpu(report, cert_chain, nonce, rims, driver_version, at, as_json):
     Exit 0 verified, 1 refused, 2 bad input."""
     from mithril_client.measurements import format_table
 
-    from .attest import rows_json, verify_gpu_files
+    from .attest import online_arg, rows_json, verify_gpu_files
 
-    rows = verify_gpu_files(report, cert_chain, nonce, rims, at, driver_version)
+    rows = verify_gpu_files(report, cert_chain, nonce, rims, at, driver_version, online_arg(online, rim_service, ocsp_url))
     ok = not any(r.failed for r in rows)
     emit(rows_json(rows, ok), as_json, format_table(rows) + "\n" + ("GPU VERIFIED" if ok else "GPU VERIFICATION FAILED"))
     if not ok:
@@ -683,10 +693,16 @@ def attest_gpu(report, cert_chain, nonce, rims, driver_version, at, as_json):
 @click.option("--snp-policy", type=click.Path(path_type=Path, dir_okay=False),
               help="Azure CVM: JSON {allow_debug, vmpl, min_tcb_milan, min_tcb_genoa}.")
 @click.option("--allow-debug", is_flag=True, help="Accept a debug-mode measurements file.")
+@click.option("--gpu-rims", type=click.Path(path_type=Path, file_okay=False),
+              help="GPU profiles: a folder of NVIDIA RIMs (the GPUs' VBIOS RIMs) besides the release's gpu-rims/.")
+@click.option("--online", is_flag=True, help="GPU: fetch missing RIMs from NVIDIA's RIM service and check revocation (OCSP).")
+@click.option("--rim-service", metavar="URL", help="With --online: the RIM service (default NVIDIA's; a mirror with its API).")
+@click.option("--ocsp-url", metavar="URL", help="With --online: the OCSP responder (default NVIDIA's).")
 @click.option("--project", type=click.Path(path_type=Path, file_okay=False), help="Project folder (default: here or above).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print {attested, rows, status, body} as JSON on stdout instead of the table and the body.")
-def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_debug, project, as_json):
+def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_debug, gpu_rims, online, rim_service,
+            ocsp_url, project, as_json):
     """Attest the server at URL, then send the request over the attested TLS channel.
 
     The verification table goes to stderr, the response body to stdout. The server must prove,
@@ -698,7 +714,7 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
     from mithril_client.session import AttestationFailed, AttestedSession
     from mithril_client.verify import Trust
 
-    from .attest import load_snp_policy, resolve_target, rows_json
+    from .attest import gpu_rims_for, load_snp_policy, online_arg, resolve_target, rows_json
     from .errors import BadInput
 
     target = resolve_target(url, measurements, ek_ca, project)
@@ -716,7 +732,9 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
             raise BadInput("--header", f"{h!r} is not NAME: VALUE")
         hdrs[name.strip()] = value.strip()
     session = AttestedSession(target.base_url, target.measurements,
-                              trust=Trust(ek_roots=target.ek_ca, allow_debug=allow_debug, snp_policy=policy))
+                              trust=Trust(ek_roots=target.ek_ca, allow_debug=allow_debug, snp_policy=policy,
+                                          gpu_rims=gpu_rims_for(target.measurements, gpu_rims),
+                                          gpu_online=online_arg(online, rim_service, ocsp_url)))
     try:
         resp = session.request(method or ("POST" if body is not None else "GET"), target.path, body=body, headers=hdrs)
     except AttestationFailed as e:

@@ -23,3 +23,15 @@ RESOURCE = "nvidia.com/gpu"
 # modules (needed for confidential computing on H100, supported from Turing on) and their GSP firmware.
 PACKAGES = ("nvidia-open-kernel-dkms", "firmware-nvidia-gsp", "libcuda1", "libnvidia-ml1",
             "libnvidia-ptxjitcompiler1", "libnvidia-nvvm4", "nvidia-smi")
+# The NVIDIA driver RIM (docs/gpu.md, "Reference values ship with the release"): pinned under
+# files.<DRIVER_RIM_PIN> in mithril.lock (path in the checkout, sha256, checked_at); the
+# measurements stage names it in measurements.json and ships it as out/<profile>/<RIMS_DIR>/<id>.swidtag.
+DRIVER_RIM_PIN = "nvidia-driver-rim"
+RIMS_DIR = "gpu-rims"
+RIM_SERVICE = "https://rim.attestation.nvidia.com/v1/rim/"  # NVIDIA's RIM service (answers {"rim": base64, …})
+DRIVER_DEBS = ("nvidia-open-kernel-dkms", "nvidia-kernel-dkms", "libnvidia-ml1")  # carry the driver version
+
+
+def driver_rim_id(version: str) -> str:
+    """NVIDIA's RIM identifier of a Hopper driver RIM (what its RIM service is asked for)."""
+    return f"NV_GPU_DRIVER_GH100_{version}"

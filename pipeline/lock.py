@@ -25,6 +25,9 @@ class FilePin(Strict):
     path: str | None = None
     sha256: str | None = Field(None, pattern=HEX64)
     size: NonNegativeInt | None = None
+    # a signed file (an NVIDIA RIM) whose signature and certificates were checked when it was
+    # pinned: that time (ISO 8601, UTC), at which verifiers keep judging its certificates
+    checked_at: str | None = Field(None, pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
 class ImagePin(Strict):

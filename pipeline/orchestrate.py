@@ -9,7 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
-from . import log, platforms
+from . import gpu, log, platforms
 from .cache import RECORDS
 from .files import sha256_file
 from .graph import Context, Orchestrator
@@ -144,6 +144,38 @@ def profile_inputs(ctx: Context) -> tuple[list[str], list[str]]:
     return names("images"), names("models")
 
 
+def pin_driver_rim(ctx: Context, pin, entry: dict, now=None) -> str:
+    """files.nvidia-driver-rim: fetch the RIM from NVIDIA's RIM service (its URL: <service>/<id>),
+    check its signature and chain now, write it into the checkout at `path`, pin sha256 and checked_at."""
+    import datetime as dt
+    import hashlib
+
+    from mithril_client.gpu import online
+    from mithril_client.gpu.rim import parse_rim
+
+    from .errors import BadInput, ToolFailed
+    from .files import atomic_write
+
+    base, _, rim_id = pin.url.rstrip("/").rpartition("/")
+    try:
+        raw = online.fetch_rim(rim_id, online.Online(rim_service=base + "/"))
+    except online.Unreachable as e:
+        raise ToolFailed(f"files.{gpu.DRIVER_RIM_PIN}: {e}") from None
+    now = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+    rim = parse_rim(raw, pin.url)
+    if problem := rim.problem(now):
+        raise BadInput(f"files.{gpu.DRIVER_RIM_PIN}", f"{pin.url}: {problem}")
+    if gpu.driver_rim_id(rim.version) != rim_id:
+        raise BadInput(f"files.{gpu.DRIVER_RIM_PIN}", f"{pin.url} holds the RIM of driver {rim.version}")
+    target = (ctx.root / pin.path).resolve()
+    if not target.is_relative_to(ctx.root.resolve()):
+        raise BadInput(f"files.{gpu.DRIVER_RIM_PIN}.path", f"{pin.path!r} points outside the project")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, raw)
+    entry.update(sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), checked_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return f"pinned now (signature and chain to NVIDIA's RIM root checked at {entry['checked_at']})"
+
+
 def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, update_debs: bool = False) -> dict:
     """Report the lock entries the selected profile uses and, unless `check`, pin what can be
     resolved from here: unpinned files (fetched, trust on first use), the .debs of the images
@@ -173,6 +205,8 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
     for name, pin in sorted(ctx.lock.files.items()):
         if pin.sha256:
             note(f"files.{name}", "pinned")
+        elif name == gpu.DRIVER_RIM_PIN and pin.url and pin.path:
+            attempt(f"files.{name}", lambda pin=pin: pin_driver_rim(ctx, pin, data["files"][gpu.DRIVER_RIM_PIN]))
         elif pin.url:
             def fetch(name=name, pin=pin):
                 with tempfile.TemporaryDirectory() as tmp:

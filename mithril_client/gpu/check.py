@@ -25,7 +25,7 @@ from ..certs import chain_to_anchor, data_cert, now_arg, pem_bundle
 from ..errors import BadInput
 from ..measurements import Row
 from . import spdm
-from .rim import Rim
+from .rim import Rim, parse_rim
 
 DEVICE_ROOT = ("nvidia-device-identity-ca.pem", "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48")
 FWID_OID = "2.23.133.5.4.1"  # TCG DICE; NVIDIA's leaf: SEQUENCE { version, deviceID SPKI, fwid SEQUENCE { hashAlg, digest } }
@@ -207,10 +207,12 @@ def parse_chain(pem: bytes, where: str) -> list[x509.Certificate]:
 
 def check_gpu(report_raw: bytes, chain_pem: bytes, nonce: bytes, rims: RimSet, *, now: datetime | None = None,
               driver_version: str | None = None, driver_sha256: str | None = None, label: str = "",
-              where: str = "gpu") -> list[Row]:
+              where: str = "gpu", online=None) -> list[Row]:
     """Every row for one GPU. `driver_version`: the driver the image installs and `driver_sha256`
     its RIM's file digest (measurements.json); None accepts the report's own driver and any driver
-    RIM for it. `label` prefixes each row (e.g. "gpu 0: ") when there are several."""
+    RIM for it. `online` (online.Online): fetch RIMs missing from `rims` from the RIM service and
+    check revocation by OCSP; without it the `gpu revocation` row says it was not checked.
+    `label` prefixes each row (e.g. "gpu 0: ") when there are several."""
     now = now_arg(now)
     report = spdm.parse_report(report_raw, f"{where}: report")
     chain = parse_chain(chain_pem, f"{where}: cert_chain")
@@ -218,14 +220,52 @@ def check_gpu(report_raw: bytes, chain_pem: bytes, nonce: bytes, rims: RimSet, *
     driver_candidates = [r for r in rims.rims if r.version.lower() == (report.driver_version or "").lower()
                          and driver_sha256 in (None, r.sha256)]
     vbios_candidates = [r for r in rims.rims if r.version.lower() == (report.vbios_version or "").lower()]
+    fetched = []
+    if online is not None:
+        from . import online as net
+
+        wanted = []
+        if not driver_candidates and report.driver_version:
+            wanted.append(("driver", f"NV_GPU_DRIVER_GH100_{report.driver_version}"))
+        if not vbios_candidates and (vbios_id := net.vbios_rim_id(report)):
+            wanted.append(("vbios", vbios_id))
+        for kind, rim_id in wanted:
+            try:
+                rim = parse_rim(net.fetch_rim(rim_id, online), f"{online.rim_service}{rim_id}")
+            except (net.Unreachable, BadInput) as e:
+                fetched.append(f"{rim_id}: {e}")
+                continue
+            version = report.driver_version if kind == "driver" else report.vbios_version
+            if rim.version.lower() != (version or "").lower() or (kind == "driver" and driver_sha256 not in (None, rim.sha256)):
+                fetched.append(f"{rim_id}: the service's RIM is for {rim.version} (sha256 {rim.sha256[:16]}…), not this GPU's")
+            else:
+                (driver_candidates if kind == "driver" else vbios_candidates).append(rim)
     driver_row, driver_rim = _rim_row("gpu driver", "driver", report, report.driver_version, driver_candidates, None,
                                       rims, now, driver_version)
     vbios_row, vbios_rim = _rim_row("gpu vbios", "VBIOS", report, report.vbios_version, vbios_candidates, driver_rim,
                                     rims, now, None)
-    rows += [driver_row, vbios_row, mode_row(report, vbios_rim)]
+    rows += [driver_row, vbios_row, mode_row(report, vbios_rim), revocation_row(chain, (driver_rim, vbios_rim), online,
+                                                                                now, fetched)]
     if label:
         rows = [Row(label + r.check, r.expected, r.actual, r.policy, r.result) for r in rows]
     return rows
+
+
+def revocation_row(chain: list[x509.Certificate], rims: tuple, online, now: datetime, fetch_notes: list[str]) -> Row:
+    expected = "OCSP: the GPU's chain and the RIMs' signing chains not revoked"
+    if online is None:
+        return Row("gpu revocation", expected, "not checked (offline)", "info", "skipped")
+    from . import online as net
+    from .rim import rim_root
+
+    results = [net.check_revocation(chain, online, now, start=1)]
+    for rim in rims:
+        if rim is not None:
+            path = [c for c in rim.certs if c != rim_root()] + [rim_root()]
+            results.append(net.check_revocation(path, online, now))
+    ok = all(r[0] for r in results)
+    actual = "; ".join([r[1] for r in results] + fetch_notes)
+    return Row("gpu revocation", expected, actual, "enforce", "ok" if ok else "MISMATCH")
 
 
 def load_rims(files: dict[str, bytes]) -> list[Rim]:

@@ -36,7 +36,7 @@ def rename_binding_row(rows: list[Row], evidence) -> list[Row]:
                 r.policy, r.result) if r.check == "nonce" else r for r in rows]
 
 
-def gpu_rows(evidence, nonce: bytes, measurements, rims: tuple = (), now=None) -> list[Row]:
+def gpu_rows(evidence, nonce: bytes, measurements, rims: tuple = (), now=None, online=None) -> list[Row]:
     """The GPU rows of an evidence document against measurements.json's `gpu` section."""
     reference = getattr(measurements, "gpu", None)
     gpus = getattr(evidence, "gpus", ())
@@ -54,5 +54,5 @@ def gpu_rows(evidence, nonce: bytes, measurements, rims: tuple = (), now=None) -
     for i, gpu in enumerate(gpus):
         rows += check_gpu(gpu.report, gpu.cert_chain, gpu_nonce, rim_set, now=now,
                           driver_version=reference.driver_version, driver_sha256=reference.driver_rim_sha256,
-                          label=f"gpu {i}: " if len(gpus) > 1 else "", where=f"evidence: gpus[{i}]")
+                          label=f"gpu {i}: " if len(gpus) > 1 else "", where=f"evidence: gpus[{i}]", online=online)
     return rows

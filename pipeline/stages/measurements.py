@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import log
+from .. import gpu, log
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult
 from ..measure import gpt, platform, predict
@@ -50,6 +50,9 @@ class Measurements(Stage):
     deps = ("os", "appdisk")
     code = ("measure",)
 
+    def lock_entries(self, ctx: Context) -> list[str]:
+        return [f"files.{gpu.DRIVER_RIM_PIN}"] if ctx.profile.os.nvidia else []
+
     def key_inputs(self, ctx: Context) -> dict:
         return {
             "platform": ctx.profile.platform,
@@ -79,10 +82,41 @@ class Measurements(Stage):
             result = predict.predict(os_dir / "os_disk.raw", roothash, plat, ctx.profile.mode,
                                      platform_file=platform.path_for(ctx.root, plat.name).read_bytes(),
                                      digests=digests, uki_copy=os_dir / "uki.efi")
+        if ctx.profile.os.nvidia:
+            result.measurements["gpu"] = driver_rim(ctx, out)
         write(result, out, ctx.root)
         pcrs = result.measurements["pcrs"]
         return {"platform": plat.name, "mode": ctx.profile.mode,
                 "pcrs": {k: v["expected"][0] for k, v in pcrs.items() if len(v["expected"]) == 1}}
+
+
+def driver_rim(ctx: Context, out: Path) -> dict:
+    """A GPU profile's `gpu` section of measurements.json, and the driver RIM it names copied to
+    out/gpu-rims/: the RIM pinned in mithril.lock, whose XML signature and certificate chain to
+    NVIDIA's RIM root must verify at the time they were checked when pinned (`checked_at`)."""
+    import datetime as dt
+
+    from mithril_client.gpu.rim import parse_rim
+
+    where = f"mithril.lock: files.{gpu.DRIVER_RIM_PIN}"
+    pin = ctx.lock.file(gpu.DRIVER_RIM_PIN)
+    if not pin.checked_at:
+        raise BadInput(where, "checked_at: missing", "pin the RIM with `mithril-build lock`, which checks it")
+    path = ctx.store.pinned(pin, f"files.{gpu.DRIVER_RIM_PIN}")
+    raw = path.read_bytes()
+    rim = parse_rim(raw, where)
+    checked_at = dt.datetime.fromisoformat(pin.checked_at.replace("Z", "+00:00"))
+    if problem := rim.problem(checked_at):
+        raise BadInput(where, f"{problem} (judged at checked_at {pin.checked_at})")
+    for name in gpu.DRIVER_DEBS:  # the driver the image installs must be the RIM's
+        deb = ctx.lock.debs.get("os", {}).get(name)
+        if deb is not None and not deb.version.startswith(rim.version + "-"):
+            raise BadInput(where, f"the RIM is for driver {rim.version}, debs.os.{name} is {deb.version}",
+                           "pin the RIM of the driver the image installs")
+    rim_id = gpu.driver_rim_id(rim.version)
+    (out / gpu.RIMS_DIR).mkdir(exist_ok=True)
+    (out / gpu.RIMS_DIR / f"{rim_id}.swidtag").write_bytes(raw)
+    return {"driver_version": rim.version, "driver_rim": {"id": rim_id, "sha256": rim.sha256, "checked_at": pin.checked_at}}
 
 
 def write(result: predict.Prediction, out: Path, root: Path) -> None:

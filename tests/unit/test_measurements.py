@@ -22,7 +22,8 @@ OTHER_ROOTHASH = "7e3d0c41" * 8
 
 
 def ctx(mode="production", platform="qemu", root=REPO):
-    return SimpleNamespace(root=root, profile=SimpleNamespace(platform=platform, mode=mode),
+    profile = SimpleNamespace(platform=platform, mode=mode, os=SimpleNamespace(nvidia=False))
+    return SimpleNamespace(root=root, profile=profile,
                            checkout_digests=lambda *rel: tree_digests(root, *rel))
 
 
