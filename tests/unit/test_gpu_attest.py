@@ -309,3 +309,14 @@ def test_attest_gpu_cli(tmp_path):
     (tmp_path / "bad.swidtag").write_text("<x/>")
     assert cli(*args[:8], "--rims", tmp_path).returncode == 2
     assert cli(*args[:10], "--at", "yesterday").returncode == 2
+
+
+def test_golden_mismatches_are_those_nvidias_verifier_finds():
+    """NVIDIA's verifier 2.7.3 (bench/nvidia_reference.py, run in its own venv on 2026-12-03) logs
+    exactly these mismatching indices for this report with these two RIMs (NVDEC0 disabled: 35 skipped)."""
+    nvidia = [1, 2, 7, 9, 11, 21, 22, 25, 26, 27, 29, 30, 31, 32, 34, 36, 37, 39, 40]
+    report = spdm.parse_report(REPORT)
+    ours = []
+    for name in ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_PROD.swidtag"):
+        ours += match_golden(report, parse_rim((FIX / name).read_bytes()), frozenset({35}))[1]
+    assert sorted(ours) == nvidia
