@@ -75,6 +75,21 @@ def test_a_gpu_profile_serves_version_2_bound_to_the_quote(gpu_lab):
         check_quote_with_tpm2_tools(doc, work / "checkquote2", nonce=NONCE)
 
 
+def test_version_2_matches_the_published_schema(gpu_lab):
+    import jsonschema
+
+    from tests.conftest import REPO
+
+    schema = json.loads((REPO / "docs/evidence.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    doc = gpu_lab[2].evidence(NONCE)
+    jsonschema.validate(doc, schema)
+    for bad in ({**doc, "gpus": []}, {k: v for k, v in doc.items() if k != "gpus"}, {**doc, "version": 1},
+                {**doc, "gpus": [{"report": doc["gpus"][0]["report"]}]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
 def test_the_client_checks_binding_chain_signature_and_refuses_the_samples_nonce(gpu_lab):
     _, tpm, server, _, _ = gpu_lab
     ev = parse_evidence(json.dumps(server.evidence(NONCE)))
