@@ -51,6 +51,7 @@ class RimSet:
     rims: tuple[Rim, ...] = ()
     pinned: frozenset[str] = frozenset()
     pinned_at: datetime | None = None
+    roots: tuple = ()  # RIM roots instead of NVIDIA's pinned one (tests with RIMs signed here)
 
     def at(self, rim: Rim, now: datetime) -> datetime:
         return self.pinned_at if rim.sha256 in self.pinned and self.pinned_at else now
@@ -101,8 +102,8 @@ def _short(data: bytes) -> str:
     return data.hex()[:16] + "…" if len(data) > 8 else data.hex()
 
 
-def chain_row(report: spdm.Report, chain: list[x509.Certificate], now: datetime) -> Row:
-    ok, path = chain_to_anchor(chain[0], chain[1:], [device_root()], now)
+def chain_row(report: spdm.Report, chain: list[x509.Certificate], now: datetime, roots: tuple = ()) -> Row:
+    ok, path = chain_to_anchor(chain[0], chain[1:], list(roots) or [device_root()], now)
     fwid = report.field("fwid")
     cert_fwid = leaf_fwid(chain[0])
     if ok and fwid is None:
@@ -166,7 +167,7 @@ def _rim_row(check: str, kind: str, report: spdm.Report, version: str | None, ca
         return Row(check, f"a {kind} RIM for {version}", "none given", "enforce", "MISMATCH"), None
     problems = []
     for rim in candidates:
-        if problem := rim.problem(rims.at(rim, now)):
+        if problem := rim.problem(rims.at(rim, now), rims.roots):
             problems.append(problem)
             continue
         if other is not None and (both := sorted(_active(rim) & _active(other))):
@@ -207,16 +208,17 @@ def parse_chain(pem: bytes, where: str) -> list[x509.Certificate]:
 
 def check_gpu(report_raw: bytes, chain_pem: bytes, nonce: bytes, rims: RimSet, *, now: datetime | None = None,
               driver_version: str | None = None, driver_sha256: str | None = None, label: str = "",
-              where: str = "gpu", online=None) -> list[Row]:
+              where: str = "gpu", online=None, device_roots: tuple = ()) -> list[Row]:
     """Every row for one GPU. `driver_version`: the driver the image installs and `driver_sha256`
     its RIM's file digest (measurements.json); None accepts the report's own driver and any driver
     RIM for it. `online` (online.Online): fetch RIMs missing from `rims` from the RIM service and
     check revocation by OCSP; without it the `gpu revocation` row says it was not checked.
-    `label` prefixes each row (e.g. "gpu 0: ") when there are several."""
+    `label` prefixes each row (e.g. "gpu 0: ") when there are several. `device_roots` replaces
+    NVIDIA's pinned device root (tests with a chain made here)."""
     now = now_arg(now)
     report = spdm.parse_report(report_raw, f"{where}: report")
     chain = parse_chain(chain_pem, f"{where}: cert_chain")
-    rows = [chain_row(report, chain, now), signature_row(report, chain[0]), nonce_row(report, nonce)]
+    rows = [chain_row(report, chain, now, device_roots), signature_row(report, chain[0]), nonce_row(report, nonce)]
     driver_candidates = [r for r in rims.rims if r.version.lower() == (report.driver_version or "").lower()
                          and driver_sha256 in (None, r.sha256)]
     vbios_candidates = [r for r in rims.rims if r.version.lower() == (report.vbios_version or "").lower()]

@@ -64,17 +64,18 @@ class Rim:
     signer: x509.Certificate | None
     certs: tuple[x509.Certificate, ...]
 
-    def chain(self, now: datetime) -> tuple[bool, str]:
-        """(ok, path or what broke it): the signing certificate to NVIDIA's pinned RIM root at `now`."""
+    def chain(self, now: datetime, roots: tuple = ()) -> tuple[bool, str]:
+        """(ok, path or what broke it): the signing certificate to NVIDIA's pinned RIM root (or
+        to `roots`, when given) at `now`."""
         if self.signer is None:
             return False, "no signing certificate"
-        return chain_to_anchor(self.signer, list(self.certs[1:]), [rim_root()], now)
+        return chain_to_anchor(self.signer, list(self.certs[1:]), list(roots) or [rim_root()], now)
 
-    def problem(self, now: datetime) -> str | None:
+    def problem(self, now: datetime, roots: tuple = ()) -> str | None:
         """Why this RIM cannot be trusted at `now`, or None."""
         if self.signature_problem:
             return f"RIM signature: {self.signature_problem}"
-        ok, why = self.chain(now)
+        ok, why = self.chain(now, roots)
         return None if ok else f"RIM signing chain: {why}"
 
 
