@@ -150,3 +150,29 @@ def test_a_missing_library_is_503_too(gpu_lab):
         assert status == 503 and "cannot load NVML" in doc["error"]
     finally:
         server.stop()
+
+
+def test_attest_verify_prints_the_gpu_rows(gpu_lab, tmp_path):
+    """`attest verify --evidence` on a version-2 document: the release's gpu-rims/ next to
+    measurements.json is read, --gpu-rims adds VBIOS RIMs, every GPU row is in the JSON."""
+    from tests.conftest import cli
+
+    _, tpm, server, _, _ = gpu_lab
+    (tmp_path / "evidence.json").write_text(json.dumps(server.evidence(NONCE)))
+    m = measurements(tpm, gpu=True)
+    doc = {"version": 1, "platform": "qemu", "mode": "production",
+           "pcrs": {str(i): {"expected": list(v[0]), "policy": v[1]} for i, v in m.pcrs.items()},
+           "gpu": {"driver_version": m.gpu.driver_version, "driver_rim": {
+               "id": m.gpu.driver_rim_id, "sha256": m.gpu.driver_rim_sha256, "checked_at": "2024-06-01T00:00:00Z"}}}
+    (tmp_path / "measurements.json").write_text(json.dumps(doc))
+    (tmp_path / "gpu-rims").mkdir()
+    (tmp_path / "gpu-rims" / "driver.swidtag").write_bytes((FIX / "Driver_RIM_test_no_gpu.swidtag").read_bytes())
+    res = cli("attest", "verify", "--evidence", tmp_path / "evidence.json", "--nonce", NONCE.hex(), "--measurements",
+              tmp_path / "measurements.json", "--gpu-rims", FIX, "--json")
+    assert res.returncode == 1, res.stderr
+    rows = {r["check"]: r["result"] for r in json.loads(res.stdout)["rows"]}
+    assert rows["quote binding"] == "ok" and rows["gpu signature"] == "ok" and rows["gpu cert chain"] == "ok"
+    assert rows["gpu nonce"] == "MISMATCH" and rows["gpu revocation"] == "skipped"
+    (tmp_path / "gpu-rims" / "bad.swidtag").write_text("<x/>")
+    assert cli("attest", "verify", "--evidence", tmp_path / "evidence.json", "--nonce", NONCE.hex(), "--measurements",
+               tmp_path / "measurements.json").returncode == 2

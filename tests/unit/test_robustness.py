@@ -506,6 +506,44 @@ def test_nonces(attest_files, nonce):
     check("nonce", _attest_args(attest_files["paths"], nonce, "evidence"), allowed)
 
 
+# ---------------------------------------------------------------- GPU evidence (attest gpu)
+
+GPU_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nvidia"
+
+
+@pytest.fixture(scope="module")
+def gpu_files(tmp_path_factory) -> dict:
+    """NVIDIA's sample report (hex and binary), chain and two RIMs, in a folder of their own."""
+    work = tmp_path_factory.mktemp("gpu")
+    (work / "rims").mkdir()
+    for name in ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_PROD.swidtag"):
+        (work / "rims" / name).write_bytes((GPU_FIXTURES / name).read_bytes())
+    (work / "report.txt").write_bytes((GPU_FIXTURES / "hopperAttestationReport.txt").read_bytes())
+    (work / "report.bin").write_bytes(bytes.fromhex((work / "report.txt").read_text().strip()))
+    (work / "chain.pem").write_bytes((GPU_FIXTURES / "hopperCertChain.txt").read_bytes())
+    paths = {"report-hex": work / "report.txt", "report-bin": work / "report.bin", "gpu-chain": work / "chain.pem",
+             "rim": work / "rims" / "1010_0200_882_96005E0001_PROD.swidtag"}
+    return {"work": work, "paths": paths, "data": {k: p.read_bytes() for k, p in paths.items()}}
+
+
+@given(data=st.data())
+@examples(40)
+def test_gpu_evidence_inputs(gpu_files, data):
+    """`attest gpu` on mutated reports (hex and binary), chains and RIMs: refused (1) or bad
+    input (2); the sample never verifies fully (no RIM for its driver), and a crash never reads
+    as a verdict."""
+    name = data.draw(st.sampled_from(sorted(gpu_files["paths"])))
+    path, original = gpu_files["paths"][name], gpu_files["data"][name]
+    path.write_bytes(data.draw(mutations(original)))
+    report = gpu_files["paths"]["report-bin" if name == "report-bin" else "report-hex"]
+    try:
+        check(name, ["attest", "gpu", "--report", report, "--cert-chain", gpu_files["paths"]["gpu-chain"],
+                     "--nonce", "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb",
+                     "--rims", gpu_files["work"] / "rims", "--at", "2024-06-01"], (1, 2))
+    finally:
+        path.write_bytes(original)
+
+
 # ---------------------------------------------------------------- provenance, serial logs, inputs folders, compare
 
 @pytest.fixture(scope="module")
