@@ -160,5 +160,6 @@ def _gpus(doc: dict, where: str) -> tuple:
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict) or set(entry) != {"report", "cert_chain"}:
             raise BadInput(where, f"gpus[{i}]: expected exactly {{report, cert_chain}}")
-        out.append(GpuEvidence(_b64(entry, "report", f"{where}: gpus[{i}]"), _pem(entry, "cert_chain", f"{where}: gpus[{i}]")))
+        at = f"{where}: gpus[{i}]"
+        out.append(GpuEvidence(_b64(entry, "report", at), _pem(entry, "cert_chain", at)))
     return tuple(out)

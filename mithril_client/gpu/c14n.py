@@ -121,7 +121,8 @@ def parse(data: bytes, where: str) -> Element:
     try:
         parser.Parse(data, True)
     except expat.ExpatError as e:
-        raise BadInput(where, f"not well-formed XML: {expat.ErrorString(e.code)} (line {e.lineno}, column {e.offset})") from None
+        raise BadInput(where, f"not well-formed XML: {expat.ErrorString(e.code)} "
+                              f"(line {e.lineno}, column {e.offset})") from None
     if not root:
         raise BadInput(where, "no document element")
     return root[0]
@@ -141,17 +142,18 @@ def canonicalize(apex: Element, exclude: Element | None = None) -> bytes:
     node = apex.parent
     while node is not None:
         if any(k.startswith("xml:") for k, _ in node.attrs):
-            raise BadInput("xml", f"xml:* attributes on <{node.qname}>, an ancestor of <{apex.qname}>, are not supported")
+            raise BadInput("xml", f"xml:* attributes on <{node.qname}>, an ancestor of <{apex.qname}>, "
+                                  "are not supported")
         node = node.parent
     out: list[str] = []
     # the namespaces "rendered" so far: for the apex, what is in scope at its parent counts as
     # not rendered (inclusive C14N renders every in-scope namespace on the apex), except that an
     # empty default namespace needs no declaration.
-    _emit(apex, {"": ""}, apex.parent.in_scope() if apex.parent else {}, exclude, out, apex=True)
+    _emit(apex, {"": ""}, apex.parent.in_scope() if apex.parent else {}, exclude, out)
     return "".join(out).encode("utf-8")
 
 
-def _emit(el: Element, rendered: dict[str, str], inherited: dict[str, str], exclude, out: list[str], apex: bool) -> None:
+def _emit(el: Element, rendered: dict[str, str], inherited: dict[str, str], exclude, out: list[str]) -> None:
     scope = dict(inherited)
     scope.update(el.declarations())
     ns_out = []
@@ -187,7 +189,7 @@ def _emit(el: Element, rendered: dict[str, str], inherited: dict[str, str], excl
     for child in el.children:
         if isinstance(child, Element):
             if child is not exclude:
-                _emit(child, now_rendered, scope, exclude, out, apex=False)
+                _emit(child, now_rendered, scope, exclude, out)
         elif isinstance(child, str):
             out.append(_text(child))
         else:

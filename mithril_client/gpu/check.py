@@ -1,6 +1,6 @@
 """One GPU's evidence (attestation report + certificate chain) checked against a nonce and
 NVIDIA's RIMs: the table rows `gpu cert chain`, `gpu signature`, `gpu nonce`, `gpu driver`,
-`gpu vbios`, `gpu mode` (docs/gpu.md, "GPU attestation").
+`gpu vbios`, `gpu mode`, `gpu revocation` (docs/gpu.md, "GPU attestation").
 
 Golden values (NVIDIA's semantics, nv-local-gpu-verifier 2.7.3): a RIM's Resource `index` i is
 the report's SPDM block i + 1; every *active* golden value of the driver RIM and of the VBIOS
@@ -28,7 +28,8 @@ from . import spdm
 from .rim import Rim, parse_rim
 
 DEVICE_ROOT = ("nvidia-device-identity-ca.pem", "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48")
-FWID_OID = "2.23.133.5.4.1"  # TCG DICE; NVIDIA's leaf: SEQUENCE { version, deviceID SPKI, fwid SEQUENCE { hashAlg, digest } }
+# TCG DICE extension; in NVIDIA's leaf: SEQUENCE { version, deviceID SPKI, fwid SEQUENCE { hashAlg, digest } }
+FWID_OID = "2.23.133.5.4.1"
 SHA384_OID = bytes.fromhex("608648016503040202")  # 2.16.840.1.101.3.4.2.2
 NVDEC_INDEX = 35
 # NVIDIA: the CC mode (on / devtools) is part of this hashed measurement (RIM index 9, SPDM block
@@ -193,10 +194,12 @@ def mode_row(report: spdm.Report, vbios_ok: Rim | None) -> Row:
     if flag_name not in (None, "SPT", "MPT"):
         problems.append(f"feature flag {flag_name}")
     if vbios_ok is None or CC_MODE_INDEX not in _active(vbios_ok):
-        problems.append(f"the CC-mode measurement (RIM index {CC_MODE_INDEX}) is not vouched for by a verified VBIOS RIM")
-    actual = "; ".join(problems) or (f"CC on, devtools off (measurement {CC_MODE_INDEX} = golden), protected PCIe off"
-                                      + (f", {flag_name}" if flag_name else ""))
-    return Row("gpu mode", "confidential computing on, devtools off", actual, "enforce", "MISMATCH" if problems else "ok")
+        problems.append(f"the CC-mode measurement (RIM index {CC_MODE_INDEX}) is not vouched for by a verified "
+                        "VBIOS RIM")
+    actual = "; ".join(problems) or (f"CC on, devtools off (measurement {CC_MODE_INDEX} = golden), "
+                                     "protected PCIe off" + (f", {flag_name}" if flag_name else ""))
+    return Row("gpu mode", "confidential computing on, devtools off", actual, "enforce",
+               "MISMATCH" if problems else "ok")
 
 
 def parse_chain(pem: bytes, where: str) -> list[x509.Certificate]:
@@ -238,8 +241,10 @@ def check_gpu(report_raw: bytes, chain_pem: bytes, nonce: bytes, rims: RimSet, *
                 fetched.append(f"{rim_id}: {e}")
                 continue
             version = report.driver_version if kind == "driver" else report.vbios_version
-            if rim.version.lower() != (version or "").lower() or (kind == "driver" and driver_sha256 not in (None, rim.sha256)):
-                fetched.append(f"{rim_id}: the service's RIM is for {rim.version} (sha256 {rim.sha256[:16]}…), not this GPU's")
+            unpinned = kind == "driver" and driver_sha256 not in (None, rim.sha256)
+            if rim.version.lower() != (version or "").lower() or unpinned:
+                fetched.append(f"{rim_id}: the service's RIM is for {rim.version} (sha256 {rim.sha256[:16]}…), "
+                               "not this GPU's")
             else:
                 (driver_candidates if kind == "driver" else vbios_candidates).append(rim)
     driver_row, driver_rim = _rim_row("gpu driver", "driver", report, report.driver_version, driver_candidates, None,

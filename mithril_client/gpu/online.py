@@ -160,7 +160,8 @@ def check_revocation(chain: list[x509.Certificate], online: Online, now: datetim
             return False, f"OCSP for {cn(cert)}: the response does not echo our nonce"
         if resp.serial_number != cert.serial_number:
             return False, f"OCSP for {cn(cert)}: the response is about another certificate"
-        if resp.this_update_utc > now + CLOCK_SKEW or (resp.next_update_utc and resp.next_update_utc < now - CLOCK_SKEW):
+        stale = resp.next_update_utc is not None and resp.next_update_utc < now - CLOCK_SKEW
+        if resp.this_update_utc > now + CLOCK_SKEW or stale:
             return False, f"OCSP for {cn(cert)}: the response is not current"
         if resp.certificate_status != ocsp.OCSPCertStatus.GOOD:
             reason = f" ({resp.revocation_reason.name})" if resp.revocation_reason else ""

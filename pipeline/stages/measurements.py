@@ -116,7 +116,8 @@ def driver_rim(ctx: Context, out: Path) -> dict:
     rim_id = gpu.driver_rim_id(rim.version)
     (out / gpu.RIMS_DIR).mkdir(exist_ok=True)
     (out / gpu.RIMS_DIR / f"{rim_id}.swidtag").write_bytes(raw)
-    return {"driver_version": rim.version, "driver_rim": {"id": rim_id, "sha256": rim.sha256, "checked_at": pin.checked_at}}
+    return {"driver_version": rim.version,
+            "driver_rim": {"id": rim_id, "sha256": rim.sha256, "checked_at": pin.checked_at}}
 
 
 def write(result: predict.Prediction, out: Path, root: Path) -> None:
