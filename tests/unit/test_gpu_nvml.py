@@ -81,3 +81,29 @@ def test_a_wrong_nonce_size_is_refused(standin):
     lib, _ = standin
     with pytest.raises(GpuError, match="32 bytes"):
         Nvml(str(lib)).collect(bytes(16))
+
+
+def test_gpu_profiles_start_the_server_with_nvml_from_the_measured_root(tmp_path):
+    """The rendered attestation-server manifest: `--nvml` and the driver's library folder (read-only)
+    on a GPU profile (llama), neither on the demo (no GPU)."""
+    import yaml
+
+    from pipeline.gpu import LIB_DIR
+    from tests.conftest import REPO, cli
+
+    for profile, gpu in (("llama", True), ("demo", False)):
+        res = cli("render", "--profile", profile, tmp_path / profile, cwd=REPO)
+        assert res.returncode == 0, res.stderr
+        manifest = tmp_path / profile / "appdisk" / "manifests" / "attestation-server.yaml"
+        if not gpu:  # the demo runs without k3s: no manifest; nothing it renders names NVML
+            assert not any("--nvml" in p.read_text(errors="replace") for p in (tmp_path / profile).rglob("*")
+                           if p.is_file())
+            continue
+        deployment = next(d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "Deployment")
+        spec = deployment["spec"]["template"]["spec"]
+        args = spec["containers"][0]["args"]
+        assert ("--nvml" in args) is gpu
+        if gpu:
+            assert args[args.index("--nvml") + 1] == f"{LIB_DIR}/libnvidia-ml.so.1"
+            mounts = spec["containers"][0]["volumeMounts"]
+            assert {"name": "nvidia", "mountPath": LIB_DIR, "readOnly": True} in mounts
