@@ -104,7 +104,7 @@ def verify_chain(leaf: x509.Certificate, extra: list[x509.Certificate], now: dat
         cert = issuer
     else:
         return None, f"no path to {certs.cn(ROOT)} within {MAX_DEPTH} certificates"
-    problems += [p for p in (certs.validity_problem(c, now) for c in path) if p]
+    problems += [p for c in path for p in (certs.validity_problem(c, now), certs.weak_signature(c)) if p]
     if problems:
         return None, "; ".join(problems)
     return path, " ← ".join(certs.cn(c) for c in path)
