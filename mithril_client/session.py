@@ -11,6 +11,7 @@ the connection and raises AttestationFailed before a byte of application data is
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json as jsonlib
 import secrets
@@ -79,6 +80,8 @@ class AttestedSession:
             except OSError as e:
                 raise BadInput(str(ek_ca), f"cannot read the EK CA: {e.strerror}") from None
         self.trust = trust or Trust(ek_roots=ek_ca)
+        # AIA fetches never outlast the session's timeout
+        self.trust = dataclasses.replace(self.trust, fetch_budget=min(timeout, self.trust.fetch_budget))
         self.timeout = timeout
         self.report: Report | None = None  # of the last attestation
         self._pinned: bytes | None = None
