@@ -143,7 +143,7 @@ def measurements_(ctx, explain, force, as_json):
 
     pcr = None
     if explain not in (None, "cache"):
-        if not (explain.isdigit() and int(explain) <= 23):
+        if not (explain.isascii() and explain.isdigit() and int(explain) <= 23):
             raise click.BadParameter(f"{explain!r} is not a PCR index 0..23", param_hint="--explain")
         pcr = int(explain)
     build(ctx, ["measurements"], explain=explain == "cache", force=force)
