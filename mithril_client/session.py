@@ -79,6 +79,10 @@ class AttestedSession:
                 ek_ca = Path(ek_ca).read_bytes()
             except OSError as e:
                 raise BadInput(str(ek_ca), f"cannot read the EK CA: {e.strerror}") from None
+        if trust is not None and not isinstance(trust, Trust):
+            raise BadInput("trust", f"expected a mithril_client.Trust, got {type(trust).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise BadInput("timeout", f"expected a number of seconds > 0, got {timeout!r}")
         self.trust = trust or Trust(ek_roots=ek_ca)
         # AIA fetches never outlast the session's timeout
         self.trust = dataclasses.replace(self.trust, fetch_budget=min(timeout, self.trust.fetch_budget))

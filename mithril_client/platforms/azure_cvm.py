@@ -69,7 +69,7 @@ SIGNING_KEY_VCEK = 0
 AZURE_ID_KEY_DIGESTS = (
     # every 2025 capture (Milan and Genoa hosts), in reports AMD's chain signs
     "942fd93ebde6ea7a96efadeafc60f1c6b3d10e703b1dafd7555b92f7f3d32d0e006767648cba5b102af3d65756af4177",
-    # Constellation's default list since 2023-10 (Azure's MAA vouched for it in its tokens)
+    # Constellation's default list, from 2023-10 to its last release
     "0356215882a825279a85b300b0b742931d113bf7e32dde2e50ffde7ec743ca491ecdd7f336dc28a6e0b2bb57af7a44a3",
     # a 2023-10 capture (Milan host), in a report AMD's chain signs
     "57e229e0ffe5fa92d0faddff6cae0e61c926fc9ef9afd20a8b8cfcf7129db9338cbe5bf3f6987733a2bf65d06dc38fc1",

@@ -198,6 +198,8 @@ def test_tpm_structures_only_raise_mithril_errors(raw):
        m=VALUES, ek_ca=st.one_of(st.none(), st.binary(max_size=64), st.sampled_from(["/nonexistent/ca.pem"])))
 def test_session_arguments_only_raise_mithril_errors(url, m, ek_ca):
     only_mithril_errors(lambda: AttestedSession(url, m if isinstance(m, dict) else {"version": m}, ek_ca=ek_ca))
+    good = {"version": 1, "platform": "qemu", "mode": "production", "pcrs": {"15": {"expected": ["00" * 32]}}}
+    only_mithril_errors(lambda: AttestedSession("https://h", good, trust=m, timeout=m))
 
 
 @examples(100)
