@@ -16,14 +16,14 @@ from .tpm import TpmError
 
 def _listen(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    if not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT (port 0 picks a free one)")
     return host, int(port)
 
 
 def _owner(text: str) -> tuple[int, int]:
     uid, _, gid = text.partition(":")
-    if not (uid.isdigit() and gid.isdigit()):
+    if not (uid.isascii() and gid.isascii() and uid.isdigit() and gid.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r}: expected numeric UID:GID")
     return int(uid), int(gid)
 

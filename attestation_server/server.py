@@ -36,6 +36,7 @@ NV_EK_CERT = 0x01C00002  # TCG EK Credential Profile: RSA 2048 EK certificate
 AZURE_AK_HANDLE = 0x81000003
 NV_AZURE_AK_CERT = 0x01C101D0
 NV_AZURE_HCL_REPORT = 0x01400001  # read as the HCL wrote it at boot: docs/evidence.md, "HCL report"
+HCL_REPORTED_TCB = slice(32 + 0x180, 32 + 0x188)  # REPORTED_TCB of the SNP report after the 32-byte HCL header
 MAX_BODY = 1 << 16  # an activation body is about 1 KiB
 REQUEST_TIMEOUT = 30.0  # seconds a client may take to send its request
 
@@ -166,12 +167,25 @@ class Attestor:
         self.cfg, self.tls_ca = cfg, tls_ca
         self._lock = threading.Lock()
         self._nvml: nvml.Nvml | None = None
+        self.vcek = imds.VcekCache(cfg.thim_url, log=log)
 
     def _gpus(self, nonce: bytes) -> list[nvml.Collected]:
         """Every GPU's report on the nonce derived from the client's, and its certificate chain."""
         if self._nvml is None:
             self._nvml = nvml.Nvml(self.cfg.nvml)  # loaded on first use: a failure is a 503, retried next time
         return self._nvml.collect(derive_gpu_nonce(nonce))
+
+    def warm(self) -> None:
+        """azure-cvm: fetch the VCEK chain before the first client asks (a failure is logged; the
+        first request tries again)."""
+        if self.cfg.platform != "azure-cvm":
+            return
+        try:
+            with self._lock, Tpm(self.cfg.tpm) as tpm:
+                hcl = tpm.nv_read(NV_AZURE_HCL_REPORT)
+            self.vcek.get(hcl[HCL_REPORTED_TCB])
+        except (TpmError, imds.ImdsError) as e:
+            log(f"fetching the VCEK chain at start: {e}")
 
     def _ak(self, tpm: Tpm) -> Key:
         if self.cfg.platform == "qemu":
@@ -203,9 +217,10 @@ class Attestor:
             else:
                 trust["ak_cert"] = _nv_cert_pem(tpm, NV_AZURE_AK_CERT)
             if platform == "azure-cvm":
-                trust["hcl_report"] = _b64(tpm.nv_read(NV_AZURE_HCL_REPORT))
-        if platform == "azure-cvm":  # outside the TPM lock: a slow IMDS must not hold up the TPM
-            trust["vcek_chain"] = imds.vcek_chain(self.cfg.thim_url).decode()
+                hcl = tpm.nv_read(NV_AZURE_HCL_REPORT)
+                trust["hcl_report"] = _b64(hcl)
+        if platform == "azure-cvm":  # outside the TPM lock; cached per TCB, so IMDS is rarely asked
+            trust["vcek_chain"] = self.vcek.get(hcl[HCL_REPORTED_TCB]).decode()
         ak_pub = tpm2.load_ak(ak.public, "ak_public").public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         if self.cfg.nvml:
@@ -284,7 +299,7 @@ class Handler(BaseHTTPRequestHandler):
                 args = (parse_nonce(nonces[0]),)
             else:
                 length = self.headers.get("Content-Length", "")
-                if not length.isdigit():
+                if not (length.isascii() and length.isdigit()):
                     return self._error(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
                 if int(length) > MAX_BODY:
                     return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
@@ -323,7 +338,9 @@ class Handler(BaseHTTPRequestHandler):
 
 def serve(cfg: Config, host: str, port: int) -> None:
     tls_ca = start(cfg)
-    handler = type("BoundHandler", (Handler,), {"attestor": Attestor(cfg, tls_ca)})
+    attestor = Attestor(cfg, tls_ca)
+    attestor.warm()
+    handler = type("BoundHandler", (Handler,), {"attestor": attestor})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     log(f"attestation server listening on {server.server_address[0]}:{server.server_address[1]} "

@@ -11,7 +11,7 @@ from importlib import import_module
 # Imported on first use: `mithril-build` imports mithril_client.errors on every run and should
 # not pay for the TLS and X.509 machinery it rarely needs.
 _EXPORTS = {
-    "AttestationFailed": "session", "AttestedSession": "session", "Response": "session", "Unreachable": "session",
+    "AttestationFailed": "verify", "AttestedSession": "session", "Response": "session", "Unreachable": "session",
     "BadInput": "errors", "MithrilError": "errors", "VerificationFailed": "errors",
     "Report": "verify", "Trust": "verify", "verify_evidence": "verify",
 }

@@ -88,8 +88,25 @@ def pem_bundle(value, where: str) -> list[x509.Certificate]:
     return certs
 
 
+WEAK_HASHES = ("sha1", "md5")  # collisions are practical: a signature over them proves nothing
+
+
+def weak_signature(cert: x509.Certificate) -> str | None:
+    """Why `cert`'s signature cannot be trusted whoever made it (SHA-1, MD5), else None."""
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return f"{cn(cert)} is signed with an unknown algorithm ({cert.signature_algorithm_oid.dotted_string})"
+    if algorithm is not None and algorithm.name in WEAK_HASHES:
+        return f"{cn(cert)} is signed with {algorithm.name.upper()}, which is refused"
+    return None
+
+
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """True when `issuer`'s name and key sign `cert` (RSA PKCS#1 v1.5, RSA-PSS or ECDSA)."""
+    """True when `issuer`'s name and key sign `cert` (RSA PKCS#1 v1.5, RSA-PSS or ECDSA) with a
+    hash that is not refused (`weak_signature`)."""
+    if weak_signature(cert):
+        return False
     try:
         cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
@@ -153,7 +170,7 @@ def chain_to_anchor(leaf: x509.Certificate, intermediates: list[x509.Certificate
     path, cert = [], leaf
     for _ in range(MAX_DEPTH):
         path.append(cn(cert))
-        if problem := validity_problem(cert, now):
+        if problem := validity_problem(cert, now) or weak_signature(cert):
             return False, problem
         anchor = next((a for a in anchors if issued_by(cert, a)), None)
         parent = anchor or next((c for c in intermediates if c != cert and issued_by(cert, c)), None)
@@ -162,7 +179,7 @@ def chain_to_anchor(leaf: x509.Certificate, intermediates: list[x509.Certificate
         if not is_ca(parent):
             return False, f"{cn(parent)} is not a CA certificate"
         if anchor is not None:
-            if problem := validity_problem(anchor, now):
+            if problem := validity_problem(anchor, now) or weak_signature(anchor):
                 return False, problem
             return True, " → ".join(path + [cn(anchor)])
         cert = parent

@@ -20,7 +20,7 @@ VERSIONS = (1, 2)  # 2: with GPU evidence (mithril_client.gpu.evidence)
 PLATFORMS = ("qemu", "azure-trusted-launch", "azure-cvm")
 MAX_DOCUMENT = 1 << 20  # 1 MiB: real evidence is a few KiB
 NONCE_MIN, NONCE_MAX = 16, 64  # bytes; a TPM2B_DATA holds at most 64
-_HEX = re.compile(r"^[0-9a-fA-F]*$")
+_HEX = re.compile(r"[0-9a-fA-F]*")  # always with fullmatch: `$` also matches before a final newline
 _PEM = re.compile(r"-----BEGIN ([A-Z ]+)-----")
 
 
@@ -43,7 +43,7 @@ class Evidence:
 
 
 def parse_nonce(text: str, where: str = "nonce") -> bytes:
-    if not isinstance(text, str) or not _HEX.match(text) or len(text) % 2:
+    if not isinstance(text, str) or not _HEX.fullmatch(text) or len(text) % 2:
         raise BadInput(where, "not an even-length hex string")
     nonce = bytes.fromhex(text)
     if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
@@ -97,9 +97,9 @@ def _pcrs(doc: dict, where: str) -> dict[str, dict[int, bytes]]:
             raise BadInput(where, f"pcrs.{bank}: expected an object {{index: hex}}")
         out[bank] = {}
         for index, value in values.items():
-            if not (isinstance(index, str) and index.isdigit() and int(index) <= 23):
-                raise BadInput(where, f"pcrs.{bank}.{index}: PCR index must be 0..23")
-            if not (isinstance(value, str) and _HEX.match(value) and len(value) == 2 * sizes[bank]):
+            if not (isinstance(index, str) and index.isascii() and index.isdigit() and str(int(index)) == index and int(index) <= 23):
+                raise BadInput(where, f"pcrs.{bank}.{index}: PCR index must be 0..23 in ASCII digits")
+            if not (isinstance(value, str) and _HEX.fullmatch(value) and len(value) == 2 * sizes[bank]):
                 raise BadInput(where, f"pcrs.{bank}.{index}: expected {2 * sizes[bank]} hex digits")
             out[bank][int(index)] = bytes.fromhex(value)
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import BadInput
 
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # always with fullmatch
 POLICIES = ("enforce", "warn")
 
 
@@ -75,8 +75,8 @@ def parse_measurements(raw: object, where: str) -> Measurements:
     pcrs: dict[int, tuple[tuple[str, ...], str]] = {}
     for key, entry in pcrs_raw.items():
         field = f"pcrs.{key}"
-        if not (isinstance(key, str) and key.isdigit() and 0 <= int(key) <= 23):
-            raise BadInput(where, f"{field}: PCR index must be 0..23")
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and str(int(key)) == key and int(key) <= 23):
+            raise BadInput(where, f"{field}: PCR index must be 0..23 in ASCII digits")
         if not isinstance(entry, dict):
             raise BadInput(where, f"{field}: expected an object with 'expected' and 'policy'")
         policy = entry.get("policy", "enforce")
@@ -88,12 +88,12 @@ def parse_measurements(raw: object, where: str) -> Measurements:
         if not isinstance(expected, list) or not expected:
             raise BadInput(where, f"{field}.expected: expected a non-empty list of sha256 hex values")
         for i, value in enumerate(expected):
-            if not isinstance(value, str) or not HEX64.match(value.lower()):
+            if not isinstance(value, str) or not HEX64.fullmatch(value.lower()):
                 raise BadInput(where, f"{field}.expected[{i}]: not 64 hex digits")
         pcrs[int(key)] = (tuple(v.lower() for v in expected), policy)
     app = raw.get("application_disk")
     roothash = app.get("roothash") if isinstance(app, dict) else None
-    if roothash is not None and (not isinstance(roothash, str) or not HEX64.match(roothash.lower())):
+    if roothash is not None and (not isinstance(roothash, str) or not HEX64.fullmatch(roothash.lower())):
         raise BadInput(where, "application_disk.roothash: not 64 hex digits")
     return Measurements(where, str(raw.get("platform", "")), mode, dict(sorted(pcrs.items())),
                         roothash.lower() if roothash else None, _gpu(raw.get("gpu"), where))

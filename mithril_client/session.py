@@ -11,6 +11,7 @@ the connection and raises AttestationFailed before a byte of application data is
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json as jsonlib
 import secrets
@@ -24,22 +25,16 @@ from pathlib import Path
 from cryptography import x509
 
 from .certs import issued_by, pem_bundle
-from .errors import BadInput, MithrilError, VerificationFailed
+from .errors import BadInput, MithrilError
 from .evidence import MAX_DOCUMENT, parse_evidence
 from .measurements import Measurements, Row, load_measurements, parse_measurements
-from .verify import Report, Trust, verify_evidence
+from .verify import AttestationFailed, Report, Trust, verify_evidence
 
 NONCE_BYTES = 32
 IDEMPOTENT = ("GET", "HEAD", "OPTIONS")
 
 
-class AttestationFailed(VerificationFailed):
-    """The server's evidence did not verify (exit 1); `report` holds every row."""
-
-    def __init__(self, report: Report, why: str = ""):
-        self.report = report
-        failed = [r.check for r in report.all_rows if r.failed] or ["ak"]
-        super().__init__(why or f"attestation failed: {', '.join(failed)}")
+__all__ = ["AttestationFailed", "AttestedSession", "Response", "Unreachable", "tls_row"]
 
 
 class Unreachable(MithrilError):
@@ -84,7 +79,13 @@ class AttestedSession:
                 ek_ca = Path(ek_ca).read_bytes()
             except OSError as e:
                 raise BadInput(str(ek_ca), f"cannot read the EK CA: {e.strerror}") from None
+        if trust is not None and not isinstance(trust, Trust):
+            raise BadInput("trust", f"expected a mithril_client.Trust, got {type(trust).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise BadInput("timeout", f"expected a number of seconds > 0, got {timeout!r}")
         self.trust = trust or Trust(ek_roots=ek_ca)
+        # AIA fetches never outlast the session's timeout
+        self.trust = dataclasses.replace(self.trust, fetch_budget=min(timeout, self.trust.fetch_budget))
         self.timeout = timeout
         self.report: Report | None = None  # of the last attestation
         self._pinned: bytes | None = None
@@ -173,7 +174,8 @@ class AttestedSession:
             except (ValueError, KeyError, TypeError):
                 raise BadInput(f"{where}/activate", "the answer is not {\"credential\": base64}") from None
 
-        report = verify_evidence(evidence, nonce, self.measurements, self.trust, activate)
+        # the TLS rows join the report before the verdict: collect every row, then decide
+        report = verify_evidence(evidence, nonce, self.measurements, self.trust, activate, raise_on_failure=False)
         presented = sock.getpeercert(binary_form=True)
         report.extra.append(tls_row(presented, evidence.tls_ca))
         if self._pinned is not None and presented != self._pinned:

@@ -300,7 +300,7 @@ def _values_from_mapping(doc, where: str) -> PcrValues:
         doc = doc["pcrs"]  # tpm2_quote's stdout: {quoted, signature, pcrs: {sha256: {...}}}
     if not isinstance(doc, dict) or not doc:
         raise BadInput(where, "expected a mapping of bank -> {PCR index: hex value}")
-    if all(str(k).isdigit() for k in doc):
+    if all(str(k).isascii() and str(k).isdigit() for k in doc):
         doc = {"sha256": doc}  # a flat {index: value} means the sha256 bank
     out: PcrValues = {}
     for bank, values in doc.items():
@@ -310,7 +310,7 @@ def _values_from_mapping(doc, where: str) -> PcrValues:
             raise BadInput(where, f"{bank}: expected a mapping of PCR index -> hex value")
         out[bank] = {}
         for index, value in values.items():
-            if not str(index).isdigit() or int(index) > 23:
+            if not (str(index).isascii() and str(index).isdigit()) or int(index) > 23:
                 raise BadInput(where, f"{bank}.{index}: PCR index must be 0..23")
             out[bank][int(index)] = _digest_value(value, bank, where, f"{bank}.{index}")
     return out

@@ -4,6 +4,9 @@ with the client SDK's library (mithril_client) — the one implementation of ver
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +61,7 @@ def verify_evidence_file(evidence: Path, nonce: str, measurements: Path, ek_ca: 
     trust = Trust(ek_roots=read_file(ek_ca, "--ek-ca") if ek_ca else None, allow_debug=allow_debug,
                   snp_policy=load_snp_policy(snp_policy), gpu_rims=gpu_rims_for(measurements, gpu_rims),
                   gpu_online=online)
-    return verify_evidence(doc, parse_nonce(nonce), m, trust)
+    return verify_evidence(doc, parse_nonce(nonce), m, trust, raise_on_failure=False)  # the CLI prints every row
 
 
 def load_snp_policy(path: Path | None):
@@ -154,18 +157,55 @@ def _project_root(project: Path | None) -> Path | None:
         return None
 
 
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a plain name: out/<profile>/, never a path
+
+
+def _owned_by_me(path: Path, st: os.stat_result, what: str) -> None:
+    """A run record decides which EK CA and which measurements `connect` trusts: only the user's
+    own, unwritable by others, is read (`mithril-build run` makes the folder 0700, records 0600)."""
+    fix = f"remove it; `mithril-build run` writes its {what} itself"
+    if st.st_uid != os.getuid():
+        raise BadInput(str(path), f"owned by uid {st.st_uid}, not by you (uid {os.getuid()}): not trusted", fix)
+    if st.st_mode & 0o022:
+        raise BadInput(str(path), f"mode {stat.S_IMODE(st.st_mode):04o} lets others write it: not trusted", fix)
+
+
+def _read_record(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise BadInput(str(path), f"cannot open the run record ({e.strerror}): not trusted",
+                       "remove it; `mithril-build run` writes run records as plain files") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(str(path), "not a regular file: not trusted", "remove it")
+        _owned_by_me(path, st, "run records")
+        return f.read(1 << 20)
+
+
 def _run_record(project: Path | None, host: str, port: int) -> dict | None:
     root = _project_root(project)
-    if root is None or not (root / RUN_RECORDS).is_dir():
+    folder = root / RUN_RECORDS if root is not None else None
+    if folder is None or not folder.is_dir():
         return None
-    for path in sorted((root / RUN_RECORDS).glob("*.json")):
+    st = folder.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise BadInput(str(folder), "is a symbolic link: not trusted", "remove it; `mithril-build run` makes it")
+    _owned_by_me(folder, st, "run folder")
+    for path in sorted(folder.glob("*.json")):
+        raw = _read_record(path)
         try:
-            rec = json.loads(path.read_text())
+            rec = json.loads(raw)
             u = urllib.parse.urlsplit(rec["url"])
-            if (u.hostname, u.port or 443) == (host, port) and isinstance(rec.get("ek_ca"), str):
-                return rec
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            continue  # a stale or foreign file: not ours to trust
+            if (u.hostname, u.port or 443) != (host, port) or not isinstance(rec.get("ek_ca"), str):
+                continue
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            continue  # a stale or unreadable record (ours): not for this URL
+        if not (isinstance(rec.get("profile"), str) and PROFILE_NAME.fullmatch(rec["profile"])):
+            raise BadInput(str(path), f"profile: {rec.get('profile')!r} is not a plain profile name",
+                           "remove the record; `mithril-build run` writes it")
+        return rec
     return None
 
 
@@ -203,14 +243,19 @@ def port_free(port: int) -> bool:
 
 
 def write_run_record(root: Path, profile: str, url: str, ek_ca: bytes) -> Path:
-    """Where `connect`, run in this project, finds the running server's trust anchors."""
-    import os
-
+    """Where `connect`, run in this project, finds the running server's trust anchors: a folder
+    only the user can enter (0700), a record only the user can read and write (0600)."""
     from .files import atomic_write
 
-    path = root / RUN_RECORDS / f"{profile}.json"
+    if not PROFILE_NAME.fullmatch(profile):
+        raise BadInput("--profile", f"{profile!r} is not a plain profile name")
+    folder = root / RUN_RECORDS
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)  # also an older folder made 0755
+    _owned_by_me(folder, folder.lstat(), "run folder")
+    path = folder / f"{profile}.json"
     atomic_write(path, json.dumps({"url": url, "profile": profile, "ek_ca": ek_ca.decode(), "pid": os.getpid()},
-                                  indent=1).encode() + b"\n")
+                                  indent=1).encode() + b"\n", mode=0o600)
     return path
 
 

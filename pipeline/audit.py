@@ -22,6 +22,11 @@ from .files import sha256_file
 from .inputs import download
 from .run import run, which
 
+
+def _digits(key) -> bool:
+    return str(key).isascii() and str(key).isdigit()  # "²".isdigit() is True, int("²") raises
+
+
 SUMS = "SHA256SUMS"
 # Not artifacts: stage records (timings), logs, the deployment record, the sums file itself.
 NOT_ARTIFACTS = {SUMS, "boot-serial.log", "deployment.json", prov.SIGNED_FILE}
@@ -79,7 +84,7 @@ def compare_measurements(a: dict | None, b: dict | None) -> list[dict]:
         return []
     rows = []
     pa, pb = (m.get("pcrs") if isinstance(m.get("pcrs"), dict) else {} for m in (a, b))
-    for pcr in sorted(set(pa) | set(pb), key=lambda k: (not str(k).isdigit(), int(k) if str(k).isdigit() else 0, k)):
+    for pcr in sorted(set(pa) | set(pb), key=lambda k: (not _digits(k), int(k) if _digits(k) else 0, str(k))):
         va, vb = pa.get(pcr), pb.get(pcr)
         rows.append({"item": f"PCR {pcr}", "a": va, "b": vb, "match": va == vb})
     for item, path in (("roothash", ("application_disk", "roothash")), ("platform", ("platform",)),

@@ -143,7 +143,7 @@ def measurements_(ctx, explain, force, as_json):
 
     pcr = None
     if explain not in (None, "cache"):
-        if not (explain.isdigit() and int(explain) <= 23):
+        if not (explain.isascii() and explain.isdigit() and int(explain) <= 23):
             raise click.BadParameter(f"{explain!r} is not a PCR index 0..23", param_hint="--explain")
         pcr = int(explain)
     build(ctx, ["measurements"], explain=explain == "cache", force=force)
@@ -538,6 +538,9 @@ def run_(ctx, port, timeout, accel, as_json):
               help="Read the PCRs from a serial console log of a Mithril OS boot.")
 @click.option("--from-quote", type=click.Path(path_type=Path, dir_okay=False),
               help="Read the PCRs from a quote (tpm2_quote -m) together with --pcrs.")
+@click.option("--from-evidence", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read the PCRs from an evidence document (GET /attestation of a real VM); on azure-cvm "
+                   "also the SNP report's ID key digest.")
 @click.option("--pcrs", type=click.Path(path_type=Path, dir_okay=False),
               help="With --from-quote: the PCR values (tpm2_quote -o, or JSON/YAML).")
 @click.option("--signature", type=click.Path(path_type=Path, dir_okay=False),
@@ -551,8 +554,8 @@ def run_(ctx, port, timeout, accel, as_json):
               help="When booting: auto tries KVM and falls back to TCG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @project_options
-def record_platform(ctx, platform_name, from_serial, from_quote, pcrs, signature, ak_pub, source, timeout,
-                    accel, as_json):
+def record_platform(ctx, platform_name, from_serial, from_quote, from_evidence, pcrs, signature, ak_pub, source,
+                    timeout, accel, as_json):
     """Add the firmware PCR 0-3 values observed on a platform to its known-good lists.
 
     Without --from-serial/--from-quote, boots out/<profile>'s disks under QEMU + OVMF + swtpm
@@ -561,11 +564,15 @@ def record_platform(ctx, platform_name, from_serial, from_quote, pcrs, signature
     from .platforms.qemu.boot import read_serial_log
     from .errors import BadInput
 
-    if from_serial and from_quote:
-        raise BadInput("--from-serial/--from-quote", "give at most one of them")
+    if sum(x is not None for x in (from_serial, from_quote, from_evidence)) > 1:
+        raise BadInput("--from-serial/--from-quote/--from-evidence", "give at most one of them")
     if from_quote and not pcrs:
         raise BadInput("--from-quote", "needs --pcrs (the PCR values tpm2_quote wrote with -o)")
-    if from_serial:
+    id_key = None
+    if from_evidence:
+        observed, id_key = rp.from_evidence(from_evidence, platform_name)
+        default_source = f"evidence {Path(from_evidence).name} (quote and SNP report checked)"
+    elif from_serial:
         observed, default_source = read_serial_log(from_serial).pcrs, f"serial log {Path(from_serial).name}"
     elif from_quote:
         observed = rp.from_quote(from_quote, pcrs, signature, ak_pub)
@@ -575,10 +582,15 @@ def record_platform(ctx, platform_name, from_serial, from_quote, pcrs, signature
             raise BadInput("--platform", f"only 'qemu' can be booted here, not {platform_name!r}",
                            "pass --from-serial or --from-quote with values from that platform")
         observed, default_source = rp.from_boot(ctx.out_dir, timeout, accel)
-    result = rp.record(ctx.root, platform_name, observed, source or default_source)
-    emit(result, as_json, "\n".join(
-        [f"{result['file']} ({result['source']}, {result['date']}):"]
-        + [f"  PCR {r['pcr']} {r['value']} {r['state']} (policy {r['policy']})" for r in result["pcrs"]]))
+    result = rp.record(ctx.root, platform_name, observed, source or default_source, id_key_digest=id_key)
+    lines = [f"{result['file']} ({result['source']}, {result['date']}):"]
+    lines += [f"  PCR {r['pcr']} {r['value']} {r['state']} (policy {r['policy']})" for r in result["pcrs"]]
+    if key := result.get("snp_id_key_digest"):
+        lines.append(f"  SNP ID key {key['value']} {key['state']}")
+        if not key["shipped"]:
+            lines.append(f"  (not shipped with mithril_client: clients accept it with a --snp-policy file "
+                         f"holding {{\"extra_id_key_digests\": [\"{key['value']}\"]}})")
+    emit(result, as_json, "\n".join(lines))
 
 
 @cli.group("attest")
@@ -605,8 +617,10 @@ def attest_group():
 @click.option("--ek-ca", type=click.Path(path_type=Path, dir_okay=False),
               help="With --evidence on qemu: the swtpm EK CA (PEM bundle) the EK certificate must chain to.")
 @click.option("--snp-policy", type=click.Path(path_type=Path, dir_okay=False),
-              help="Azure CVM: JSON {allow_debug, vmpl, min_tcb_milan, min_tcb_genoa} (default: debug off, VMPL 0, "
-                   "the built-in minimum TCBs).")
+              help="Azure CVM: JSON {allow_debug, vmpl, min_tcb_milan, min_tcb_genoa, id_key_digests, "
+                   "extra_id_key_digests, id_key_policy, author_key_digests, measurements, allow_smt, "
+                   "allow_migration_agent} (default: debug off, VMPL 0, the built-in minimum TCBs and Azure "
+                   "paravisor ID keys; docs/attestation.md).")
 @click.option("--allow-debug", is_flag=True, help="Accept a debug-mode measurements file.")
 @click.option("--gpu-rims", type=click.Path(path_type=Path, file_okay=False),
               help="GPU profiles: a folder of NVIDIA RIMs (the GPUs' VBIOS RIMs) besides the release's gpu-rims/.")
@@ -691,7 +705,7 @@ def attest_gpu(report, cert_chain, nonce, rims, driver_version, at, online, rim_
 @click.option("-d", "--data", help="Request body; @FILE reads a file, @- standard input.")
 @click.option("-H", "--header", "headers", multiple=True, metavar="NAME: VALUE", help="Extra request header (repeat).")
 @click.option("--snp-policy", type=click.Path(path_type=Path, dir_okay=False),
-              help="Azure CVM: JSON {allow_debug, vmpl, min_tcb_milan, min_tcb_genoa}.")
+              help="Azure CVM: JSON policy file, as for `attest verify` (docs/attestation.md).")
 @click.option("--allow-debug", is_flag=True, help="Accept a debug-mode measurements file.")
 @click.option("--gpu-rims", type=click.Path(path_type=Path, file_okay=False),
               help="GPU profiles: a folder of NVIDIA RIMs (the GPUs' VBIOS RIMs) besides the release's gpu-rims/.")

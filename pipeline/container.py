@@ -19,7 +19,7 @@ RUNTIMES = ("docker", "podman")
 SHM_SIZE = "16g"
 # TensorRT-LLM's documented container settings: unlimited locked memory, 64 MiB stack.
 ULIMITS = ("memlock=-1:-1", "stack=67108864:67108864")
-DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?/[a-z0-9._/-]+@sha256:[0-9a-f]{64}$")
+DIGEST_REF = re.compile(r"[a-z0-9][a-z0-9._/-]*(:[0-9]+)?/[a-z0-9._/-]+@sha256:[0-9a-f]{64}")  # fullmatch
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def parse_nvidia_smi(text: str) -> list[Gpu]:
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) >= 3 and parts[0]:
-            mem = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else None
+            mem = int(parts[3]) if len(parts) > 3 and parts[3].isascii() and parts[3].isdigit() else None
             gpus.append(Gpu(parts[0], parts[1], parts[2], mem))
     return gpus
 
@@ -79,7 +79,7 @@ def run_argv(runtime: str, image: str, mounts: list[Mount], command: list[str], 
     """The full `docker run` / `podman run` command line."""
     if runtime not in RUNTIMES:
         raise BadInput("container runtime", f"{runtime!r} is not supported", "use docker or podman")
-    if not DIGEST_REF.match(image):
+    if not DIGEST_REF.fullmatch(image):
         raise BadInput("mithril.lock", f"images: {image!r} is not pinned by @sha256: digest",
                        "run `mithril-build lock` where the registry is reachable")
     argv = [runtime, "run", "--rm", "--network=none", "--pull=missing"]

@@ -79,7 +79,7 @@ def _split(version: str) -> tuple[int, str, str]:
     """(epoch, upstream, revision): the epoch ends at the first colon, the revision starts
     after the last hyphen."""
     epoch, _, rest = version.partition(":") if ":" in version else ("0", "", version)
-    if not epoch.isdigit():
+    if not (epoch.isascii() and epoch.isdigit()):
         raise BadInput("version", f"{version!r}: the epoch is not a number")
     upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
     return int(epoch), upstream, revision

@@ -58,7 +58,7 @@ def copy_hashed(src: Path, dest: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: Path, data: bytes, keep_same: bool = False) -> None:
+def atomic_write(path: Path, data: bytes, keep_same: bool = False, mode: int = 0o644) -> None:
     """Replace path with data in one rename. `keep_same`: leave a file that already holds exactly
     data as it is (its identity unchanged, so a warm no-op that rests on it still holds)."""
     if keep_same:
@@ -68,7 +68,7 @@ def atomic_write(path: Path, data: bytes, keep_same: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
     try:
-        os.fchmod(fd, 0o644)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

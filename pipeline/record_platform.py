@@ -1,5 +1,6 @@
 """`record-platform`: add observed firmware PCR 0-3 values to measurements/platforms/<name>.yaml,
-from a boot under QEMU, a serial log, or a quote (e.g. taken on a real Azure VM)."""
+from a boot under QEMU, a serial log, a quote or an evidence document (e.g. taken on a real Azure
+VM); from azure-cvm evidence also the SNP report's ID key digest (which paravisor signed it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from .attest import pcrs_from_quote, read_file
 from .errors import BadInput, ToolFailed, VerificationFailed
 from .measure import platform as plat
 from .platforms.qemu.boot import boot_disks
-from mithril_client.tpm2 import load_ak, parse_quote, parse_signature, signature_valid
+from mithril_client.evidence import parse_evidence
+from mithril_client.tpm2 import load_ak, parse_public, parse_quote, parse_signature, pcr_digest, signature_valid
 
 
 def _version(argv: list[str]) -> str:
@@ -49,15 +51,45 @@ def from_quote(quote: Path, pcrs: Path, signature: Path | None, ak_pub: Path | N
     return pcrs_from_quote(quote, pcrs)
 
 
+def from_evidence(path: Path, platform: str) -> tuple[dict[int, str], str | None]:
+    """PCR values an evidence document's quote vouches for (its signature checked with the
+    document's own AK), and on azure-cvm the SNP report's ID key digest. The report must pass
+    every SNP check but the ID key itself (AMD's chain, signature, HCLAkPub = the quote's AK,
+    report_data, policy, TCB): what is recorded was said by a genuine chip about this AK."""
+    doc = parse_evidence(read_file(path, "--from-evidence"), str(path))
+    if doc.platform != platform:
+        raise BadInput(str(path), f"platform: the evidence is from {doc.platform!r}, not --platform {platform!r}")
+    quote = parse_quote(doc.quote, f"{path}: quote")
+    sig = parse_signature(doc.signature, f"{path}: signature")
+    ak = parse_public(doc.ak_public, f"{path}: ak_public")
+    if not signature_valid(quote, sig, ak.key):
+        raise VerificationFailed(f"{path}: the quote's signature does not verify with its ak_public; nothing recorded")
+    if pcr_digest(quote.selections, doc.pcrs, sig.hash) != quote.pcr_digest:
+        raise VerificationFailed(f"{path}: the PCR values do not match the quote's pcrDigest; nothing recorded")
+    quoted = {i for s in quote.selections if s.bank == "sha256" for i in s.pcrs}
+    values = {i: v.hex() for i, v in doc.pcrs.get("sha256", {}).items() if i in quoted}
+    if platform != "azure-cvm":
+        return values, None
+    from mithril_client.platforms import azure_cvm as cvm
+
+    rows = cvm.check_ak(doc, ak.key, policy=cvm.SnpPolicy(id_key_policy="warn"))
+    if failed := [r.check for r in rows if r.failed]:
+        raise VerificationFailed(f"{path}: the SNP report does not verify ({', '.join(failed)}); nothing recorded")
+    return values, cvm.parse_hcl_report(doc.hcl_report).report.id_key_digest.hex()
+
+
 def record(root: Path, name: str, observed: dict[int, str], source: str,
-           date: datetime.date | None = None) -> dict:
-    """Append PCR 0-3 values to the platform file (known values are not repeated)."""
+           date: datetime.date | None = None, id_key_digest: str | None = None) -> dict:
+    """Append PCR 0-3 values (and an SNP ID key digest) to the platform file (known values are
+    not repeated)."""
     values = {i: v.lower() for i, v in observed.items() if i in plat.FIRMWARE_PCRS}
     if not values:
         raise BadInput(source, "no value for any of PCRs 0-3 in the input")
     current = plat.load(root, name)
     date = date or datetime.datetime.now(datetime.UTC).date()
     updated = plat.add_values(current, values, source, date)
+    if id_key_digest is not None:
+        updated = plat.add_id_key(updated, id_key_digest, source, date)
     # a "not recorded yet" note is stale once a value is recorded
     stale = {i: e.model_copy(update={"note": ""}) for i, e in updated.firmware_pcrs.items()
              if e.values and e.note.startswith("not recorded yet")}
@@ -72,4 +104,11 @@ def record(root: Path, name: str, observed: dict[int, str], source: str,
         known = any(v.value == value for v in current.firmware_pcrs[i].values)
         rows.append({"pcr": i, "value": value, "state": "already known" if known else "added",
                      "policy": updated.firmware_pcrs[i].policy})
-    return {"platform": name, "file": str(path), "source": source, "date": date.isoformat(), "pcrs": rows}
+    result = {"platform": name, "file": str(path), "source": source, "date": date.isoformat(), "pcrs": rows}
+    if id_key_digest is not None:
+        from mithril_client.platforms.azure_cvm import AZURE_ID_KEY_DIGESTS
+
+        known = any(v.value == id_key_digest for v in current.snp_id_key_digests)
+        result["snp_id_key_digest"] = {"value": id_key_digest, "state": "already known" if known else "added",
+                                       "shipped": id_key_digest in AZURE_ID_KEY_DIGESTS}
+    return result

@@ -64,7 +64,7 @@ def _config(ctx: Context, name: str, unresolved: list[str]) -> ImageConfig:
 def _user(unresolved: list[str]):
     def user_of(name: str, user: str) -> str:
         uid, _, gid = (user or "0").partition(":")
-        if uid.isdigit() and (gid or uid).isdigit():
+        if (uid + gid).isascii() and uid.isdigit() and (gid or uid).isdigit():
             return f"{uid}:{gid or uid}"
         unresolved.append(f"{name}: User {user!r} (a name, resolved in the image's /etc/passwd at build time)")
         return "UNRESOLVED:UNRESOLVED"

@@ -230,15 +230,16 @@ class TlsProxy:
     relays bytes both ways. The evidence it relays is genuine; the channel is not. With
     `mitm = False` it relays the TCP stream untouched (the real server's TLS)."""
 
-    def __init__(self, upstream_port: int, work: Path, mitm: bool = True):
-        self.mitm = mitm
+    def __init__(self, upstream_port: int, work: Path, mitm: bool = True, rewrite_tls_ca: bool = False):
+        self.mitm, self.rewrite_tls_ca = mitm, rewrite_tls_ca
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mithril")])
         now = dt.datetime.now(dt.timezone.utc)
         cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                 .serial_number(7).not_valid_before(now - dt.timedelta(hours=1))
                 .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
-        (work / "mitm.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        (work / "mitm.pem").write_bytes(self.cert_pem)
         (work / "mitm.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                           serialization.NoEncryption()))
         self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -267,6 +268,13 @@ class TlsProxy:
         except OSError:
             return
         down = raw
+        if self.mitm and self.rewrite_tls_ca:
+            try:
+                self._relay_evidence(down, up)
+            except (OSError, ValueError, http.client.HTTPException):
+                down.close()
+                up.close()
+                return
         # One thread for both directions (an SSL object must not be read and written concurrently),
         # non-blocking reads: a TLS 1.3 session ticket makes a socket readable with no data for us.
         try:
@@ -293,6 +301,25 @@ class TlsProxy:
         finally:
             down.close()
             up.close()
+
+    def _relay_evidence(self, down, up):
+        """The first exchange (GET /attestation): forward it, and answer with the genuine evidence
+        whose tls_ca is replaced by this relay's own certificate (the smarter relay of issue 19)."""
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = down.recv(65536)
+            if not chunk:
+                raise ValueError("client closed")
+            head += chunk
+        up.sendall(head)
+        resp = http.client.HTTPResponse(up, method="GET")
+        resp.begin()
+        doc = json.loads(resp.read())
+        doc["tls_ca"] = self.cert_pem.decode()
+        body = json.dumps(doc).encode()
+        out = f"HTTP/1.1 {resp.status} {resp.reason}\r\nContent-Type: application/json\r\n" \
+              f"Content-Length: {len(body)}\r\n\r\n".encode()
+        down.sendall(out + body)
 
     def close(self):
         self.listener.close()

@@ -15,7 +15,7 @@ from ..tpm2 import TpmPublic
 
 
 def check_ak(evidence, ak: TpmPublic, *, ek_roots: bytes | None = None, now: datetime | None = None,
-             snp_policy=None, fetch: Callable[[str], bytes] | None = None,
+             snp_policy=None, fetch: Callable[[str], bytes] | None = None, fetch_budget: float | None = None,
              activate: Callable[[bytes, bytes], bytes] | None = None) -> list[Row]:
     """`ek_roots`, `activate`: qemu (the per-boot swtpm EK CA; the credential activation round
     trip). `fetch`: Azure Trusted Launch AIA issuers. `snp_policy`: Azure CVM (azure_cvm.SnpPolicy)."""
@@ -27,7 +27,8 @@ def check_ak(evidence, ak: TpmPublic, *, ek_roots: bytes | None = None, now: dat
     if evidence.platform == "azure-trusted-launch":
         from . import azure_trusted_launch
 
-        return azure_trusted_launch.check_ak(evidence, ak.key, now=now, fetch=fetch)
+        budget = azure_trusted_launch.FETCH_BUDGET if fetch_budget is None else fetch_budget
+        return azure_trusted_launch.check_ak(evidence, ak.key, now=now, fetch=fetch, fetch_budget=budget)
     if evidence.platform == "azure-cvm":
         from . import azure_cvm
 

@@ -3,8 +3,17 @@
 The HCL report (vTPM NV 0x01400001) holds an SNP attestation report whose report_data is the
 hash of the HCL's runtime data JSON, and that JSON names the vTPM's AK (`HCLAkPub`). So the AK
 is trusted when: the report is signed by the VCEK, the VCEK chains to AMD's pinned ARK through
-the ASK, hash(runtime data) is the report's report_data, HCLAkPub is the quote's AK, and the
-report's guest policy, VMPL and TCB are acceptable.
+the ASK, hash(runtime data) is the report's report_data, HCLAkPub is the quote's AK, the
+report's guest policy, VMPL and TCB are acceptable — and the guest is Azure's paravisor: its
+ID_KEY_DIGEST is one of Azure's ID keys. Any SNP guest can ask its genuine chip for a report
+over runtime data naming a software key; only the ID key says *which* firmware was launched.
+
+Why the ID key and not MEASUREMENT: at launch (SNP_LAUNCH_FINISH) the firmware refuses an ID
+block whose launch digest differs from the measured one or whose signature does not verify with
+the ID key, and the report carries sha384 of that ID key. Azure's paravisor measurement changes
+with every firmware roll and Microsoft publishes no list of it, while its ID key stays (the
+2025 captures of two host generations carry one digest over two measurements). So the ID key
+is pinned by default; a MEASUREMENT allow-list can be added in the policy for those who track it.
 
 Layouts (little-endian):
   HCL header, 32 bytes: "HCLA", version, report_size, request_type, status, 3 reserved u32.
@@ -21,6 +30,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,7 +53,28 @@ SIGNED_PART = 0x2A0  # the report signature covers bytes [0, 0x2A0)
 SNP_REPORT_TYPE, TDX_REPORT_TYPE = 2, 4
 HASH_TYPES = {1: "sha256", 2: "sha384", 3: "sha512"}
 ECDSA_P384_SHA384 = 1
-POLICY_DEBUG = 1 << 19  # guest policy bit 19: the hypervisor may debug the guest (read its memory)
+# Guest policy bits (AMD SEV-SNP firmware ABI spec 56860, "Guest Policy"): what the hypervisor
+# may do to the guest. Bit 17 is reserved (must be one).
+POLICY_SMT = 1 << 16  # SMT may be enabled on the host (Azure's policy sets it: a sibling thread may be another VM)
+POLICY_MIGRATE_MA = 1 << 18  # a migration agent may be associated (it can export the guest's memory)
+POLICY_DEBUG = 1 << 19  # the hypervisor may debug the guest (read its memory)
+# The report's flags at 0x48: bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_KEY, bits 4:2 SIGNING_KEY
+# (0 = VCEK, 1 = VLEK, 7 = none).
+FLAG_AUTHOR_KEY_EN, FLAG_MASK_CHIP_KEY = 1 << 0, 1 << 1
+SIGNING_KEY_VCEK = 0
+
+# sha384 of the public ID keys Azure signs its paravisor's ID block with. Where each was seen:
+# mithril_client/data/SOURCES.md ("Azure paravisor ID keys"). `record-platform --from-evidence`
+# prints the digest a real VM reports; add a new one with --snp-policy until a release ships it.
+AZURE_ID_KEY_DIGESTS = (
+    # every 2025 capture (Milan and Genoa hosts), in reports AMD's chain signs
+    "942fd93ebde6ea7a96efadeafc60f1c6b3d10e703b1dafd7555b92f7f3d32d0e006767648cba5b102af3d65756af4177",
+    # Constellation's default list, from 2023-10 to its last release
+    "0356215882a825279a85b300b0b742931d113bf7e32dde2e50ffde7ec743ca491ecdd7f336dc28a6e0b2bb57af7a44a3",
+    # a 2023-10 capture (Milan host), in a report AMD's chain signs
+    "57e229e0ffe5fa92d0faddff6cae0e61c926fc9ef9afd20a8b8cfcf7129db9338cbe5bf3f6987733a2bf65d06dc38fc1",
+)
+_SHA384_HEX = re.compile(r"[0-9a-f]{96}")
 
 # VCEK certificate extensions (AMD "VCEK certificate and KDS interface specification")
 OID_BL_SPL = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.1")
@@ -91,38 +122,72 @@ class Tcb:
         return f"bl={self.bootloader} tee={self.tee} snp={self.snp} ucode={self.microcode}"
 
 
+ENFORCEMENT = ("enforce", "warn")
+
+
+def _digest_list(value, where: str, name: str) -> tuple[str, ...]:
+    if not (isinstance(value, (list, tuple)) and all(isinstance(v, str) and _SHA384_HEX.fullmatch(v) for v in value)):
+        raise BadInput(where, f"{name}: expected a list of sha384 digests (96 lower-case hex digits each)")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class SnpPolicy:
     """What the client accepts of the SNP report. SPL numbering is per product, hence one minimum
     each; the defaults are the TCBs Azure's hosts reported in the public captures of January 2025
-    (tests/fixtures/azure/SOURCES.md). Raise them as AMD publishes fixes."""
+    (tests/fixtures/azure/SOURCES.md). Raise them as AMD publishes fixes.
+
+    `id_key_digests`: Azure's paravisor ID keys (`id_key_policy` "warn" reports a stranger
+    without failing: only to find a new key's digest). `author_key_digests`: accepted author keys
+    when a report says AUTHOR_KEY_EN (Azure uses none). `measurements`: an optional allow-list
+    of MEASUREMENT. `allow_smt`: Azure launches every CVM with SMT allowed and offers no way
+    out, so refusing it refuses Azure. `amd_roots`: the AMD roots (ARK, ASK per product);
+    anything but AMD's is for tests and private SNP deployments."""
 
     allow_debug: bool = False
     vmpl: int = 0  # the HCL runs at VMPL 0 and requests the report there
     min_tcb_milan: Tcb = Tcb(bootloader=4, tee=0, snp=24, microcode=219)
     min_tcb_genoa: Tcb = Tcb(bootloader=10, tee=0, snp=23, microcode=84)
+    id_key_digests: tuple[str, ...] = AZURE_ID_KEY_DIGESTS
+    id_key_policy: str = "enforce"
+    author_key_digests: tuple[str, ...] = ()
+    measurements: tuple[str, ...] = ()
+    allow_smt: bool = True
+    allow_migration_agent: bool = False
+    amd_roots: tuple[Product, ...] = PRODUCTS
 
     def __post_init__(self):
-        if not isinstance(self.allow_debug, bool):
-            raise BadInput("policy", f"allow_debug: expected True or False, got {self.allow_debug!r}")
+        for name in ("allow_debug", "allow_smt", "allow_migration_agent"):
+            if not isinstance(getattr(self, name), bool):
+                raise BadInput("policy", f"{name}: expected True or False, got {getattr(self, name)!r}")
         if not (isinstance(self.vmpl, int) and 0 <= self.vmpl <= 3):
             raise BadInput("policy", f"vmpl: expected 0..3, got {self.vmpl!r}")
         for name in ("min_tcb_milan", "min_tcb_genoa"):
             if not isinstance(getattr(self, name), Tcb):
                 raise BadInput("policy", f"{name}: expected a Tcb, got {getattr(self, name)!r}")
+        for name in ("id_key_digests", "author_key_digests", "measurements"):
+            _digest_list(getattr(self, name), "policy", name)
+        if self.id_key_policy not in ENFORCEMENT:
+            raise BadInput("policy", f"id_key_policy: expected one of {', '.join(ENFORCEMENT)}, got {self.id_key_policy!r}")
+        if not (isinstance(self.amd_roots, tuple) and self.amd_roots and all(isinstance(p, Product) for p in self.amd_roots)):
+            raise BadInput("policy", "amd_roots: expected a non-empty tuple of azure_cvm.Product")
 
     def min_tcb(self, product: str) -> Tcb | None:
         return {"Milan": self.min_tcb_milan, "Genoa": self.min_tcb_genoa}.get(product)
 
     @classmethod
     def from_json(cls, doc, where: str = "policy") -> SnpPolicy:
-        """{"allow_debug", "vmpl", "min_tcb_milan": {bootloader, tee, snp, microcode}, "min_tcb_genoa"};
+        """{"allow_debug", "vmpl", "min_tcb_milan": {bootloader, tee, snp, microcode}, "min_tcb_genoa",
+        "id_key_digests" (replaces the shipped list), "extra_id_key_digests" (adds to it),
+        "id_key_policy", "author_key_digests", "measurements", "allow_smt", "allow_migration_agent"};
         fields left out keep their defaults."""
         if not isinstance(doc, dict):
             raise BadInput(where, "expected a JSON object")
-        unknown = set(doc) - {"allow_debug", "vmpl", "min_tcb_milan", "min_tcb_genoa"}
+        known = {"allow_debug", "vmpl", "min_tcb_milan", "min_tcb_genoa", "id_key_digests", "extra_id_key_digests",
+                 "id_key_policy", "author_key_digests", "measurements", "allow_smt", "allow_migration_agent"}
+        unknown = set(doc) - known
         if unknown:
-            raise BadInput(where, f"unknown field {sorted(unknown)[0]!r}")
+            raise BadInput(where, f"unknown field {sorted(unknown, key=str)[0]!r}")
         fields = dict(doc)
         for name in ("min_tcb_milan", "min_tcb_genoa"):
             if name in fields:
@@ -133,7 +198,16 @@ class SnpPolicy:
                                 for k in keys)):
                     raise BadInput(where, f"{name}: expected {{bootloader, tee, snp, microcode}}, each 0..255")
                 fields[name] = Tcb(**tcb)
-        return cls(**fields)
+        for name in ("id_key_digests", "extra_id_key_digests", "author_key_digests", "measurements"):
+            if name in fields:
+                fields[name] = _digest_list(fields[name], where, name)
+        extra = fields.pop("extra_id_key_digests", ())
+        base = fields.get("id_key_digests", AZURE_ID_KEY_DIGESTS)
+        fields["id_key_digests"] = tuple(dict.fromkeys(base + extra))
+        try:
+            return cls(**fields)
+        except BadInput as e:
+            raise BadInput(where, e.what) from None
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -145,11 +219,19 @@ class SnpReport:
     policy: int
     vmpl: int
     signature_algo: int
-    report_data: bytes
+    flags: int  # 0x48: AUTHOR_KEY_EN, MASK_CHIP_KEY, SIGNING_KEY
+    report_data: bytes  # 64 bytes
+    measurement: bytes  # 48 bytes: the launch digest
+    id_key_digest: bytes  # 48 bytes: sha384 of the key that signed the ID block (zero: no ID block)
+    author_key_digest: bytes  # 48 bytes: sha384 of the author key that signed the ID key
     reported_tcb: Tcb
     chip_id: bytes
     r: int
     s: int
+
+    @property
+    def signing_key(self) -> int:
+        return (self.flags >> 2) & 7
 
     @property
     def signed(self) -> bytes:
@@ -171,10 +253,11 @@ def parse_snp_report(raw: bytes, where: str) -> SnpReport:
     if not 2 <= version <= 5:
         raise BadInput(where, f"SNP report: version {version} is not a known ATTESTATION_REPORT version (2..5)")
     vmpl, algo = struct.unpack_from("<II", raw, 0x30)
+    flags = struct.unpack_from("<I", raw, 0x48)[0]
     r = int.from_bytes(raw[0x2A0:0x2A0 + 72], "little")
     s = int.from_bytes(raw[0x2A0 + 72:0x2A0 + 144], "little")
-    return SnpReport(raw, version, policy, vmpl, algo, raw[0x50:0x90], Tcb.from_u64(raw[0x180:0x188]),
-                     raw[0x1A0:0x1E0], r, s)
+    return SnpReport(raw, version, policy, vmpl, algo, flags, raw[0x50:0x90], raw[0x90:0xC0], raw[0xE0:0x110],
+                     raw[0x110:0x140], Tcb.from_u64(raw[0x180:0x188]), raw[0x1A0:0x1E0], r, s)
 
 
 def _b64url_int(jwk: dict, name: str, where: str) -> int:
@@ -258,17 +341,44 @@ def vcek_tcb(vcek: x509.Certificate) -> tuple[Tcb | None, bytes | None]:
 
 # ---------------------------------------------------------------------------- checks
 
-def product_of(vcek: x509.Certificate) -> Product | None:
+def _firmware_rows(report: SnpReport, policy: SnpPolicy) -> list[Row]:
+    """Which firmware was launched: Azure's paravisor, by the key that signed its ID block."""
+    id_key = report.id_key_digest.hex()
+    known = id_key in policy.id_key_digests
+    rows = [Row("snp id key", "an Azure paravisor ID key: " + " | ".join(policy.id_key_digests), id_key,
+                policy.id_key_policy, "ok" if known else "MISMATCH" if policy.id_key_policy == "enforce" else "warn")]
+    author = report.author_key_digest.hex()
+    if report.flags & FLAG_AUTHOR_KEY_EN:
+        ok = author in policy.author_key_digests
+        expected = " | ".join(policy.author_key_digests) or "none accepted (Azure signs its ID block without one)"
+        rows.append(Row("snp author key", expected, f"AUTHOR_KEY_EN, {author}", "enforce", "ok" if ok else "MISMATCH"))
+    else:
+        ok = not any(report.author_key_digest)
+        rows.append(Row("snp author key", "AUTHOR_KEY_EN clear, digest zero", f"clear, {author}", "enforce",
+                        "ok" if ok else "MISMATCH"))
+    measurement = report.measurement.hex()
+    if policy.measurements:
+        rows.append(Row("snp measurement", " | ".join(policy.measurements), measurement, "enforce",
+                        "ok" if measurement in policy.measurements else "MISMATCH"))
+    else:
+        rows.append(Row("snp measurement", "not pinned (the ID key signed it)", measurement, "info", "ok"))
+    return rows
+
+
+def product_of(vcek: x509.Certificate, roots: tuple[Product, ...] = PRODUCTS) -> Product | None:
     """The product whose ASK names the VCEK's issuer (only a name: `_vcek_chain` checks signatures)."""
-    return next((p for p in PRODUCTS if p.ask.subject == vcek.issuer), None)
+    return next((p for p in roots if p.ask.subject == vcek.issuer), None)
 
 
-def _vcek_chain(chain: list[x509.Certificate], now: datetime) -> tuple[Product | None, str]:
+def _vcek_chain(chain: list[x509.Certificate], now: datetime,
+                roots: tuple[Product, ...] = PRODUCTS) -> tuple[Product | None, str]:
     """The product when VCEK ← ASK ← pinned ARK verifies at `now`, else None and why not."""
     vcek, rest = chain[0], chain[1:]
-    product = product_of(vcek)
+    product = product_of(vcek, roots)
     if product is None:
         return None, f"VCEK issuer {certs.cn(vcek.issuer)} is not AMD's SEV-Milan or SEV-Genoa ASK"
+    if weak := [certs.weak_signature(c) for c in (*chain, product.ask, product.ark) if certs.weak_signature(c)]:
+        return None, "; ".join(weak)
     for cert in rest:
         if cert.subject == cert.issuer and cert != product.ark:
             return None, f"the ARK in the evidence ({certs.cn(cert)}) is not AMD's ARK-{product.name}"
@@ -289,6 +399,8 @@ def _report_signature(report: SnpReport, vcek: x509.Certificate) -> str | None:
     """None when the VCEK signed the report, else why not."""
     if report.signature_algo != ECDSA_P384_SHA384:
         return f"signature algorithm {report.signature_algo}, expected 1 (ECDSA P-384 SHA-384)"
+    if report.signing_key != SIGNING_KEY_VCEK or report.flags & FLAG_MASK_CHIP_KEY:
+        return f"flags 0x{report.flags:x}: the report says it is not signed by the VCEK"
     key = vcek.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         return "the VCEK key is not ECDSA P-384"
@@ -318,7 +430,7 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy
     report, vcek = hcl.report, chain[0]
     rows = []
 
-    chained, how = _vcek_chain(chain, now)
+    chained, how = _vcek_chain(chain, now, policy.amd_roots)
     rows.append(Row("snp vcek chain", f"VCEK ← ASK ← AMD ARK (Milan or Genoa) valid at {now:%Y-%m-%d}", how,
                     "enforce", "ok" if chained else "MISMATCH"))
 
@@ -333,10 +445,14 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy
                     f"report: {report.reported_tcb}, chip_id {report.chip_id.hex()[:16]}…", "enforce",
                     "ok" if tcb_ok and hwid_ok else "MISMATCH"))
 
+    # all 64 bytes: the hash, then zeros (what the HCL writes; nothing else may ride along)
     digest = hashlib.new(hcl.hash_type, hcl.runtime_data).digest()
-    bound = report.report_data[:len(digest)]
-    rows.append(Row("snp report_data", f"{hcl.hash_type}(runtime data) {digest.hex()}", bound.hex(), "enforce",
-                    "ok" if hmac.compare_digest(digest, bound) else "MISMATCH"))
+    expected_data = digest.ljust(len(report.report_data), b"\0")
+    rows.append(Row("snp report_data", f"{hcl.hash_type}(runtime data) {digest.hex()}, then zeros",
+                    report.report_data.hex(), "enforce",
+                    "ok" if hmac.compare_digest(expected_data, report.report_data) else "MISMATCH"))
+
+    rows += _firmware_rows(report, policy)
 
     hcl_ak = _jwk_key(hcl.ak_jwk)
     if hcl_ak is None:
@@ -351,10 +467,18 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy
     rows.append(Row("snp debug", "debug allowed" if policy.allow_debug else "debug disallowed (policy bit 19 clear)",
                     f"policy 0x{report.policy:x}: debug {'allowed' if debug else 'disallowed'}", "enforce",
                     "ok" if policy.allow_debug or not debug else "MISMATCH"))
+    ma, smt = bool(report.policy & POLICY_MIGRATE_MA), bool(report.policy & POLICY_SMT)
+    refused = [what for what, on, allowed in (("migration agent", ma, policy.allow_migration_agent),
+                                              ("SMT", smt, policy.allow_smt)) if on and not allowed]
+    wanted = ", ".join(f"{what} {'allowed' if ok else 'refused'}"
+                       for what, ok in (("migration agent", policy.allow_migration_agent), ("SMT", policy.allow_smt)))
+    rows.append(Row("snp guest policy", wanted, f"policy 0x{report.policy:x}: migration agent "
+                    f"{'allowed' if ma else 'off'}, SMT {'allowed' if smt else 'off'}", "enforce",
+                    "MISMATCH" if refused else "ok"))
     rows.append(Row("snp vmpl", str(policy.vmpl), str(report.vmpl), "enforce",
                     "ok" if report.vmpl == policy.vmpl else "MISMATCH"))
 
-    product = product_of(vcek)  # SPLs are numbered per product; a forged VCEK fails the chain row
+    product = product_of(vcek, policy.amd_roots)  # SPLs are numbered per product; a forged VCEK fails the chain row
     minimum = policy.min_tcb(product.name) if product else None
     if minimum is None:
         expected = f"at least the minimum for {product.name if product else 'an unknown product'}"
@@ -366,5 +490,6 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy
     failed = [r.check for r in rows if r.failed]
     if failed:
         return [Row("ak", verdict, f"not certified ({', '.join(failed)} failed)", "enforce", "MISMATCH"), *rows]
-    actual = f"HCLAkPub of a {product.name} SEV-SNP guest, VMPL {report.vmpl}, TCB {report.reported_tcb}"
+    actual = (f"HCLAkPub of the paravisor with ID key {report.id_key_digest.hex()[:16]}… on a {product.name} "
+              f"SEV-SNP host, VMPL {report.vmpl}, TCB {report.reported_tcb}")
     return [Row("ak", verdict, actual, "enforce", "ok"), *rows]

@@ -7,11 +7,21 @@ used; otherwise, when a certificate names its issuer's URL in its Authority Info
 extension (caIssuers), `fetch(url)` gets it. Nothing fetched is trusted on its own: every link
 must verify up to the pinned root. AK certificates issued by "Global Virtual TPM CA - 01" carry
 no AIA extension, hence the shipped copies.
+
+The URLs come from the evidence, i.e. from whoever answers: at most MAX_FETCHES of them, all in
+one time budget, and the default fetcher only speaks https to public addresses (never loopback,
+private, link-local — the cloud's metadata service — or reserved ones). The verifier only gets
+here when measurements.json trusts azure-trusted-launch (verify.py).
 """
 
 from __future__ import annotations
 
-import urllib.request
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
 
@@ -31,20 +41,87 @@ KNOWN_INTERMEDIATES = (
 TCG_KP_AIK_CERTIFICATE = x509.ObjectIdentifier("2.23.133.8.3")
 MAX_DEPTH = 4  # AK ← intermediate(s) ← root; Azure uses one or two intermediates
 FETCH_LIMIT = 64 * 1024
+MAX_FETCHES = 4  # an Azure chain needs one intermediate at most; a 64 KiB certificate can list ~1,500 URLs
+FETCH_BUDGET = 10.0  # seconds for every fetch of one verification together (a session's timeout caps it)
 
 Fetch = Callable[[str], bytes]
 
 
-def http_fetch(url: str, timeout: float = 10.0) -> bytes:
-    """GET an AIA caIssuers URL. Plain http is what Microsoft publishes there; integrity comes from
-    the signature check against the pinned root, not from the transport."""
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"not an http(s) URL: {url}")
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (scheme checked)
-        data = response.read(FETCH_LIMIT + 1)
+class FetchRefused(Exception):
+    """A URL that is not fetched (scheme, address, count or time)."""
+
+
+def _address(host: str, port: int, allow_private: bool) -> str:
+    """The address to connect to: every address `host` resolves to must be public (a name that
+    resolves to one private address could be re-resolved to it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise FetchRefused(f"{host}: {e}") from None
+    addresses = [info[4][0] for info in infos]
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not allow_private and (not ip.is_global or ip.is_multicast):
+            raise FetchRefused(f"{host} is {address}, not a public address")
+    return addresses[0]
+
+
+def http_fetch(url: str, timeout: float = FETCH_BUDGET, *, allow_private: bool = False,
+               allow_http: bool = False) -> bytes:
+    """GET an AIA caIssuers URL: https to a public address only (`allow_private`, `allow_http`:
+    for tests against a local server). The connection goes to the address that was checked.
+    Integrity comes from the signature check against the pinned root, not from the transport."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" and not (allow_http and parts.scheme == "http"):
+        raise FetchRefused(f"not an https URL: {url[:200]}")
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise FetchRefused(f"not a usable URL: {url[:200]}") from None
+    if not host:
+        raise FetchRefused(f"no host in {url[:200]}")
+    address = _address(host, port, allow_private)
+    deadline = time.monotonic() + timeout
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl.create_default_context())
+        raw = socket.create_connection((address, port), timeout)
+        conn.sock = conn._context.wrap_socket(raw, server_hostname=host)  # noqa: SLF001 (the checked address)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.sock = socket.create_connection((address, port), timeout)
+    try:
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else "") or "/")
+        response = conn.getresponse()
+        if response.status != 200:
+            raise FetchRefused(f"{url[:200]}: HTTP {response.status}")
+        data = b""
+        while len(data) <= FETCH_LIMIT and (chunk := response.read(16384)):
+            if time.monotonic() > deadline:
+                raise FetchRefused(f"{url[:200]}: slower than {timeout:.1f} s")
+            data += chunk
+    finally:
+        conn.close()
     if len(data) > FETCH_LIMIT:
-        raise ValueError(f"{url}: more than {FETCH_LIMIT} bytes")
+        raise FetchRefused(f"{url[:200]}: more than {FETCH_LIMIT} bytes")
     return data
+
+
+class FetchBudget:
+    """At most MAX_FETCHES calls, all within `seconds` of the first; `fetch(url, seconds_left)`."""
+
+    def __init__(self, fetch: Callable[[str, float], bytes], seconds: float, clock=time.monotonic):
+        self.fetch, self.clock = fetch, clock
+        self.deadline = clock() + seconds
+        self.used = 0
+
+    def __call__(self, url: str) -> bytes:
+        if self.used >= MAX_FETCHES:
+            raise FetchRefused(f"not fetched: at most {MAX_FETCHES} AIA URLs per verification")
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise FetchRefused("not fetched: the time for fetching issuers is used up")
+        self.used += 1
+        return self.fetch(url, left)
 
 
 def aia_issuer_urls(cert: x509.Certificate) -> list[str]:
@@ -64,8 +141,13 @@ def _find_issuer(cert, pool, fetch: Fetch, notes: list[str]):
     for url in aia_issuer_urls(cert):
         try:
             fetched = certs.parse_cert_bytes(fetch(url))
+        except FetchRefused as e:
+            notes.append(str(e))
+            if str(e).startswith("not fetched:"):
+                break  # the budget is spent: the rest are not tried either
+            continue
         except Exception as e:  # any failure of an injected or network fetcher is "not available"
-            notes.append(f"fetching {url} failed: {e}")
+            notes.append(f"fetching {url[:200]} failed: {e}")
             continue
         if fetched is None:
             notes.append(f"{url} did not serve a certificate")
@@ -104,18 +186,22 @@ def verify_chain(leaf: x509.Certificate, extra: list[x509.Certificate], now: dat
         cert = issuer
     else:
         return None, f"no path to {certs.cn(ROOT)} within {MAX_DEPTH} certificates"
-    problems += [p for p in (certs.validity_problem(c, now) for c in path) if p]
+    problems += [p for c in path for p in (certs.validity_problem(c, now), certs.weak_signature(c)) if p]
     if problems:
         return None, "; ".join(problems)
     return path, " ← ".join(certs.cn(c) for c in path)
 
 
-def check_ak(evidence, ak_key, *, now: datetime | None = None, fetch: Fetch | None = None) -> list[Row]:
-    """Rows for "is this AK certified by Azure's vTPM CA?"; the `ak` row is the verdict."""
+def check_ak(evidence, ak_key, *, now: datetime | None = None, fetch: Fetch | None = None,
+             fetch_budget: float = FETCH_BUDGET, clock=time.monotonic) -> list[Row]:
+    """Rows for "is this AK certified by Azure's vTPM CA?"; the `ak` row is the verdict. `fetch(url)`
+    replaces the default fetcher (https, public addresses); either way at most MAX_FETCHES URLs
+    are fetched, within `fetch_budget` seconds together."""
     evidence = certs.evidence_arg(evidence)
     key = certs.ak_key_arg(ak_key)
     now = certs.now_arg(now)
-    fetch = fetch or http_fetch
+    injected = fetch
+    fetch = FetchBudget((lambda url, left: injected(url)) if injected else http_fetch, fetch_budget, clock)
     anchor = f"{certs.cn(ROOT)} (sha256 {certs.fingerprint(ROOT)[:16]}…)"
     verdict = f"AK certified by {certs.cn(ROOT)}"
     if evidence.ak_cert is None:

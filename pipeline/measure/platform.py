@@ -30,6 +30,15 @@ class KnownValue(Strict):
     date: datetime.date
 
 
+class KnownIdKey(Strict):
+    """The sha384 ID key digest an SEV-SNP report of this platform carried (azure-cvm: the key
+    Azure signs its paravisor with; the client's allow-list is azure_cvm.AZURE_ID_KEY_DIGESTS)."""
+
+    value: str = Field(pattern=r"^[0-9a-f]{96}$")
+    source: str = Field(min_length=1)
+    date: datetime.date
+
+
 class FirmwarePcr(Strict):
     policy: Literal["enforce", "warn"]
     values: tuple[KnownValue, ...] = ()
@@ -74,6 +83,8 @@ class Platform(Strict):
     firmware_pcrs: dict[int, FirmwarePcr]
     zero_pcrs: tuple[int, ...] = Field((), description="PCRs nothing extends on this platform's boot path "
                                        "(no boot loader between firmware and UKI): enforced as zero")
+    snp_id_key_digests: tuple[KnownIdKey, ...] = Field((), description="ID key digests seen in this platform's "
+                                                       "SEV-SNP reports (`record-platform --from-evidence`)")
 
     @model_validator(mode="after")
     def _all_firmware_pcrs(self):
@@ -125,8 +136,18 @@ def add_values(plat: Platform, values: dict[int, str], source: str, date: dateti
     return plat.model_validate({**plat.model_dump(), "firmware_pcrs": {k: v.model_dump() for k, v in pcrs.items()}})
 
 
+def add_id_key(plat: Platform, digest: str, source: str, date: datetime.date) -> Platform:
+    """A copy with an observed SNP ID key digest appended (a known one is not repeated)."""
+    if any(v.value == digest for v in plat.snp_id_key_digests):
+        return plat
+    new = KnownIdKey(value=digest, source=source, date=date)
+    return plat.model_copy(update={"snp_id_key_digests": (*plat.snp_id_key_digests, new)})
+
+
 def dump(plat: Platform) -> str:
     """YAML text for a platform file (stable key order, dates as YYYY-MM-DD)."""
     data = plat.model_dump(mode="json", exclude_none=True)
+    if not data["snp_id_key_digests"]:
+        del data["snp_id_key_digests"]
     data["firmware_pcrs"] = {int(k): v for k, v in data["firmware_pcrs"].items()}
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)

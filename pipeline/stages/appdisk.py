@@ -305,7 +305,7 @@ def run_user(rootfs: Path, user: str) -> str:
     name, _, group = (user or "0").partition(":")
 
     def lookup(table: str, key: str, field: int) -> str:
-        if key.isdigit():
+        if key.isascii() and key.isdigit():
             return key
         path = rootfs / "etc" / table
         for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
@@ -317,7 +317,7 @@ def run_user(rootfs: Path, user: str) -> str:
     uid = lookup("passwd", name, 2)
     if group:
         gid = lookup("group", group, 2)
-    elif name.isdigit():
+    elif name.isascii() and name.isdigit():
         gid = name
     else:
         gid = lookup("passwd", name, 3)

@@ -249,6 +249,8 @@ def test_no_tpm_handles_left_behind(lab):
 @pytest.mark.parametrize("query", [
     "", "?nonce=", "?nonce=abc", "?nonce=" + "zz" * 16, "?nonce=" + "00" * 15, "?nonce=" + "00" * 65,
     "?nonce=" + "00" * 16 + "&nonce=" + "00" * 16, "?nonce=%20" + "00" * 16, "?nonce=0x" + "00" * 16,
+    # a trailing newline passed `re.match(r"…$")` and reached bytes.fromhex (500): issue 19
+    "?nonce=" + "0" * 63 + "%0A", "?nonce=" + "00" * 16 + "%0A", "?nonce=" + "%EF%BC%91" * 32,
 ])
 def test_bad_nonces(lab, query):
     status, doc, _ = lab.server.request("GET", "/attestation" + query)
@@ -263,6 +265,7 @@ def test_bad_nonces(lab, query):
     ("DELETE", "/attestation", None, {}, 405),
     ("GET", "/attestation/activate", None, {}, 405),
     ("POST", "/attestation/activate", b"", {"Content-Length": "1000000"}, 413),
+    ("POST", "/attestation/activate", b"", {"Content-Length": "²"}, 411),  # "²".isdigit(), int("²") raises
     ("POST", "/attestation/activate", b"", {}, 400),
     ("POST", "/attestation/activate", b"{not json", {}, 400),
     ("POST", "/attestation/activate", b"[1, 2]", {}, 400),
@@ -392,8 +395,11 @@ def azure_lab(tmp_path_factory):
         chain = ask + ark
         answer = json.dumps({"vcekCert": vcek.decode(), "certificateChain": chain.decode()}).encode()
 
+        calls = []
+
         class Thim(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 -- http.server's name
+                calls.append(self.path)
                 ok = self.path == "/metadata/THIM/amd/certification" and self.headers.get("Metadata") == "true"
                 self.send_response(200 if ok else 400)
                 self.send_header("Content-Length", str(len(answer)))
@@ -406,7 +412,8 @@ def azure_lab(tmp_path_factory):
         thim = HTTPServer(("127.0.0.1", 0), Thim)
         threading.Thread(target=thim.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         url = f"http://127.0.0.1:{thim.server_address[1]}/metadata/THIM/amd/certification"
-        yield {"work": work, "tpm": tpm, "ak_cert": ak_cert, "hcl": hcl, "vcek_chain": vcek + chain, "thim": url}
+        yield {"work": work, "tpm": tpm, "ak_cert": ak_cert, "hcl": hcl, "vcek_chain": vcek + chain, "thim": url,
+               "thim_calls": calls}
     finally:
         if thim is not None:
             thim.shutdown()
@@ -434,5 +441,23 @@ def test_azure_evidence_on_stand_ins(azure_lab, platform):
             assert ev.hcl_report is None and ev.vcek_chain is None
         status, answer, _ = server.request("POST", "/attestation/activate", b"{}")
         assert status == 404, answer  # activation is the qemu path; Azure's AK comes with a certificate
+    finally:
+        server.stop()
+
+
+def test_imds_is_asked_once_not_per_request(azure_lab):
+    """azure-cvm: the VCEK chain is fetched at start and cached for the report's TCB; clients never
+    wait on IMDS, and a flood of GET /attestation is not a flood of IMDS calls."""
+    work: Path = azure_lab["work"] / "cached"
+    work.mkdir()
+    calls = azure_lab["thim_calls"]
+    before = len(calls)
+    server = Server(azure_lab["tpm"], work, "--thim-url", azure_lab["thim"], platform="azure-cvm").start()
+    try:
+        assert len(calls) == before + 1  # at start, before the port opened
+        for i in range(5):
+            doc = server.evidence(bytes([i]) * 32)
+            assert doc["vcek_chain"] == azure_lab["vcek_chain"].decode()
+        assert len(calls) == before + 1
     finally:
         server.stop()

@@ -200,3 +200,29 @@ def test_triton_generate_helper_over_the_attested_session(stack):
         assert generate(s, "What is attestation?", max_tokens=7) == "echo: What is"
         with pytest.raises(BadInput, match="HTTP 400"):
             generate(s, "x", model="other")
+
+
+def test_a_relay_serving_its_own_ca_is_refused_even_without_pcr15_in_the_file(stack, tmp_path):
+    """The relay of issue 19: TLS ends at the relay, whose own certificate replaces tls_ca in the
+    genuine evidence; nonce and credential activation go through to the real server. Only PCR 15
+    (the CA the image measured) tells, and a measurements.json without it cannot waive that."""
+    doc = json.loads(stack.measurements.read_text())
+    for name, change in (("no-pcr15", None), ("warn-pcr15", "warn"), ("as-built", "enforce")):
+        m = json.loads(json.dumps(doc))
+        if change is None:
+            del m["pcrs"]["15"]
+        else:
+            m["pcrs"]["15"]["policy"] = change
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(m))
+        relay = TlsProxy(stack.port, tmp_path, rewrite_tls_ca=True)
+        try:
+            res = connect(stack, "--json", url=f"https://127.0.0.1:{relay.port}/", measurements=path)
+        finally:
+            relay.close()
+        assert res.returncode == 1, (name, res.stderr)
+        out = json.loads(res.stdout)
+        r = {x["check"]: x["result"] for x in out["rows"]}
+        assert not out["attested"] and "body" not in out
+        assert r["tls binding"] == "MISMATCH" and r["tls certificate"] == "ok", (name, r)  # the relay's CA, presented
+        assert r["ak"] == "ok" and r["ak activation"] == "ok", (name, r)  # the genuine TPM answered through it

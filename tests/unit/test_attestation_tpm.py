@@ -325,3 +325,61 @@ def test_thim_failures(imds_stand_in, status, body, match):
 def test_thim_unreachable(tmp_path):
     with pytest.raises(imds.ImdsError, match="THIM"):
         imds.vcek_chain("http://127.0.0.1:1/metadata/THIM/amd/certification")
+
+
+# ---------------------------------------------------------------------------- the VCEK chain cache (issue 19)
+
+TCB_A, TCB_B = bytes.fromhex("04000000000018db"), bytes.fromhex("04000000000019dc")
+
+
+def test_a_flood_of_requests_is_one_imds_call(imds_stand_in):
+    """Before: every GET /attestation asked IMDS. Now one call per TCB, however many clients."""
+    imds_stand_in["answer"] = (200, json.dumps({"vcekCert": VCEK, "certificateChain": CHAIN}).encode())
+    cache = imds.VcekCache(imds_stand_in["url"])
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get(TCB_A))) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [(VCEK + CHAIN).encode()] * 20
+    assert len(imds_stand_in["headers"]) == 1
+
+
+def test_refresh_in_the_background_and_on_a_new_tcb():
+    calls, clock, later = [], [0.0], []
+
+    def fetch(url):
+        calls.append(url)
+        return f"chain {len(calls)}".encode()
+
+    cache = imds.VcekCache("thim", fetch=fetch, refresh=100.0, clock=lambda: clock[0], spawn=later.append)
+    assert cache.get(TCB_A) == b"chain 1" and cache.get(TCB_A) == b"chain 1" and len(calls) == 1
+    clock[0] = 150.0  # due: the request is answered from the cache, the refresh runs apart
+    assert cache.get(TCB_A) == b"chain 1" and len(calls) == 1 and len(later) == 1
+    assert cache.get(TCB_A) == b"chain 1" and len(later) == 1  # one refresh at a time
+    later.pop()()
+    assert len(calls) == 2 and cache.get(TCB_A) == b"chain 2" and not later
+    # the report's TCB changed (the host was updated): the chain of the old TCB is useless
+    assert cache.get(TCB_B) == b"chain 3" and len(calls) == 3
+
+
+def test_a_failed_refresh_keeps_the_cached_chain():
+    answers, clock, later = [b"chain 1", imds.ImdsError("THIM down")], [0.0], []
+
+    def fetch(url):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    logged = []
+    cache = imds.VcekCache("thim", fetch=fetch, refresh=10.0, clock=lambda: clock[0], spawn=later.append,
+                           log=logged.append)
+    assert cache.get(TCB_A) == b"chain 1"
+    clock[0] = 20.0
+    cache.get(TCB_A)
+    later.pop()()
+    assert cache.get(TCB_A) == b"chain 1" and "THIM down" in logged[0]
+    with pytest.raises(imds.ImdsError):  # nothing cached for a new TCB and IMDS is down: the request fails
+        imds.VcekCache("thim", fetch=lambda url: (_ for _ in ()).throw(imds.ImdsError("down"))).get(TCB_A)

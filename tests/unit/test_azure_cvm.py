@@ -110,7 +110,10 @@ def test_real_capture_verifies(cap):
     assert not failed(table), table
     assert table["ak"].result == "ok"
     assert set(table) == {"ak", "snp vcek chain", "snp signature", "snp vcek tcb", "snp report_data", "snp HCLAkPub",
-                          "snp debug", "snp vmpl", "snp tcb"}
+                          "snp id key", "snp author key", "snp measurement", "snp debug", "snp guest policy",
+                          "snp vmpl", "snp tcb"}
+    # the digest of the ID key that signed Azure's paravisor, read from the genuine report
+    assert table["snp id key"].actual == cvm.AZURE_ID_KEY_DIGESTS[0]
     assert cap.product.capitalize() in table["ak"].actual
 
 
@@ -362,3 +365,227 @@ def test_random_corruption_is_rows_or_badinput(milan):
         # damage outside the signed part and the runtime data (reserved bytes, header) may still verify
         if bytes(data[cvm.HCL_HEADER:cvm.HCL_HEADER + 0x2A0]) != milan.hcl[cvm.HCL_HEADER:cvm.HCL_HEADER + 0x2A0]:
             assert ak_row.failed
+
+
+# ---------------------------------------------------------------------------- the paravisor (issue 19)
+#
+# The attack: a plain SNP guest (or a self-built paravisor) on a genuine EPYC asks its chip for a
+# report whose report_data is sha256 of runtime data naming a SOFTWARE AK. AMD's roots cannot be
+# forged here, so a test ARK → ASK → VCEK stands in for them, supplied the documented way
+# (SnpPolicy(amd_roots=…)); everything in the report is then right except which firmware it is.
+
+def _cert(subject: str, issuer_name: x509.Name, public_key, signing_key, *, ca: bool,
+          extensions=()) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, subject)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(public_key)
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=3650)))
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    for ext in extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    return builder.sign(signing_key, hashes.SHA384())
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def sha1_signed_ca(folder: Path, subject: str, key, issuer: x509.Certificate, issuer_key) -> x509.Certificate:
+    """A CA certificate signed with SHA-1 by openssl (cryptography refuses to make one)."""
+    need("openssl")
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, subject)])).sign(key, hashes.SHA256()))
+    files = {"csr.pem": csr.public_bytes(serialization.Encoding.PEM), "ca.pem": issuer.public_bytes(
+        serialization.Encoding.PEM), "ca.key": _pem_key(issuer_key), "ext.cnf": b"basicConstraints=critical,CA:TRUE\n"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    subprocess.run(["openssl", "x509", "-req", "-sha1", "-in", "csr.pem", "-CA", "ca.pem", "-CAkey", "ca.key",
+                    "-set_serial", "7", "-days", "400", "-extfile", "ext.cnf", "-out", "out.pem"],
+                   cwd=folder, check=True, capture_output=True)
+    cert = x509.load_pem_x509_certificate((folder / "out.pem").read_bytes())
+    assert cert.signature_hash_algorithm.name == "sha1"
+    return cert
+
+
+class StandInAmd:
+    """ARK-Milan → SEV-Milan → a VCEK with the real Milan VCEK's SPL and hwID extensions, all ours."""
+
+    def __init__(self, real_vcek_pem: bytes, sha1_ask_in: Path | None = None):
+        ark_key, ask_key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+        self.vcek_key = ec.generate_private_key(ec.SECP384R1())
+        ark_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "ARK-Milan")])
+        self.ark = _cert("ARK-Milan", ark_name, ark_key.public_key(), ark_key, ca=True)
+        self.ask = (sha1_signed_ca(sha1_ask_in, "SEV-Milan", ask_key, self.ark, ark_key) if sha1_ask_in
+                    else _cert("SEV-Milan", ark_name, ask_key.public_key(), ark_key, ca=True))
+        real = x509.load_pem_x509_certificate(real_vcek_pem)
+        vcek = _cert("SEV-VCEK", self.ask.subject, self.vcek_key.public_key(), ask_key, ca=False,
+                     extensions=list(real.extensions))
+        self.chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (vcek, self.ask, self.ark))
+        self.roots = (cvm.Product("Milan", self.ark, self.ask),)
+
+    def policy(self, **kw) -> cvm.SnpPolicy:
+        return cvm.SnpPolicy(amd_roots=self.roots, **kw)
+
+
+def _b64url_of(n: int) -> str:
+    return base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+
+def forge_hcl(template: bytes, ak, vcek_key, *, id_key: bytes, report_data_tail: bytes = bytes(32),
+              policy: int | None = None, flags: int | None = None, author_key: bytes | None = None) -> bytes:
+    """An HCL report of a guest that is not Azure's paravisor: runtime data naming `ak`, report_data
+    = sha256(runtime data) + `report_data_tail`, the given ID key digest, signed by `vcek_key`."""
+    numbers = ak.public_numbers()
+    runtime = json.dumps({"keys": [{"kid": "HCLAkPub", "key_ops": ["sign"], "kty": "RSA",
+                                    "e": _b64url_of(numbers.e), "n": _b64url_of(numbers.n)}]}).encode()
+    report = bytearray(template[REPORT:REPORT + cvm.SNP_REPORT])
+    report[0x50:0x90] = hashlib.sha256(runtime).digest() + report_data_tail
+    report[0xE0:0x110] = id_key
+    if policy is not None:
+        report[0x08:0x10] = struct.pack("<Q", policy)
+    if flags is not None:
+        report[0x48:0x4C] = struct.pack("<I", flags)
+    if author_key is not None:
+        report[0x110:0x140] = author_key
+    r, s = decode_dss_signature(vcek_key.sign(bytes(report[:0x2A0]), ec.ECDSA(hashes.SHA384())))
+    report[0x2A0:0x2A0 + 144] = r.to_bytes(72, "little") + s.to_bytes(72, "little")
+    igvm = struct.pack("<IIIII", cvm.IGVM_HEADER + len(runtime), 1, cvm.SNP_REPORT_TYPE, 1, len(runtime))
+    return template[:REPORT] + bytes(report) + igvm + runtime
+
+
+@pytest.fixture(scope="module")
+def amd(milan) -> StandInAmd:
+    return StandInAmd(milan.vcek_pem)
+
+
+@pytest.fixture(scope="module")
+def software_ak():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _attack(milan, amd, software_ak, **kw) -> Evidence:
+    id_key = kw.pop("id_key", hashlib.sha384(b"the attacker's own ID key").digest())
+    return milan.evidence(hcl=forge_hcl(milan.hcl, software_ak.public_key(), amd.vcek_key, id_key=id_key, **kw),
+                          chain=amd.chain)
+
+
+def test_any_snp_guest_is_not_azures_paravisor(milan, amd, software_ak):
+    """The attack of issue 19: genuine-looking in every respect but the firmware's ID key."""
+    for id_key in (hashlib.sha384(b"the attacker's own ID key").digest(), bytes(48)):  # own ID block, or none
+        table = rows(_attack(milan, amd, software_ak, id_key=id_key), software_ak.public_key(), policy=amd.policy())
+        assert failed(table) == {"ak", "snp id key"}, table
+        assert table["snp id key"].actual == id_key.hex()
+
+
+def test_the_forgery_is_otherwise_complete(milan, amd, software_ak):
+    """Control: with the forger's ID key allowed, the same evidence verifies, so the ID key row
+    alone stopped the test above (and the stand-in roots are really used)."""
+    digest = hashlib.sha384(b"the attacker's own ID key").hexdigest()
+    table = rows(_attack(milan, amd, software_ak), software_ak.public_key(),
+                 policy=amd.policy(id_key_digests=(digest,)))
+    assert not failed(table), table
+    # with AMD's real roots the stand-in chain is not AMD's
+    assert "snp vcek chain" in failed(rows(_attack(milan, amd, software_ak), software_ak.public_key()))
+
+
+def test_a_new_id_key_in_warn_mode_reports_without_failing(milan, amd, software_ak):
+    table = rows(_attack(milan, amd, software_ak), software_ak.public_key(), policy=amd.policy(id_key_policy="warn"))
+    assert table["snp id key"].result == "warn" and not failed(table)
+
+
+def test_report_data_second_half_must_be_zero(milan, amd, software_ak):
+    ev = milan.evidence(hcl=forge_hcl(milan.hcl, software_ak.public_key(), amd.vcek_key,
+                                      id_key=bytes.fromhex(cvm.AZURE_ID_KEY_DIGESTS[0]),
+                                      report_data_tail=b"\x01" + bytes(31)), chain=amd.chain)
+    table = rows(ev, software_ak.public_key(), policy=amd.policy())
+    assert failed(table) == {"ak", "snp report_data"}
+
+
+def test_guest_policy_bits(milan, amd, software_ak):
+    azure = bytes.fromhex(cvm.AZURE_ID_KEY_DIGESTS[0])
+    genuine_policy = struct.unpack_from("<Q", milan.hcl, REPORT + 0x08)[0]
+    assert genuine_policy & cvm.POLICY_SMT and not genuine_policy & cvm.POLICY_MIGRATE_MA  # Azure's: SMT on, no MA
+    ev = _attack(milan, amd, software_ak, id_key=azure, policy=genuine_policy | cvm.POLICY_MIGRATE_MA)
+    assert failed(rows(ev, software_ak.public_key(), policy=amd.policy())) == {"ak", "snp guest policy"}
+    assert not failed(rows(ev, software_ak.public_key(), policy=amd.policy(allow_migration_agent=True)))
+    # a client that refuses SMT refuses every Azure CVM
+    assert failed(rows(milan.evidence(), milan.ak, policy=cvm.SnpPolicy(allow_smt=False))) == {"ak", "snp guest policy"}
+
+
+def test_author_key(milan, amd, software_ak):
+    azure = bytes.fromhex(cvm.AZURE_ID_KEY_DIGESTS[0])
+    author = hashlib.sha384(b"an author key").digest()
+    ev = _attack(milan, amd, software_ak, id_key=azure, flags=cvm.FLAG_AUTHOR_KEY_EN, author_key=author)
+    assert failed(rows(ev, software_ak.public_key(), policy=amd.policy())) == {"ak", "snp author key"}
+    assert not failed(rows(ev, software_ak.public_key(), policy=amd.policy(author_key_digests=(author.hex(),))))
+    # a digest without AUTHOR_KEY_EN is not what the firmware writes
+    ev = _attack(milan, amd, software_ak, id_key=azure, author_key=author)
+    assert failed(rows(ev, software_ak.public_key(), policy=amd.policy())) == {"ak", "snp author key"}
+
+
+def test_report_not_signed_by_a_vcek(milan, amd, software_ak):
+    azure = bytes.fromhex(cvm.AZURE_ID_KEY_DIGESTS[0])
+    for flags in (1 << 2, 7 << 2, cvm.FLAG_MASK_CHIP_KEY):  # VLEK, no key, masked chip key
+        ev = _attack(milan, amd, software_ak, id_key=azure, flags=flags)
+        assert failed(rows(ev, software_ak.public_key(), policy=amd.policy())) == {"ak", "snp signature"}
+
+
+def test_measurement_allow_list(milan):
+    measurement = milan.hcl[REPORT + 0x90:REPORT + 0xC0].hex()
+    assert rows(milan.evidence(), milan.ak)["snp measurement"].policy == "info"
+    assert not failed(rows(milan.evidence(), milan.ak, policy=cvm.SnpPolicy(measurements=(measurement,))))
+    other = hashlib.sha384(b"another paravisor build").hexdigest()
+    assert failed(rows(milan.evidence(), milan.ak, policy=cvm.SnpPolicy(measurements=(other,)))) == {
+        "ak", "snp measurement"}
+
+
+def test_sha1_anywhere_in_the_vcek_chain_is_refused(milan, software_ak, tmp_path):
+    weak = StandInAmd(milan.vcek_pem, sha1_ask_in=tmp_path)
+    azure = bytes.fromhex(cvm.AZURE_ID_KEY_DIGESTS[0])
+    ev = milan.evidence(hcl=forge_hcl(milan.hcl, software_ak.public_key(), weak.vcek_key, id_key=azure),
+                        chain=weak.chain)
+    table = rows(ev, software_ak.public_key(), policy=weak.policy())
+    assert failed(table) == {"ak", "snp vcek chain"}
+    assert "SHA1" in table["snp vcek chain"].actual
+
+
+def test_policy_json_adds_or_replaces_id_keys(tmp_path):
+    new = hashlib.sha384(b"a new paravisor key").hexdigest()
+    added = cvm.SnpPolicy.from_json({"extra_id_key_digests": [new]})
+    assert added.id_key_digests == (*cvm.AZURE_ID_KEY_DIGESTS, new)
+    assert cvm.SnpPolicy.from_json({"id_key_digests": [new]}).id_key_digests == (new,)
+    full = cvm.SnpPolicy.from_json({"id_key_policy": "warn", "measurements": [new], "author_key_digests": [new],
+                                    "allow_smt": False, "allow_migration_agent": True})
+    assert (full.id_key_policy, full.measurements, full.allow_smt) == ("warn", (new,), False)
+    for bad, field in (({"id_key_digests": [new.upper()]}, "id_key_digests"),
+                       ({"id_key_digests": [new + "\n"]}, "id_key_digests"),
+                       ({"extra_id_key_digests": new}, "extra_id_key_digests"),
+                       ({"id_key_policy": "off"}, "id_key_policy"),
+                       ({"allow_smt": 1}, "allow_smt"),
+                       ({"amd_roots": []}, "unknown field")):
+        with pytest.raises(BadInput, match=field) as e:
+            cvm.SnpPolicy.from_json(bad, "p.json")
+        assert e.value.where == "p.json"
+
+
+def test_sha1_is_refused_client_wide(tmp_path):
+    """Every chain the client checks (qemu's EK CA, Trusted Launch, the TLS certificate) refuses a
+    SHA-1 signature, with a reason that says so (not a vague "not signed by")."""
+    from mithril_client import certs
+    from mithril_client.platforms import azure_trusted_launch as tl
+    from mithril_client.session import tls_row
+
+    root_key, leaf_key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    root_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "test root")])
+    root = _cert("test root", root_name, root_key.public_key(), root_key, ca=True)
+    weak = sha1_signed_ca(tmp_path, "weak intermediate", leaf_key, root, root_key)
+    assert certs.weak_signature(weak) == "weak intermediate is signed with SHA1, which is refused"
+    assert not certs.issued_by(weak, root)
+    ok, why = certs.chain_to_anchor(weak, [], [root], datetime.now(timezone.utc))
+    assert not ok and "SHA1" in why
+    path, why = tl.verify_chain(weak, [], NOW, lambda url: b"")
+    assert path is None
+    row = tls_row(weak.public_bytes(serialization.Encoding.DER), root.public_bytes(serialization.Encoding.PEM))
+    assert row.failed

@@ -273,5 +273,129 @@ def test_bad_arguments(capture):
 
 
 def test_http_fetch_refuses_other_schemes():
-    with pytest.raises(ValueError, match="not an http"):
-        tl.http_fetch("file:///etc/passwd")
+    for url in ("file:///etc/passwd", "http://www.microsoft.com/pkiops/certs/x.crt", "ftp://example.com/x"):
+        with pytest.raises(tl.FetchRefused, match="not an https URL"):
+            tl.http_fetch(url)
+
+
+# ---------------------------------------------------------------------------- what the verifier fetches (issue 19)
+
+def _ak_cert_with_urls(s: Synthetic, urls: list[str]) -> x509.Certificate:
+    """A forged AK certificate (SYNTHETIC) whose AIA extension lists the given caIssuers URLs."""
+    b = (x509.CertificateBuilder().subject_name(_name("forged")).issuer_name(_name("Synthetic Virtual TPM CA"))
+         .public_key(s.ak_key.public_key()).serial_number(9)
+         .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=1))
+         .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+             AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(u)) for u in urls]),
+             critical=False))
+    return b.sign(s.ca_key, hashes.SHA256())
+
+
+def test_many_aia_urls_are_not_all_fetched():
+    s = Synthetic()
+    urls = [f"https://pki{i}.example.test/ca.crt" for i in range(300)]
+    calls = []
+
+    def fetch(url):
+        calls.append(url)
+        raise OSError("unreachable")
+
+    t = table(evidence(pem(_ak_cert_with_urls(s, urls))), s.ak_key.public_key(), fetch=fetch)
+    assert calls == urls[:tl.MAX_FETCHES]
+    assert t["ak cert chain"].failed and f"at most {tl.MAX_FETCHES} AIA URLs" in t["ak cert chain"].actual
+
+
+def test_fetching_stops_when_the_time_is_used_up():
+    s = Synthetic()
+    urls = [f"https://pki{i}.example.test/ca.crt" for i in range(10)]
+    clock = [100.0]
+    calls = []
+
+    def fetch(url):
+        calls.append(url)
+        clock[0] += 6.0  # each attempt takes 6 s of the 10 s budget
+        raise OSError("timed out")
+
+    t = table(evidence(pem(_ak_cert_with_urls(s, urls))), s.ak_key.public_key(), fetch=fetch, fetch_budget=10.0,
+              clock=lambda: clock[0])
+    assert len(calls) == 2 and "time for fetching issuers is used up" in t["ak cert chain"].actual
+
+
+@pytest.fixture
+def listener():
+    """A TCP listener on 127.0.0.1 counting the connections it gets (none may come)."""
+    import socket
+    import threading
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield sock.getsockname()[1], accepted
+    sock.close()
+
+
+def test_the_default_fetcher_reaches_no_private_address(listener):
+    port, accepted = listener
+    s = Synthetic()
+    urls = [f"https://127.0.0.1:{port}/ca.crt", f"https://localhost:{port}/ca.crt", f"http://127.0.0.1:{port}/ca.crt",
+            "https://169.254.169.254/metadata/instance", "https://10.1.2.3/ca.crt", "https://[::1]/ca.crt"]
+    for url in urls:  # one URL per certificate: the count limit does not hide anything
+        t = table(evidence(pem(_ak_cert_with_urls(s, [url]))), s.ak_key.public_key(), fetch=None)
+        assert t["ak cert chain"].failed
+        assert "not a public address" in t["ak cert chain"].actual or "not an https URL" in t["ak cert chain"].actual
+    assert accepted == []
+    # a test may opt in: then the same fetcher does connect
+    with pytest.raises(Exception):
+        tl.http_fetch(f"http://127.0.0.1:{port}/ca.crt", 5.0, allow_private=True, allow_http=True)
+    assert len(accepted) == 1
+
+
+def test_nothing_is_fetched_for_a_platform_the_client_does_not_trust(capture):
+    """Evidence claiming azure-trusted-launch, checked against qemu measurements: no AK check runs,
+    so none of its URLs is fetched (whatever the certificate lists)."""
+    import struct
+
+    from mithril_client.measurements import parse_measurements
+    from mithril_client.verify import Trust, verify_evidence
+
+    s = Synthetic()
+    ak_cert, quote, sig = capture
+    n = ak_cert.public_key().public_numbers().n
+    body = struct.pack(">HHIH", 0x0001, 0x000B, 0x00050072, 0) + struct.pack(">HHHHI", 0x0010, 0x0014, 0x000B, 2048, 0)
+    body += struct.pack(">H", 256) + n.to_bytes(256, "big")
+    forged = _ak_cert_with_urls(s, [f"https://pki{i}.example.test/ca.crt" for i in range(50)])
+    ak_pem = ak_cert.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ev = Evidence("azure-trusted-launch", b"", quote, sig, {"sha256": {}}, ak_pem,
+                  struct.pack(">H", len(body)) + body, b"", ak_cert=pem(forged))
+    calls = []
+    m = parse_measurements({"version": 1, "platform": "qemu", "mode": "production",
+                            "pcrs": {"15": {"expected": ["00" * 32]}}}, "m")
+    report = verify_evidence(ev, b"", m, Trust(fetch=calls.append, now=NOW), raise_on_failure=False)
+    assert calls == []
+    rows = {r.check: r for r in report.rows}
+    assert rows["platform"].failed and rows["ak"].failed and "not checked" in rows["ak"].actual
+    # the same evidence against azure-trusted-launch measurements does try (within the limit)
+    m = parse_measurements({"version": 1, "platform": "azure-trusted-launch", "mode": "production",
+                            "pcrs": {"15": {"expected": ["00" * 32]}}}, "m")
+    verify_evidence(ev, b"", m, Trust(fetch=calls.append, now=NOW), raise_on_failure=False)
+    assert len(calls) == tl.MAX_FETCHES
+
+
+def test_a_session_caps_the_fetch_time_by_its_timeout():
+    from mithril_client import AttestedSession
+    from mithril_client.verify import Trust
+
+    m = {"version": 1, "platform": "azure-trusted-launch", "mode": "production", "pcrs": {"15": {"expected": ["00" * 32]}}}
+    assert AttestedSession("https://203.0.113.7", m, timeout=3.0).trust.fetch_budget == 3.0
+    assert AttestedSession("https://203.0.113.7", m, timeout=60.0).trust.fetch_budget == 10.0
+    assert AttestedSession("https://203.0.113.7", m, timeout=60.0, trust=Trust(fetch_budget=2.0)).trust.fetch_budget == 2.0

@@ -72,3 +72,68 @@ def test_bad_input_is_one_line(project, tmp_path, args, message):
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- from an evidence document (azure-cvm)
+
+def _tpm2b_public_rsa(modulus: int) -> bytes:
+    """The TPM2B_PUBLIC of an RSA-2048 restricted signing key (what the vTPM's AK public area looks like)."""
+    import struct
+
+    body = struct.pack(">HHI", 0x0001, 0x000B, 0x00050072) + struct.pack(">H", 0)  # RSA, sha256, attributes, no policy
+    body += struct.pack(">HHHHI", 0x0010, 0x0014, 0x000B, 2048, 0) + struct.pack(">H", 256) + modulus.to_bytes(256, "big")
+    return struct.pack(">H", len(body)) + body
+
+
+def cvm_evidence(tmp_path: Path, hcl: bytes | None = None) -> Path:
+    """A real azure-cvm capture (tests/fixtures/azure/SOURCES.md) as the evidence document the
+    attestation server would serve: its quote, PCRs and HCL report, the VCEK with AMD's ASK and ARK."""
+    import base64
+
+    from tests.unit.test_azure_cvm import Capture
+
+    cap = Capture("milan")
+    doc = json.loads((Path(__file__).parent.parent / "fixtures/azure/cvm/trustee-evidence-v2-milan.json").read_text())
+    pcrs = {str(i): v for i, v in enumerate(doc["tpm_quote"]["pcrs"])}
+    from cryptography.hazmat.primitives import serialization
+
+    ak_pem = cap.ak.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    ev = {"version": 1, "platform": "azure-cvm", "nonce": "00" * 32, "quote": base64.b64encode(cap.quote).decode(),
+          "signature": base64.b64encode(cap.signature).decode(), "pcrs": {"sha256": pcrs}, "ak_pub": ak_pem,
+          "ak_public": base64.b64encode(_tpm2b_public_rsa(cap.ak.public_numbers().n)).decode(), "tls_ca": ak_pem,
+          "hcl_report": base64.b64encode(hcl or cap.hcl).decode(), "vcek_chain": cap.chain().decode()}
+    path = tmp_path / "evidence.json"
+    path.write_text(json.dumps(ev))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Parsed a serial number")
+def test_record_from_real_cvm_evidence_records_the_id_key(project, tmp_path):
+    from mithril_client.platforms.azure_cvm import AZURE_ID_KEY_DIGESTS
+
+    path = cvm_evidence(tmp_path)
+    res = mb("record-platform", "--platform", "azure-cvm", "--from-evidence", path, "--project", project, "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    # the digest read from the genuine report (also pinned in the test of the captures)
+    assert out["snp_id_key_digest"] == {"value": AZURE_ID_KEY_DIGESTS[0], "state": "added", "shipped": True}
+    assert [r["state"] for r in out["pcrs"]] == ["added"] * 4
+    stored = plat.load(project, "azure-cvm")
+    assert [v.value for v in stored.snp_id_key_digests] == [AZURE_ID_KEY_DIGESTS[0]]
+    res = mb("record-platform", "--platform", "azure-cvm", "--from-evidence", path, "--project", project, "--json")
+    assert json.loads(res.stdout)["snp_id_key_digest"]["state"] == "already known"
+    assert len(plat.load(project, "azure-cvm").snp_id_key_digests) == 1
+
+
+@pytest.mark.filterwarnings("ignore:Parsed a serial number")
+def test_record_from_evidence_refuses_what_does_not_verify(project, tmp_path):
+    from tests.unit.test_azure_cvm import Capture, REPORT
+
+    hcl = bytearray(Capture("milan").hcl)
+    hcl[REPORT + 0x100] ^= 1  # inside the signed report
+    path = cvm_evidence(tmp_path, bytes(hcl))
+    res = mb("record-platform", "--platform", "azure-cvm", "--from-evidence", path, "--project", project)
+    assert res.returncode == 1 and "snp signature" in res.stderr
+    res = mb("record-platform", "--platform", "qemu", "--from-evidence", cvm_evidence(tmp_path), "--project", project)
+    assert res.returncode == 2 and "not --platform 'qemu'" in res.stderr
+    assert "snp_id_key_digests" not in (project / "measurements/platforms/azure-cvm.yaml").read_text()

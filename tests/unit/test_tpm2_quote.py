@@ -297,3 +297,64 @@ def test_record_platform_from_quote(tpm, tmp_path):
     (tmp_path / "bad.pcrs").write_bytes(bytes(data))
     res = mb(*base[:6], tmp_path / "bad.pcrs", *base[7:])
     assert res.returncode == 2 and "do not match the quote's pcrDigest" in res.stderr
+
+
+# ---------------------------------------------------------------- the TLS binding (issue 19)
+
+def _evidence(tpm: Path):
+    from mithril_client.evidence import Evidence
+
+    quote = q.parse_quote((tpm / "rsa.msg").read_bytes())
+    values = q.parse_pcr_file((tpm / "rsa.pcrs").read_bytes(), "pcrs", quote.selections)
+    return Evidence("qemu", bytes.fromhex(NONCE), (tpm / "rsa.msg").read_bytes(), (tpm / "rsa.sig").read_bytes(),
+                    values, (tpm / "rsa.pub.pem").read_bytes(), (tpm / "rsa.pub.tss").read_bytes(), CA_PEM)
+
+
+@pytest.mark.parametrize("change, result", [
+    ({}, "ok"),
+    ({"pcr15": None}, "lists no PCR 15"),
+    ({"pcr15": {"expected": [PCR15_SENTINEL], "policy": "warn"}}, "to 'warn'"),
+    ({"pcr15": {"expected": ["ab" * 32], "policy": "warn"}}, "to 'warn'"),
+    ({"pcr15": {"expected": ["ab" * 32], "policy": "enforce"}}, "PCR 15 MISMATCH"),
+])
+def test_tls_binding_cannot_be_switched_off_by_the_file(tpm, change, result):
+    """A relay presents its own CA as tls_ca next to a genuine quote: only PCR 15 with the CA step
+    replayed tells. measurements.json without PCR 15, or with it as `warn`, must not relax that."""
+    from mithril_client.measurements import load_measurements
+    from mithril_client.verify import verify_evidence
+
+    doc = json.loads(measurements(tpm).read_text())
+    for key, value in change.items():
+        if value is None:
+            del doc["pcrs"]["15"]
+        else:
+            doc["pcrs"]["15"] = value
+    path = tpm / f"binding-{abs(hash(json.dumps(doc, sort_keys=True)))}.json"
+    path.write_text(json.dumps(doc))
+    report = verify_evidence(_evidence(tpm), bytes.fromhex(NONCE), load_measurements(path), raise_on_failure=False)
+    row = next(r for r in report.rows if r.check == "tls binding")
+    if result == "ok":
+        assert row.result == "ok" and row.policy == "enforce"
+    else:
+        assert row.failed and result in row.actual, row
+        assert not report.ok
+    # the quote itself is genuine (no EK here: the qemu AK rows fail regardless)
+    assert {r.check for r in report.rows if r.failed} - {"tls binding", "PCR 15"} == {
+        "ak", "ek cert chain", "ak activation"}
+
+
+def test_verify_evidence_fails_closed(tpm):
+    """The SDK's default raises: a caller that forgets `report.ok` cannot take a failure for a pass."""
+    import mithril_client
+    from mithril_client.errors import MithrilError
+    from mithril_client.measurements import load_measurements
+    from mithril_client.verify import AttestationFailed, verify_evidence
+
+    with pytest.raises(AttestationFailed) as e:
+        verify_evidence(_evidence(tpm), bytes.fromhex(NONCE), load_measurements(measurements(tpm)))
+    assert isinstance(e.value, MithrilError) and e.value.exit_code == 1
+    assert not e.value.report.ok and "ak" in str(e.value)
+    assert mithril_client.AttestationFailed is AttestationFailed
+    from mithril_client.session import AttestationFailed as from_session
+
+    assert from_session is AttestationFailed

@@ -11,7 +11,7 @@ from ..base import Platform
 DNS, IMDS = "168.63.129.16", "169.254.169.254"  # Azure's resolver (wire server) and metadata service
 # What Azure documents for the sizes we name (learn.microsoft.com, VM size series pages): SEV-SNP
 # confidential families, and the GPUs per size of the GPU families used here.
-CONFIDENTIAL_SIZE = re.compile(r"^Standard_(DC|EC)\d+a\w*_v[56]$|^Standard_NCC\d+ads_H100_v5$")
+CONFIDENTIAL_SIZE = re.compile(r"Standard_(DC|EC)\d+a\w*_v[56]|Standard_NCC\d+ads_H100_v5", re.ASCII)  # fullmatch
 GPU_SIZE = re.compile(r"^Standard_N[CDV]")
 GPUS = {"Standard_NC24ads_A100_v4": 1, "Standard_NC48ads_A100_v4": 2, "Standard_NC96ads_A100_v4": 4,
         "Standard_NCC40ads_H100_v5": 1}
@@ -44,7 +44,7 @@ class AzurePlatform(Platform):
                              "it; keep false")
         if not az.vtpm:
             raise ValueError(f"{at('azure', 'vtpm')}: without the vTPM there is nothing to attest; keep true")
-        self.check_vm_size(az.vm_size, bool(CONFIDENTIAL_SIZE.match(az.vm_size)), at)
+        self.check_vm_size(az.vm_size, bool(CONFIDENTIAL_SIZE.fullmatch(az.vm_size)), at)
         if profile.os.nvidia and not GPU_SIZE.match(az.vm_size):
             raise ValueError(f"{at('azure', 'vm_size')}: {az.vm_size} has no GPU, but the profile needs one "
                              "(os.nvidia)")

@@ -42,7 +42,7 @@ KVM_ERRORS = ("KVM internal error", "failed to set MSR", "kvm run failed", "fail
               "Could not access KVM kernel module")
 POLL = 0.5
 
-_PCR = re.compile(r"MITHRIL-PCR sha256 (\d{1,2}) ([0-9a-fA-F]{64})\b")
+_PCR = re.compile(r"MITHRIL-PCR sha256 ([0-9]{1,2}) ([0-9a-fA-F]{64})\b")  # [0-9], not \d: int("²") raises
 _ROOTHASH = re.compile(r"MITHRIL-APP-ROOTHASH (none|[0-9a-fA-F]{64})\b")
 _SETUP = re.compile(r"MITHRIL-SETUP (ok|failed.*)$")
 
