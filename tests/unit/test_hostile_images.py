@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import BadInput
-from pipeline.oci_read import unpack
+from pipeline.oci_read import check_archive, unpack
 from tests.conftest import REPO, SEED, mb
 
 
@@ -279,3 +279,69 @@ def test_peak_memory_does_not_grow_with_the_layer(tmp_path):
     assert (tmp_path / "root/big").stat().st_size == 256 << 20
     print(f"peak RSS {peak} MiB, {floor} MiB after the imports alone")
     assert peak - floor < 32, f"peak RSS {peak} MiB, {floor} MiB after the imports alone"
+
+
+@pytest.mark.parametrize("second", ["1/layer.tar", "2/layer.tar"])
+def test_layer_missing_or_a_symlink_in_the_archive(site, second):
+    """The manifest names a layer the archive holds as a symlink (docker's old format), or not at all."""
+    data = layer(("f", "file", b"1"))
+    diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
+    cfg = json.dumps({"config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id, diff_id]}}).encode()
+    manifest = json.dumps([{"Config": "c.json", "Layers": ["0/layer.tar", second]}]).encode()
+    with tarfile.open(site / "image.tar", "w") as tf:
+        for name, body in (("c.json", cfg), ("manifest.json", manifest), ("0/layer.tar", data)):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tf.addfile(info, io.BytesIO(body))
+        info = tarfile.TarInfo("1/layer.tar")
+        info.type, info.linkname = tarfile.SYMTYPE, "../0/layer.tar"
+        tf.addfile(info)
+    with pytest.raises(BadInput, match=f"layer {second}: referenced but not in the archive"):
+        unpack(site / "image.tar", site / "root")
+    assert not (site / "root").exists()
+
+
+def raw_layer(*infos: tarfile.TarInfo, fmt=tarfile.PAX_FORMAT) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for info in infos:
+            tf.addfile(info, io.BytesIO(bytes(info.size)) if info.isreg() else None)
+    return buf.getvalue()
+
+
+def named(name: str, **attrs) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    return info
+
+
+@pytest.mark.parametrize("data", [
+    raw_layer(named("f", pax_headers={"comment": "x" * (1 << 20)})),  # held whole in memory by tarfile
+    raw_layer(named("f" * 200_000), fmt=tarfile.GNU_FORMAT),  # a GNU long name of 200 kB
+    raw_layer(named("s", type=tarfile.GNUTYPE_SPARSE), fmt=tarfile.GNU_FORMAT),
+], ids=["pax header of 1 MiB", "long name of 200 kB", "sparse file"])
+def test_headers_tarfile_would_hold_whole(site, data):
+    arc = docker_archive(site / "image.tar", [gzip.compress(data)])
+    for call in (lambda: unpack(arc, site / "root"), lambda: check_archive(arc)):
+        with pytest.raises(BadInput, match=r"layer 0/layer.tar: not a readable tar: (extended header|sparse file)") as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert not (site / "root").exists()
+
+
+def test_zstd_layers_stream_through_the_zstd_program(site):
+    """A zstd layer (OCI media type tar+zstd) unpacks, and is checked like any other."""
+    from pipeline.run import run
+
+    good = layer(("d", "dir", None), ("d/f", "file", b"zstd"))
+    bad = layer(("sub", "dir", None), ("sub/.wh...", "file", b""))
+    z = [run(["zstd", "-q", "-c"], input=x).stdout for x in (good, bad)]
+    ids = ["sha256:" + hashlib.sha256(x).hexdigest() for x in (good, bad)]
+    unpack(docker_archive(site / "good.tar", [z[0]], ids[:1]), site / "root")
+    assert (site / "root/d/f").read_bytes() == b"zstd"
+    with pytest.raises(BadInput, match=r"layer 1/layer.tar: member 'sub/.wh...' is a whiteout of '..'"):
+        unpack(docker_archive(site / "bad.tar", z, ids), site / "root2")
+    with pytest.raises(BadInput, match=r"layer 0/layer.tar: (unreadable zstd data|not a readable tar)"):
+        unpack(docker_archive(site / "broken.tar", [z[0][:-8]], ids[:1]), site / "root3")
+    untouched(site)
