@@ -431,6 +431,12 @@ def _inside(root: Path, rel: str, where: str, follow_last: bool) -> Path:
     return root.joinpath(*current)
 
 
+def in_root(root: Path, rel: str) -> Path:
+    """A path of an unpacked image as a process chrooted there sees it: its symlinks resolved
+    inside root (read through this, never through root / rel, which follows them on the host)."""
+    return _inside(root, rel, f"image {root.name}: /{rel}", follow_last=True)
+
+
 def _folder(root: Path, rel: str, where: str) -> Path:
     """root/rel resolved inside root, created (0755, with its parents) where missing."""
     folder = _inside(root, rel, where, follow_last=True)
