@@ -189,8 +189,9 @@ def read_images(path: Path, where: str | None = None, many: bool = False) -> lis
         for image in images:
             for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
                 if (layer, diff_id) not in checked:
-                    for m, _ in _layer(a, layer, diff_id):
-                        _check_member(m, f"{where}: layer {_show(layer)}")
+                    with contextlib.closing(_layer(a, layer, diff_id)) as members:
+                        for m, _ in members:
+                            _check_member(m, f"{where}: layer {_show(layer)}")
                     checked.add((layer, diff_id))
         return images
     finally:
@@ -388,10 +389,11 @@ def unpack(path: Path, dest: Path, where: str | None = None) -> Image:
             for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
                 lwhere = f"{where}: layer {_show(layer)}"
                 for whiteouts in (True, False):
-                    for m, tf in _layer(a, layer, diff_id):
-                        name = _check_member(m, lwhere)
-                        if name is not None and posixpath.basename(name).startswith(WHITEOUT) == whiteouts:
-                            _apply(dest, name, m, tf, lwhere)
+                    with contextlib.closing(_layer(a, layer, diff_id)) as members:  # a zstd child ends here
+                        for m, tf in members:
+                            name = _check_member(m, lwhere)
+                            if name is not None and posixpath.basename(name).startswith(WHITEOUT) == whiteouts:
+                                _apply(dest, name, m, tf, lwhere)
             for d in ("proc", "sys", "dev", "tmp", "run"):  # mount points a service manager needs
                 folder = _folder(dest, d, f"{where}: /{d}")
                 if d == "tmp":
