@@ -361,3 +361,16 @@ def test_user_names_resolve_in_the_image_not_on_the_host(site, target):
     with pytest.raises(BadInput, match="no 'app' in its /etc/passwd"):
         run_user(site / "root", "app")
     assert run_user(site / "root", "1:app") == "1:7"
+
+
+def test_an_outer_archive_of_too_many_members(site):
+    """The archive's own index is capped (its headers are held): a gzip archive of a million empty
+    files would otherwise fill memory before any check."""
+    from pipeline.oci_read import MAX_MEMBERS
+
+    arc = docker_archive(site / "image.tar", [layer(("f", "file", b"1"))])
+    with tarfile.open(arc, "a") as tf:
+        for i in range(MAX_MEMBERS):
+            tf.addfile(tarfile.TarInfo(f"pad/{i}"), io.BytesIO())
+    with pytest.raises(BadInput, match=f"more than {MAX_MEMBERS} members"):
+        unpack(arc, site / "root")
