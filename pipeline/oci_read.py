@@ -4,14 +4,21 @@ root folder for platforms that run images without a container runtime.
 
 Everything in an archive is untrusted: every blob is checked against the digest it is named by,
 every layer against the config's diff_ids, and unpacking resolves paths as inside a chroot (a
-symlink to / in one layer never lets a later layer write outside the root).
+symlink to / in one layer never lets a later layer write outside the root; no whiteout, hard
+link, device or FIFO reaches outside it either).
+
+Memory: layers are read as streams, never whole. Peak memory is the interpreter and its imports
+(~45 MiB) plus a few MiB of buffers (CHUNK, TAR_BUFFER, gzip's window), whatever a layer's size
+or member count: measured flat from 0 to 768 MiB (bench/bench_image_memory.py, bench/RESULTS.md).
+A zstd layer is inflated by the zstd program (its own process: at most its 128 MiB default
+window); the outer archive's index holds at most MAX_MEMBERS headers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
-import io
 import json
 import os
 import posixpath
@@ -19,14 +26,23 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import check_member_name, first_line, validate_tar
+from .archive import check_member_name, first_line, tar_members, validate_tar
 from .errors import BadInput, ToolFailed
-from .run import run
+from .run import pipe, run
 
 MAX_JSON = 4 << 20  # manifests and configs are a few KiB
+MAX_MEMBERS = 10_000  # an image archive holds a few files per layer; k3s's airgap archive ~100
+CHUNK = 1 << 20  # the most a layer is read at once (compressed or not)
+# tarfile's stream buffer: it copies what is left of it on every 512-byte header read, so 1 MiB
+# made many small members slow, and the default (10 KiB) large files (bench/bench_image_memory.py)
+TAR_BUFFER = 64 << 10
+
+GZIP, ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 WHITEOUT, OPAQUE = ".wh.", ".wh..wh..opq"
 
 
@@ -60,10 +76,15 @@ class _Archive:
         except (tarfile.TarError, OSError) as e:
             raise BadInput(where, f"not an image archive (tar): {first_line(e)}") from None
         self.members = {}
-        for m in self.tf.getmembers():
-            name = check_member_name(m.name, where)
-            if m.isfile():
-                self.members[name] = m
+        try:
+            for count, m in enumerate(tar_members(self.tf), 1):
+                if count > MAX_MEMBERS:
+                    raise BadInput(where, f"more than {MAX_MEMBERS} members: not an image archive")
+                name = check_member_name(m.name, where)
+                if m.isfile():
+                    self.members[name] = m
+        except tarfile.TarError as e:
+            raise BadInput(where, f"not an image archive (tar): {first_line(e)}") from None
 
     def read(self, name: str, limit: int | None = None) -> bytes:
         m = self.members.get(posixpath.normpath(name))
@@ -134,8 +155,8 @@ def check_archive(path: Path, where: str | None = None, many: bool = False) -> l
     where = where or str(path)
     with open(path, "rb") as f:
         magic = f.read(4)
-    tool = {b"\x1f\x8b": ["gzip", "-dc"], b"\x28\xb5\x2f\xfd": ["zstd", "-dcq"],
-            b"\x04\x22\x4d\x18": ["lz4", "-dc"]}.get(magic[:2] if magic[:2] == b"\x1f\x8b" else magic)
+    tool = {GZIP: ["gzip", "-dc"], ZSTD: ["zstd", "-dcq"],
+            b"\x04\x22\x4d\x18": ["lz4", "-dc"]}.get(magic[:2] if magic[:2] == GZIP else magic)
     if tool is None:
         validate_tar(path, where)
         return read_images(path, where, many)
@@ -157,25 +178,33 @@ def read_image(path: Path, where: str | None = None) -> Image:
 
 
 def read_images(path: Path, where: str | None = None, many: bool = False) -> list[Image]:
+    """Check the archive's images and every layer of them: blobs against their digests, layers
+    against the config's diff_ids, and every layer member against what _check_member refuses
+    (read as a stream: memory does not grow with a layer's size)."""
     where = where or str(path)
     a = _Archive(path, where)
     try:
-        if "index.json" in a.members:
-            images = _read_oci(a, many)
-        elif "manifest.json" in a.members:
-            images = _read_docker(a, many)
-        else:
-            raise BadInput(where, "neither index.json (OCI) nor manifest.json (docker-archive) in the archive")
+        images = _read(a, many)
         checked = set()
         for image in images:
             for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
                 if (layer, diff_id) not in checked:
-                    if "sha256:" + hashlib.sha256(_layer_bytes(a, layer)).hexdigest() != diff_id:
-                        raise BadInput(where, f"layer {layer}: content does not match its diff_id {diff_id[:19]}…")
+                    with contextlib.closing(_layer(a, layer, diff_id)) as members:
+                        for m, _ in members:
+                            _check_member(m, f"{where}: layer {_show(layer)}")
                     checked.add((layer, diff_id))
         return images
     finally:
         a.tf.close()
+
+
+def _read(a: _Archive, many: bool) -> list[Image]:
+    """The archive's images from its index or manifest (their layers are not read here)."""
+    if "index.json" in a.members:
+        return _read_oci(a, many)
+    if "manifest.json" in a.members:
+        return _read_docker(a, many)
+    raise BadInput(a.where, "neither index.json (OCI) nor manifest.json (docker-archive) in the archive")
 
 
 def _entries(doc, key: str | None, what: str, many: bool, where: str) -> list[dict]:
@@ -237,43 +266,150 @@ def _read_docker_entry(a: _Archive, entry: dict) -> Image:
                  tuple(posixpath.normpath(x) for x in layers), diff_ids)
 
 
-def _layer_bytes(a: _Archive, name: str) -> bytes:
-    """The uncompressed layer tar (gzip and zstd layers are decompressed)."""
-    data = a.read(name)
-    if data[:2] == b"\x1f\x8b":
+# ---------------------------------------------------------------------------- reading layers
+
+class _Hashing:
+    """A reader that hashes every byte read through it."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+
+class _LayerTarInfo(tarfile.TarInfo):
+    """tarfile's reading of headers, bounded: it would hold a pax or GNU long-name header of any
+    size in memory, nest them without end, and build sparse maps of any length (layer.md: sparse
+    files SHOULD NOT be used; image builders write none), all from a few bytes of gzip."""
+
+    MAX_EXTENDED = 64 << 10  # a path is at most 4 KiB (PATH_MAX); xattrs add a few more
+    EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                tarfile.SOLARIS_XHDTYPE)
+
+    def _proc_member(self, tf):
+        if self.type in self.EXTENDED:
+            tf.extended_run = getattr(tf, "extended_run", 0) + 1
+            if self.size > self.MAX_EXTENDED or tf.extended_run > 8:
+                raise tarfile.SubsequentHeaderError(f"extended header of {self.size} bytes, or one of more than 8 "
+                                                    f"in a row, before {self.name!r}")
+        else:
+            tf.extended_run = 0
+        return super()._proc_member(tf)
+
+    def _proc_sparse(self, tf):
+        raise tarfile.SubsequentHeaderError(f"sparse file {self.name!r} (not supported in a layer)")
+
+    def _proc_gnusparse_00(self, *args):
+        raise tarfile.SubsequentHeaderError(f"sparse file {self.name!r} (not supported in a layer)")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+
+def _show(name: str) -> str:
+    """A name from the archive as it can stand in a one-line message."""
+    return name if name.isprintable() else repr(name)
+
+
+def _layer(a: _Archive, name: str, diff_id: str) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    """The members of a layer (with the TarFile to read a file member from), as they are read.
+    Once the last is read the layer's uncompressed bytes, padding included, are checked against
+    diff_id. Memory stays at a few CHUNKs whatever the layer's size or member count: gzip and zstd
+    are inflated as a stream, and tarfile keeps no list of the headers read."""
+    where = f"{a.where}: layer {_show(name)}"
+    if name not in a.members:
+        raise BadInput(where, "referenced but not in the archive (as a file)")
+    blob = a.tf.extractfile(a.members[name])
+    magic = blob.peek(4)[:4]
+    kind = "gzip" if magic[:2] == GZIP else "zstd" if magic == ZSTD else "tar"
+    with contextlib.ExitStack() as stack:
         try:
-            return gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise BadInput(a.where, f"layer {name}: bad gzip data: {e}") from None
-    if data[:4] == b"\x28\xb5\x2f\xfd":
-        return run(["zstd", "-dc"], input=data).stdout
-    return data
+            if kind == "gzip":
+                plain = gzip.GzipFile(fileobj=blob, mode="rb")
+            elif kind == "zstd":
+                plain = stack.enter_context(pipe(["zstd", "-dcq"], blob, CHUNK))
+            else:
+                plain = blob
+            hashed = _Hashing(plain)
+            with tarfile.open(fileobj=hashed, mode="r|", bufsize=TAR_BUFFER,
+                              tarinfo=_LayerTarInfo) as tf:
+                for m in tar_members(tf):
+                    yield m, tf
+            while hashed.read(CHUNK):
+                pass
+        except tarfile.TarError as e:
+            raise BadInput(where, f"not a readable tar: {first_line(e)}") from None
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise BadInput(where, f"unreadable {kind} data: {first_line(e)}") from None
+        except ToolFailed as e:
+            raise BadInput(where, f"unreadable zstd data: {str(e).splitlines()[-1][:200]}") from None
+    if "sha256:" + hashed.h.hexdigest() != diff_id:
+        raise BadInput(where, f"content does not match its diff_id {diff_id[:19]}…")
+
+
+def _check_member(m: tarfile.TarInfo, where: str) -> str | None:
+    """What can be refused in a layer member without looking at the tree it applies to: absolute
+    or `..` names and hard link targets, whiteouts of nothing, of `.` or `..`, or below a whiteout.
+    Returns the normalised name (None for the root itself)."""
+    name = check_member_name(m.name, where)
+    if name == ".":
+        return None
+    *folders, base = name.split("/")
+    if any(f.startswith(WHITEOUT) for f in folders):
+        raise BadInput(where, f"member {m.name!r} lies below a whiteout (a whiteout is never a folder)")
+    if base.startswith(WHITEOUT) and base[len(WHITEOUT):] in ("", ".", ".."):
+        raise BadInput(where, f"member {m.name!r} is a whiteout of {base[len(WHITEOUT):] or 'nothing'!r}")
+    if m.islnk():
+        target = posixpath.normpath(m.linkname)
+        if m.linkname.startswith("/") or "/../" in f"/{m.linkname}/" or target == ".":
+            raise BadInput(where, f"member {m.name!r} is a hard link to {m.linkname!r}, not a file of this image")
+    return name
 
 
 # ---------------------------------------------------------------------------- unpacking
 
 def unpack(path: Path, dest: Path, where: str | None = None) -> Image:
-    """Apply the image's layers in order into dest (which must not exist): whiteouts and opaque
-    folders honoured, device files skipped, ownership dropped (the app disk is all root)."""
+    """Apply the image's layers in order into dest (which must not exist), as a container runtime
+    does: whiteouts and opaque folders honoured, every path resolved inside dest as if dest were
+    / (a symlink, absolute or with `..`, never leads out), hard links only to what the image holds;
+    device files and FIFOs skipped, ownership dropped (the app disk is all root). Each layer is
+    read twice, as a stream: its whiteouts first (they hide only what lower layers made, wherever
+    they stand in the layer: OCI image-spec, layer.md "Whiteouts"), then everything else. Refuses
+    (BadInput naming the layer and the member) what no runtime could apply inside the root, and
+    then leaves no dest behind."""
     where = where or str(path)
-    image = read_image(path, where)
-    dest.mkdir(parents=True)
-    os.chmod(dest, 0o755)
     a = _Archive(path, where)
     try:
-        for layer in image.layers:
-            with tarfile.open(fileobj=io.BytesIO(_layer_bytes(a, layer)), mode="r:") as tf:
-                _apply_layer(tf, dest, f"{where}: {layer}")
+        image = _read(a, many=False)[0]
+        dest.mkdir(parents=True)
+        try:
+            os.chmod(dest, 0o755)
+            for layer, diff_id in zip(image.layers, image.diff_ids, strict=True):
+                lwhere = f"{where}: layer {_show(layer)}"
+                for whiteouts in (True, False):
+                    with contextlib.closing(_layer(a, layer, diff_id)) as members:  # a zstd child ends here
+                        for m, tf in members:
+                            name = _check_member(m, lwhere)
+                            if name is not None and posixpath.basename(name).startswith(WHITEOUT) == whiteouts:
+                                _apply(dest, name, m, tf, lwhere)
+            for d in ("proc", "sys", "dev", "tmp", "run"):  # mount points a service manager needs
+                folder = _folder(dest, d, f"{where}: /{d}")
+                if d == "tmp":
+                    os.chmod(folder, 0o1777)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
     finally:
         a.tf.close()
-    for d in ("proc", "sys", "dev", "tmp", "run"):  # mount points a service manager needs
-        (dest / d).mkdir(exist_ok=True)
-    os.chmod(dest / "tmp", 0o1777)
     return image
 
 
-def _inside(root: Path, rel: str, where: str, follow_last: bool = False) -> Path:
-    """root/rel with symlinks among the parents resolved as if root were / (chroot semantics)."""
+def _inside(root: Path, rel: str, where: str, follow_last: bool) -> Path:
+    """root/rel with every symlink on the way resolved as if root were / (a chroot, or
+    securejoin): `..` stops at root, absolute targets restart there. The result holds no symlink
+    but, without follow_last, its last component."""
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     current: list[str] = []
     hops = 0
@@ -284,10 +420,10 @@ def _inside(root: Path, rel: str, where: str, follow_last: bool = False) -> Path
                 current.pop()
             continue
         candidate = root.joinpath(*current, part)
-        if candidate.is_symlink() and (parts or follow_last):
+        if (parts or follow_last) and candidate.is_symlink():
             hops += 1
-            if hops > 40:
-                raise BadInput(where, f"{rel}: too many levels of symbolic links")
+            if hops > 40:  # Linux's limit (ELOOP)
+                raise BadInput(where, "too many levels of symbolic links")
             target = os.readlink(candidate)
             if target.startswith("/"):
                 current = []
@@ -297,60 +433,79 @@ def _inside(root: Path, rel: str, where: str, follow_last: bool = False) -> Path
     return root.joinpath(*current)
 
 
-def _mkdirs(root: Path, folder: Path) -> None:
-    """Create folder and missing parents with mode 0755 (not the caller's umask)."""
-    missing = []
-    while not folder.exists() and folder != root:
-        missing.append(folder)
-        folder = folder.parent
+def in_root(root: Path, rel: str) -> Path:
+    """A path of an unpacked image as a process chrooted there sees it: its symlinks resolved
+    inside root (read through this, never through root / rel, which follows them on the host)."""
+    return _inside(root, rel, f"image {root.name}: /{rel}", follow_last=True)
+
+
+def _folder(root: Path, rel: str, where: str) -> Path:
+    """root/rel resolved inside root, created (0755, with its parents) where missing."""
+    folder = _inside(root, rel, where, follow_last=True)
+    missing, existing = [], folder
+    while not os.path.lexists(existing):
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():  # no symlink on the way: _inside resolved them all
+        raise BadInput(where, f"/{existing.relative_to(root).as_posix()} is not a folder in the image")
     for d in reversed(missing):
         d.mkdir()
         os.chmod(d, 0o755)
+    return folder
 
 
 def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
+    """Remove what is at path (never following a symlink there)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(st.st_mode):
         shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
-def _apply_layer(tf: tarfile.TarFile, root: Path, where: str) -> None:
-    for m in tf:
-        name = check_member_name(m.name, where)
-        if name in (".", ""):
-            continue
-        parent, base = posixpath.split(name)
-        target_dir = _inside(root, parent, where, follow_last=True)
-        if not target_dir.is_relative_to(root):
-            raise BadInput(where, f"{m.name}: escapes the image root")
-        if base == OPAQUE:
-            for child in list(target_dir.iterdir()) if target_dir.is_dir() else []:
-                _remove(child)
-            continue
+def _apply(root: Path, name: str, m: tarfile.TarInfo, tf: tarfile.TarFile, where: str) -> None:
+    """Apply one member of a layer (name already checked by _check_member) inside root."""
+    member = f"member {m.name!r}"
+    parent, base = posixpath.split(name)
+    try:
+        if base == OPAQUE:  # hides every lower child of its folder (and creates nothing)
+            folder = _inside(root, parent, f"{where}: {member}", follow_last=True)
+            if folder.is_dir() and not folder.is_symlink():
+                for child in list(folder.iterdir()):
+                    _remove(child)
+            return
+        if base.startswith(WHITEOUT + WHITEOUT):  # other aufs metadata (.wh..wh.plnk): no file
+            return
         if base.startswith(WHITEOUT):
-            _remove(target_dir / base[len(WHITEOUT):])
-            continue
-        _mkdirs(root, target_dir)
-        target = target_dir / base
+            _remove(_inside(root, parent, f"{where}: {member}", follow_last=True) / base[len(WHITEOUT):])
+            return
+        target = _folder(root, parent, f"{where}: {member}") / base
         mode = m.mode & 0o7777 & ~(stat.S_ISUID | stat.S_ISGID)  # nothing setuid on the app disk
         if m.isdir():
-            if target.exists() and not target.is_dir() or target.is_symlink():
+            if not (os.path.lexists(target) and stat.S_ISDIR(os.lstat(target).st_mode)):
                 _remove(target)
-            target.mkdir(exist_ok=True)
+                target.mkdir()
             os.chmod(target, mode | 0o700)
         elif m.issym():
             _remove(target)
             os.symlink(m.linkname, target)
-        elif m.islnk():
-            source = _inside(root, check_member_name(m.linkname, where), where)
-            if not source.is_relative_to(root) or not source.is_file():
-                raise BadInput(where, f"{m.name}: hard link to {m.linkname!r}, which is not a file of this image")
+        elif m.islnk():  # to what the image holds at that path (its last component not followed)
+            source = _inside(root, posixpath.normpath(m.linkname), f"{where}: {member}", follow_last=False)
+            st = os.lstat(source) if os.path.lexists(source) else None
+            if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) or source == target:
+                raise BadInput(where, f"{member} is a hard link to {m.linkname!r}, which is not a file of this image")
             _remove(target)
-            os.link(source, target)
+            os.link(source, target, follow_symlinks=False)
         elif m.isfile():
             _remove(target)
-            with tf.extractfile(m) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with tf.extractfile(m) as src, open(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
             os.chmod(target, mode)
-        # device files and FIFOs are skipped: /dev comes from the service manager
+        else:  # device files and FIFOs are skipped (/dev comes from the service manager)
+            _remove(target)
+    except OSError as e:
+        raise BadInput(where, f"{member} cannot be applied: {e.strerror or e}") from None

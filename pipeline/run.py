@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -130,6 +134,50 @@ def run(
         raise ToolFailed(f"{cmdline(args)} did not finish within {timeout} s") from None
     out = proc.stdout if stdout is None else b""
     return Completed(tuple(args), proc.exit_code, out or b"", proc.stderr or b"")
+
+
+@contextmanager
+def pipe(argv: Sequence[str | os.PathLike], source: IO[bytes], chunk: int = 1 << 20) -> Iterator[IO[bytes]]:
+    """Run argv with `source` copied to its stdin (by a thread) and give its stdout to read as it
+    comes: memory stays at a few chunks whatever the size (`sh` would collect the whole output).
+    Read the output to its end: the program's failure then raises ToolFailed."""
+    args = [str(a) for a in argv]
+    exe = which(args[0])
+    if exe is None:
+        raise ToolFailed(f"{args[0]}: program not found (run scripts/setup.sh to install the tools)")
+    if verbose:
+        log.info("$ " + cmdline(args) + " |")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([exe, *args[1:]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                env=_env(None, None))
+
+        def feed() -> None:
+            try:
+                while data := source.read(chunk):
+                    proc.stdin.write(data)
+            except (BrokenPipeError, ValueError):  # the program exited or was stopped first
+                pass
+            finally:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            yield proc.stdout
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+            feeder.join()
+            proc.wait()
+        if proc.returncode:
+            err.seek(0)
+            tail = "\n".join(redact(err.read(1 << 16).decode(errors="replace").strip()).splitlines()[-15:])
+            raise ToolFailed(f"{cmdline(args)} exited with status {proc.returncode}\n{tail}")
 
 
 class Background:

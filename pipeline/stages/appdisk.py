@@ -21,7 +21,7 @@ from ..files import sha256_file
 from ..lock import LOCK_FILE, DebPin, ImagePin
 from ..graph import Context, Stage, StageResult, tool_version
 from ..oci import image_archive
-from ..oci_read import check_archive, unpack
+from ..oci_read import check_archive, in_root, unpack
 from ..records import TritonServing, read
 
 SOURCE = "appdisk"
@@ -307,8 +307,9 @@ def run_user(rootfs: Path, user: str) -> str:
     def lookup(table: str, key: str, field: int) -> str:
         if key.isascii() and key.isdigit():
             return key
-        path = rootfs / "etc" / table
-        for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+        path = in_root(rootfs, f"etc/{table}")  # an /etc/passwd -> /host/file stays in the image
+        text = path.open("rb").read(4 << 20).decode(errors="replace") if path.is_file() else ""
+        for line in text.splitlines():
             parts = line.split(":")
             if len(parts) > field and parts[0] == key:
                 return parts[field]
