@@ -663,7 +663,8 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
 
     The verification table goes to stderr, the response body to stdout. The server must prove,
     with a fresh nonce over this very connection, that it runs the measured image; the TLS
-    certificate it presents must be the attested CA or issued by it.
+    certificate it presents must be the attested CA or issued by it. Behind a load balancer, the
+    `replica` row names the replica that answered (the sha256 fingerprint of its attested CA).
 
     Exit 0 attested (whatever the HTTP status), 1 verification failed, 2 bad input, 3 unreachable."""
     from mithril_client.measurements import format_table
@@ -702,11 +703,11 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
         session.close()
     rows = session.report.all_rows
     if as_json:
-        emit({**rows_json(rows, True), "attested": True, "status": resp.status,
+        emit({**rows_json(rows, True), "attested": True, "replica": resp.replica, "status": resp.status,
               "body": resp.body.decode("utf-8", errors="replace")}, True)
         return
     click.echo(format_table(rows) + f"\nATTESTED: {target.base_url} runs the measured image "
-               f"({target.measurements}); HTTP {resp.status}", err=True)
+               f"({target.measurements}); replica {resp.replica}; HTTP {resp.status}", err=True)
     sys.stdout.buffer.write(resp.body)
     sys.stdout.flush()
 
