@@ -200,13 +200,16 @@ def port_free(port: int) -> bool:
     return True
 
 
-def write_run_record(root: Path, profile: str, url: str, ek_ca: bytes) -> Path:
-    """Where `connect`, run in this project, finds the running server's trust anchors."""
+def write_run_record(root: Path, profile: str, url: str, ek_ca: bytes, guests=()) -> Path:
+    """Where `connect`, run in this project, finds the running server's trust anchors: `ek_ca` is
+    the PEM bundle of every guest's EK CA (any replica behind `url` may answer); `guests` lists
+    each guest's own forwarded URL, EK CA and QEMU pid."""
     import os
 
     from .files import atomic_write
 
     path = root / RUN_RECORDS / f"{profile}.json"
-    atomic_write(path, json.dumps({"url": url, "profile": profile, "ek_ca": ek_ca.decode(), "pid": os.getpid()},
-                                  indent=1).encode() + b"\n")
+    record = {"url": url, "profile": profile, "ek_ca": ek_ca.decode(), "pid": os.getpid(),
+              "guests": [{"url": g.url, "ek_ca": g.ek_ca.decode(), "pid": g.pid} for g in guests]}
+    atomic_write(path, json.dumps(record, indent=1).encode() + b"\n")
     return path

@@ -494,15 +494,20 @@ def boot_(ctx, platform, timeout, accel, as_json):
               help="Seconds to wait for the attestation endpoint to answer.")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
               help="auto: KVM when /dev/kvm works, falling back to TCG when KVM fails to start.")
+@click.option("--replicas", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Boot N guests behind 127.0.0.1:PORT (HAProxy, TCP round-robin; TLS ends in each guest).")
 @click.option("--json", "as_json", is_flag=True, help="Print {url, accel, seconds, run_record} as one JSON line once it answers.")
 @project_options
-def run_(ctx, port, timeout, accel, as_json):
+def run_(ctx, port, timeout, accel, replicas, as_json):
     """Boot out/<profile>'s disks under QEMU + OVMF + swtpm with the ingress on 127.0.0.1:PORT and
     serve until Ctrl-C or SIGTERM, then remove everything.
 
-    The swtpm gets an EK certificate from a CA made for this boot; the CA is written to
-    .mithril/run/<profile>.json, where `mithril-build connect` run in this project finds it.
-    Prints https://127.0.0.1:PORT once the attestation endpoint answers."""
+    Each guest's swtpm gets an EK certificate from a CA made for that boot; the CAs are written to
+    .mithril/run/<profile>.json, where `mithril-build connect` run in this project finds them.
+    With --replicas N, HAProxy spreads connections over N guests and routes around one that
+    stops; serving goes on while one is left. Prints https://127.0.0.1:PORT once every guest's
+    attestation endpoint answers."""
+    from . import log
     from .attest import evidence_endpoint_answers, port_free, write_run_record
     from .platforms.qemu.boot import running
     from .errors import BadInput
@@ -514,14 +519,20 @@ def run_(ctx, port, timeout, accel, as_json):
     record = None
     try:
         with running(out / "os_disk.raw", app if app.exists() else None, port, timeout, out / "run-serial.log",
-                     evidence_endpoint_answers, accel) as vm:
-            record = write_run_record(ctx.root, ctx.profile_name, vm.url, vm.ek_ca)
+                     evidence_endpoint_answers, accel, replicas) as vm:
+            record = write_run_record(ctx.root, ctx.profile_name, vm.url, vm.ek_ca, vm.guests)
             info = {"url": vm.url, "accel": vm.accel, "seconds": round(vm.seconds, 1), "run_record": str(record)}
             click.echo(json.dumps(info, sort_keys=True) if as_json else vm.url)  # one line: scripts read it
             sys.stdout.flush()
-            click.echo(f"serving {ctx.profile_name} ({vm.accel}, up after {vm.seconds:.0f} s); "
+            what = f"{replicas} replicas of {ctx.profile_name}" if replicas > 1 else ctx.profile_name
+            click.echo(f"serving {what} ({vm.accel}, up after {vm.seconds:.0f} s); "
                        f"try: mithril-build connect {vm.url}/   Ctrl-C stops it", err=True)
+            stopped: set[int] = set()
             while vm.alive():
+                for n, guest in enumerate(vm.guests, 1):
+                    if n not in stopped and not guest.alive():
+                        stopped.add(n)
+                        log.warn(f"guest {n} (QEMU pid {guest.pid}) stopped; serving with the others")
                 time.sleep(1)
             raise ToolFailed(f"QEMU stopped; see {out / 'run-serial.log'}")
     except KeyboardInterrupt:
