@@ -782,10 +782,14 @@ def azure_deploy(ctx, dry_run, workers, as_json):
         p = azure.plan(t)
         lines = [f"subscription {p['subscription_id']}, resource group {p['resource_group']}, {p['location']}"]
         lines += [f"  disk {d['name']}: {d['file']} -> upload {d['upload_size']} bytes" for d in p["disks"].values()]
-        lines += [f"  {k:<9} {v}" for k, v in p["names"].items() if not k.endswith("_disk")]
+        lines += [f"  {k:<13} {v}" for k, v in p["names"].items() if not k.endswith("_disk")]
+        if t.az.replicas > 1:
+            lines.append(f"  {t.az.replicas} VMs from one gallery image behind a Standard Load Balancer "
+                         f"(TCP {ctx.config.appdisk.ingress_port}, HTTPS probe {p['network']['lb']['properties']['probes'][0]['properties']['requestPath']})")
         lines.append(f"  VM {t.az.vm_size}, {t.az.security_type}, vTPM {'on' if t.az.vtpm else 'off'}, "
                      f"secure boot {'on' if t.az.secure_boot else 'off'}; inbound: TCP "
                      f"{ctx.config.appdisk.ingress_port} only")
+        lines.append("  every request body: --json")
         emit(p, as_json, "\n".join(lines))
         return
     record = azure.deploy(t, workers=workers)
@@ -803,7 +807,7 @@ def azure_destroy(ctx, dry_run, as_json):
 
     if dry_run:
         _, names = azure.destroy_names(ctx.config, ctx.profile_name, ctx.out_dir)
-        names = [v for k, v in names.items() if k != "subnet"]
+        names = ["/".join(parts) for _, _, parts in azure.destroy_steps(names)]
         emit(names, as_json, "\n".join(f"would delete {n}" for n in names))
         return
     deleted = azure.destroy(ctx.config, ctx.profile_name, ctx.out_dir)
