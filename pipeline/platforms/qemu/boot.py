@@ -353,7 +353,8 @@ def running(os_disk: Path, app_disk: Path | None, port: int, timeout: float, log
             for i, acc in enumerate(order):
                 what = f"{replicas} guests" if replicas > 1 else "a guest"
                 try:
-                    with log.step(f"Booting {what} under QEMU ({acc})", f"{what} answer ({acc})"):
+                    with log.step(f"Booting {what} under QEMU ({acc}), ingress on https://127.0.0.1:{port}",
+                                  f"{what} answer ({acc})"):
                         for n, p in enumerate(ports, 1):
                             vms.append(_Vm(acc, base / f"{acc}-{n}", *disks, forward=p, ek_ca=True))
                         waiting = list(zip(vms, ports))
