@@ -68,3 +68,21 @@ def test_haproxy_refuses_a_broken_config(tmp_path):
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(haproxy_config(20000, [20001]).replace("balance roundrobin", "balance sideways"))
     assert subprocess.run(["haproxy", "-c", "-f", cfg], capture_output=True).returncode != 0
+
+
+def test_the_run_record_of_replicas_gives_connect_every_ek_ca(tmp_path):
+    """`run --replicas 2` writes one record; `connect` to the balancer's URL trusts both guests'
+    EK CAs (the bundle), and the format only adds to the single-guest one."""
+    from pipeline.attest import resolve_target, write_run_record
+    from pipeline.platforms.qemu.boot import Guest
+
+    (tmp_path / "mithril.yaml").write_text("")
+    cas = [ca_pem("ek ca 1"), ca_pem("ek ca 2")]
+    guests = [Guest(f"https://127.0.0.1:{9000 + n}", ca, 100 + n, lambda: True) for n, ca in enumerate(cas)]
+    path = write_run_record(tmp_path, "demo", "https://127.0.0.1:8443", b"".join(cas), guests)
+    record = __import__("json").loads(path.read_text())
+    assert {"url", "profile", "ek_ca", "pid"} <= set(record)  # what single-guest readers know
+    assert [g["pid"] for g in record["guests"]] == [100, 101]
+    target = resolve_target("https://127.0.0.1:8443/", None, None, tmp_path)
+    assert target.ek_ca == cas[0] + cas[1]
+    assert target.measurements == tmp_path / "out/demo/measurements.json"
