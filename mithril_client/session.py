@@ -3,9 +3,13 @@
 On every new TLS connection the session sends a fresh 32-byte nonce over that same connection,
 verifies the evidence (quote, every PCR of measurements.json, the AK's tie to hardware), then
 requires the certificate the server presented on this connection to be the attested CA or issued
-by it: the channel ends inside the measured image. The certificate is pinned for the session: a
-later connection is attested afresh and must present the same certificate. Anything else closes
-the connection and raises AttestationFailed before a byte of application data is sent.
+by it: the channel ends inside the measured image. Anything else closes the connection and raises
+AttestationFailed before a byte of application data is sent.
+
+The pin is per connection, not per session: behind a load balancer each replica makes its own CA
+at boot, and a session may talk to any replica that proves it runs the measured image. Which one
+answered is `Response.replica` / `session.replica`: the sha256 fingerprint of the attested CA
+certificate (docs/attestation.md says what this gives up against a session-wide pin).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    replica: str | None = None  # "sha256:<hex>" of the attested CA of the replica that answered
 
     @property
     def text(self) -> str:
@@ -88,7 +93,7 @@ class AttestedSession:
         self.trust = dataclasses.replace(self.trust, fetch_budget=min(timeout, self.trust.fetch_budget))
         self.timeout = timeout
         self.report: Report | None = None  # of the last attestation
-        self._pinned: bytes | None = None
+        self.replica: str | None = None  # the attested CA fingerprint of the last attested connection
         self._conn: _AttestedConnection | None = None
         self._lock = threading.Lock()
 
@@ -120,7 +125,7 @@ class AttestedSession:
                 if resp.will_close:
                     conn.close()
                     self._conn = None
-                return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+                return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, conn.replica)
         raise AssertionError("unreachable")
 
     def get(self, path: str, **kw) -> Response:
@@ -154,7 +159,7 @@ class AttestedSession:
         self._conn = _AttestedConnection(self, self.host, self.port, self.timeout)
         return self._conn
 
-    def _attest(self, sock: ssl.SSLSocket) -> None:
+    def _attest(self, sock: ssl.SSLSocket) -> str:
         """Runs on every new connection, before any application request."""
         nonce = secrets.token_bytes(NONCE_BYTES)
         where = f"https://{self.host}:{self.port}{self.prefix}/attestation"
@@ -177,14 +182,14 @@ class AttestedSession:
         # the TLS rows join the report before the verdict: collect every row, then decide
         report = verify_evidence(evidence, nonce, self.measurements, self.trust, activate, raise_on_failure=False)
         presented = sock.getpeercert(binary_form=True)
-        report.extra.append(tls_row(presented, evidence.tls_ca))
-        if self._pinned is not None and presented != self._pinned:
-            report.extra.append(Row("tls pin", "the certificate pinned for this session",
-                                    "a different certificate", "enforce", "MISMATCH"))
+        report.extra.append(tls_row(presented, evidence.tls_ca))  # the pin: this connection, this CA
+        replica = replica_id(evidence.tls_ca)
+        report.extra.append(Row("replica", "any replica that proves the measured image", replica, "info", "ok"))
         self.report = report
         if not report.ok:
             raise AttestationFailed(report)
-        self._pinned = presented
+        self.replica = replica
+        return replica
 
 
 def tls_row(presented_der: bytes, tls_ca_pem: bytes) -> Row:
@@ -198,6 +203,12 @@ def tls_row(presented_der: bytes, tls_ca_pem: bytes) -> Row:
     fingerprint = cert.fingerprint(_SHA256()).hex()
     return Row("tls certificate", "the attested CA or issued by it", f"sha256:{fingerprint}", "enforce",
                "ok" if ok else "MISMATCH")
+
+
+def replica_id(tls_ca_pem: bytes) -> str:
+    """Which replica: "sha256:" + the fingerprint of the attested CA certificate (its DER, as
+    `openssl x509 -fingerprint -sha256` prints it). Each replica makes its own CA at boot."""
+    return "sha256:" + pem_bundle(tls_ca_pem, "evidence: tls_ca")[0].fingerprint(_SHA256()).hex()
 
 
 def _SHA256():
@@ -217,6 +228,7 @@ class _AttestedConnection(http.client.HTTPSConnection):
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         super().__init__(host, port, timeout=timeout, context=ctx)
         self._session = session
+        self.replica: str | None = None  # set once this connection is attested
 
     def connect(self) -> None:
         try:
@@ -225,7 +237,7 @@ class _AttestedConnection(http.client.HTTPSConnection):
         except (OSError, ssl.SSLError) as e:
             raise Unreachable(f"{self.host}:{self.port}: {e}") from None
         try:
-            self._session._attest(self.sock)
+            self.replica = self._session._attest(self.sock)
         except BaseException:
             self.close()
             raise

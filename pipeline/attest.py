@@ -242,9 +242,11 @@ def port_free(port: int) -> bool:
     return True
 
 
-def write_run_record(root: Path, profile: str, url: str, ek_ca: bytes) -> Path:
+def write_run_record(root: Path, profile: str, url: str, ek_ca: bytes, guests=()) -> Path:
     """Where `connect`, run in this project, finds the running server's trust anchors: a folder
-    only the user can enter (0700), a record only the user can read and write (0600)."""
+    only the user can enter (0700), a record only the user can read and write (0600). `ek_ca` is
+    the PEM bundle of every guest's EK CA (any replica behind `url` may answer); `guests` lists
+    each guest's own forwarded URL, EK CA and QEMU pid."""
     from .files import atomic_write
 
     if not PROFILE_NAME.fullmatch(profile):
@@ -254,8 +256,9 @@ def write_run_record(root: Path, profile: str, url: str, ek_ca: bytes) -> Path:
     os.chmod(folder, 0o700)  # also an older folder made 0755
     _owned_by_me(folder, folder.lstat(), "run folder")
     path = folder / f"{profile}.json"
-    atomic_write(path, json.dumps({"url": url, "profile": profile, "ek_ca": ek_ca.decode(), "pid": os.getpid()},
-                                  indent=1).encode() + b"\n", mode=0o600)
+    record = {"url": url, "profile": profile, "ek_ca": ek_ca.decode(), "pid": os.getpid(),
+              "guests": [{"url": g.url, "ek_ca": g.ek_ca.decode(), "pid": g.pid} for g in guests]}
+    atomic_write(path, json.dumps(record, indent=1).encode() + b"\n", mode=0o600)
     return path
 
 

@@ -494,15 +494,20 @@ def boot_(ctx, platform, timeout, accel, as_json):
               help="Seconds to wait for the attestation endpoint to answer.")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
               help="auto: KVM when /dev/kvm works, falling back to TCG when KVM fails to start.")
+@click.option("--replicas", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Boot N guests behind 127.0.0.1:PORT (HAProxy, TCP round-robin; TLS ends in each guest).")
 @click.option("--json", "as_json", is_flag=True, help="Print {url, accel, seconds, run_record} as one JSON line once it answers.")
 @project_options
-def run_(ctx, port, timeout, accel, as_json):
+def run_(ctx, port, timeout, accel, replicas, as_json):
     """Boot out/<profile>'s disks under QEMU + OVMF + swtpm with the ingress on 127.0.0.1:PORT and
     serve until Ctrl-C or SIGTERM, then remove everything.
 
-    The swtpm gets an EK certificate from a CA made for this boot; the CA is written to
-    .mithril/run/<profile>.json, where `mithril-build connect` run in this project finds it.
-    Prints https://127.0.0.1:PORT once the attestation endpoint answers."""
+    Each guest's swtpm gets an EK certificate from a CA made for that boot; the CAs are written to
+    .mithril/run/<profile>.json, where `mithril-build connect` run in this project finds them.
+    With --replicas N, HAProxy spreads connections over N guests and routes around one that
+    stops; serving goes on while one is left. Prints https://127.0.0.1:PORT once every guest's
+    attestation endpoint answers."""
+    from . import log
     from .attest import evidence_endpoint_answers, port_free, write_run_record
     from .platforms.qemu.boot import running
     from .errors import BadInput
@@ -514,14 +519,20 @@ def run_(ctx, port, timeout, accel, as_json):
     record = None
     try:
         with running(out / "os_disk.raw", app if app.exists() else None, port, timeout, out / "run-serial.log",
-                     evidence_endpoint_answers, accel) as vm:
-            record = write_run_record(ctx.root, ctx.profile_name, vm.url, vm.ek_ca)
+                     evidence_endpoint_answers, accel, replicas) as vm:
+            record = write_run_record(ctx.root, ctx.profile_name, vm.url, vm.ek_ca, vm.guests)
             info = {"url": vm.url, "accel": vm.accel, "seconds": round(vm.seconds, 1), "run_record": str(record)}
             click.echo(json.dumps(info, sort_keys=True) if as_json else vm.url)  # one line: scripts read it
             sys.stdout.flush()
-            click.echo(f"serving {ctx.profile_name} ({vm.accel}, up after {vm.seconds:.0f} s); "
+            what = f"{replicas} replicas of {ctx.profile_name}" if replicas > 1 else ctx.profile_name
+            click.echo(f"serving {what} ({vm.accel}, up after {vm.seconds:.0f} s); "
                        f"try: mithril-build connect {vm.url}/   Ctrl-C stops it", err=True)
+            stopped: set[int] = set()
             while vm.alive():
+                for n, guest in enumerate(vm.guests, 1):
+                    if n not in stopped and not guest.alive():
+                        stopped.add(n)
+                        log.warn(f"guest {n} (QEMU pid {guest.pid}) stopped; serving with the others")
                 time.sleep(1)
             raise ToolFailed(f"QEMU stopped; see {out / 'run-serial.log'}")
     except KeyboardInterrupt:
@@ -721,7 +732,8 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
 
     The verification table goes to stderr, the response body to stdout. The server must prove,
     with a fresh nonce over this very connection, that it runs the measured image; the TLS
-    certificate it presents must be the attested CA or issued by it.
+    certificate it presents must be the attested CA or issued by it. Behind a load balancer, the
+    `replica` row names the replica that answered (the sha256 fingerprint of its attested CA).
 
     Exit 0 attested (whatever the HTTP status), 1 verification failed, 2 bad input, 3 unreachable."""
     from mithril_client.measurements import format_table
@@ -762,11 +774,11 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
         session.close()
     rows = session.report.all_rows
     if as_json:
-        emit({**rows_json(rows, True), "attested": True, "status": resp.status,
+        emit({**rows_json(rows, True), "attested": True, "replica": resp.replica, "status": resp.status,
               "body": resp.body.decode("utf-8", errors="replace")}, True)
         return
     click.echo(format_table(rows) + f"\nATTESTED: {target.base_url} runs the measured image "
-               f"({target.measurements}); HTTP {resp.status}", err=True)
+               f"({target.measurements}); replica {resp.replica}; HTTP {resp.status}", err=True)
     sys.stdout.buffer.write(resp.body)
     sys.stdout.flush()
 
@@ -830,10 +842,14 @@ def azure_deploy(ctx, dry_run, workers, as_json):
         p = azure.plan(t)
         lines = [f"subscription {p['subscription_id']}, resource group {p['resource_group']}, {p['location']}"]
         lines += [f"  disk {d['name']}: {d['file']} -> upload {d['upload_size']} bytes" for d in p["disks"].values()]
-        lines += [f"  {k:<9} {v}" for k, v in p["names"].items() if not k.endswith("_disk")]
+        lines += [f"  {k:<13} {v}" for k, v in p["names"].items() if not k.endswith("_disk")]
+        if t.az.replicas > 1:
+            lines.append(f"  {t.az.replicas} VMs from one gallery image behind a Standard Load Balancer "
+                         f"(TCP {ctx.config.appdisk.ingress_port}, HTTPS probe {p['network']['lb']['properties']['probes'][0]['properties']['requestPath']})")
         lines.append(f"  VM {t.az.vm_size}, {t.az.security_type}, vTPM {'on' if t.az.vtpm else 'off'}, "
                      f"secure boot {'on' if t.az.secure_boot else 'off'}; inbound: TCP "
                      f"{ctx.config.appdisk.ingress_port} only")
+        lines.append("  every request body: --json")
         emit(p, as_json, "\n".join(lines))
         return
     record = azure.deploy(t, workers=workers)
@@ -851,7 +867,7 @@ def azure_destroy(ctx, dry_run, as_json):
 
     if dry_run:
         _, names = azure.destroy_names(ctx.config, ctx.profile_name, ctx.out_dir)
-        names = [v for k, v in names.items() if k != "subnet"]
+        names = ["/".join(parts) for _, _, parts in azure.destroy_steps(names)]
         emit(names, as_json, "\n".join(f"would delete {n}" for n in names))
         return
     deleted = azure.destroy(ctx.config, ctx.profile_name, ctx.out_dir)

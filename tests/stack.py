@@ -183,7 +183,7 @@ class Stack:
         self.server = AttestationServer(f"swtpm:{self.tpm.socket}", work, "--tls-owner",
                                         f"{os.getuid()}:{os.getgid()}").start()
         (work / "index.html").write_bytes(PAGE)
-        app_port = free_port()
+        app_port = self.app_port = free_port()
         self._spawn([DEBIAN_PYTHON, "-c", APP, str(app_port), work / "index.html"], "app.log", app_port)
         self.port = free_port()
         caddyfile = templates.render(templates.environment(REPO / "appdisk", "appdisk"), "Caddyfile.j2", {

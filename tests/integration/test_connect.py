@@ -2,8 +2,8 @@
 certified EK, the attestation server on Debian's Python, Debian's Caddy, a static app), no VM.
 
 The expected PCRs come from tpm2_pcrread; the refusals are the point: other measurements, a
-missing or foreign EK CA, a TLS-terminating proxy in between, a replayed evidence document, a
-server whose certificate changed during the session.
+missing or foreign EK CA, a TLS-terminating proxy in between (also in the middle of a session), a
+replayed evidence document.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def test_replayed_evidence_is_refused(stack, tmp_path):
     assert r["ak activation"].startswith("UNVERIFIED") and r["ak"] == "MISMATCH"
 
 
-def test_session_reattests_each_connection_and_pins_the_certificate(stack, tmp_path):
+def test_session_reattests_each_connection_and_pins_each_to_its_attested_ca(stack, tmp_path):
     relay = TlsProxy(stack.port, tmp_path, mitm=False)
     try:
         with AttestedSession(f"https://127.0.0.1:{relay.port}", stack.measurements, ek_ca=stack.ek_ca) as s:
@@ -142,7 +142,7 @@ def test_session_reattests_each_connection_and_pins_the_certificate(stack, tmp_p
             relay.mitm = True  # the next connection ends at another certificate
             with pytest.raises(AttestationFailed) as e:
                 s.get("/")
-            assert {r.check for r in e.value.report.all_rows if r.failed} == {"tls certificate", "tls pin"}
+            assert {r.check for r in e.value.report.all_rows if r.failed} == {"tls certificate"}
     finally:
         relay.close()
 

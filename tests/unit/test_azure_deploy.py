@@ -59,6 +59,9 @@ class FakeArm:
             disk["properties"]["diskState"] = "ActiveUpload" if granting else "Unattached"
             return 200, {}, json.dumps({"accessSAS": SAS} if granting else {})
         if request.method == "GET":
+            if path.endswith("/images") and path not in self.resources:  # a gallery's image list
+                return 200, {}, json.dumps({"value": [r for p, r in self.resources.items()
+                                                      if p.rsplit("/", 1)[0] == path]})
             if path not in self.resources:
                 return 404, {}, json.dumps({"error": {"code": "ResourceNotFound", "message": "not found"}})
             return 200, {}, json.dumps(self.resources[path])

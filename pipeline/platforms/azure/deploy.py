@@ -20,6 +20,7 @@ from ...config import Config, Profile
 from ...errors import BadInput, ToolFailed
 from ...files import atomic_write, sha256_file
 from . import AzurePlatform
+from . import replicas as rep
 from .vhd import FOOTER_SIZE, MIN_DATA_SIZE, disk_footer
 
 DISKS = {"os": "os_disk.raw", "app": "application_disk.raw"}
@@ -68,9 +69,12 @@ class Target:
         prefix = f"{self.config.project}-{self.profile}"
         d = {x.role: x.sha256 for x in self.disks}
         vm = f"{prefix}-{hashlib.sha256((d['os'] + d['app']).encode()).hexdigest()[:10]}"
-        return {"os_disk": f"{prefix}-os-{d['os'][:12]}", "app_disk": f"{prefix}-app-{d['app'][:12]}",
-                "vnet": f"{prefix}-vnet", "subnet": "default", "nsg": f"{prefix}-nsg",
-                "public_ip": f"{vm}-ip", "nic": f"{vm}-nic", "vm": vm}
+        names = {"os_disk": f"{prefix}-os-{d['os'][:12]}", "app_disk": f"{prefix}-app-{d['app'][:12]}",
+                 "vnet": f"{prefix}-vnet", "subnet": "default", "nsg": f"{prefix}-nsg",
+                 "public_ip": f"{vm}-ip", "nic": f"{vm}-nic", "vm": vm}
+        if self.az.replicas > 1:
+            return rep.names(names, self.config.project, self.profile, self.az.replicas)
+        return names
 
     @property
     def tags(self) -> dict[str, str]:
@@ -123,11 +127,13 @@ def ids(t: Target, sub: str) -> dict[str, str]:
     n, rg = t.names, t.az.resource_group
     c = lambda kind, name: resource_id(sub, rg, "Microsoft.Compute", kind, name)
     net = lambda kind, name: resource_id(sub, rg, "Microsoft.Network", kind, name)
-    return {"os_disk": c("disks", n["os_disk"]), "app_disk": c("disks", n["app_disk"]),
-            "vm": c("virtualMachines", n["vm"]), "vnet": net("virtualNetworks", n["vnet"]),
-            "subnet": net("virtualNetworks", n["vnet"]) + f"/subnets/{n['subnet']}",
-            "nsg": net("networkSecurityGroups", n["nsg"]), "public_ip": net("publicIPAddresses", n["public_ip"]),
-            "nic": net("networkInterfaces", n["nic"])}
+    out = {"os_disk": c("disks", n["os_disk"]), "app_disk": c("disks", n["app_disk"]),
+           "vnet": net("virtualNetworks", n["vnet"]),
+           "subnet": net("virtualNetworks", n["vnet"]) + f"/subnets/{n['subnet']}",
+           "nsg": net("networkSecurityGroups", n["nsg"]), "public_ip": net("publicIPAddresses", n["public_ip"])}
+    if "vm" in n:
+        return {**out, "vm": c("virtualMachines", n["vm"]), "nic": net("networkInterfaces", n["nic"])}
+    return {**out, **rep.ids(n, c, net)}
 
 
 def disk_body(t: Target, disk: Disk) -> dict:
@@ -201,11 +207,19 @@ def plan(t: Target) -> dict:
     disks = {d.role: {"name": t.names[f"{d.role}_disk"], "file": d.path.name, "sha256": d.sha256,
                       "raw_size": d.path.stat().st_size, "upload_size": d.upload_size,
                       "body": disk_body(t, d)} for d in t.disks}
-    return {"profile": t.profile, "subscription_id": sub, "resource_group": t.az.resource_group,
-            "location": t.az.location, "names": t.names, "ids": i, "disks": disks,
-            "network": {"nsg": nsg_body(t), "vnet": vnet_body(t, i), "public_ip": public_ip_body(t),
-                        "nic": nic_body(t, i)},
-            "vm": vm_body(t, i), "measurements_sha256": t.measurements_sha256}
+    common = {"profile": t.profile, "subscription_id": sub, "resource_group": t.az.resource_group,
+              "location": t.az.location, "names": t.names, "ids": i, "disks": disks,
+              "measurements_sha256": t.measurements_sha256}
+    network = {"nsg": nsg_body(t), "vnet": vnet_body(t, i), "public_ip": public_ip_body(t)}
+    if t.az.replicas == 1:
+        return {**common, "network": {**network, "nic": nic_body(t, i)}, "vm": vm_body(t, i)}
+    n = t.names
+    return {**common, "replicas": t.az.replicas,
+            "network": {**network, "lb": rep.lb_body(t, i),
+                        **{n[f"nic_{k}"]: rep.nic_body(t, i) for k in rep.replica_keys(n)}},
+            "image": {"gallery": rep.gallery_body(t), "image": rep.image_body(t),
+                      "image_version": rep.image_version_body(t, i)},
+            "vms": {n[f"vm_{k}"]: rep.vm_body(t, i, k) for k in rep.replica_keys(n)}}
 
 
 # ---- talking to Azure ---------------------------------------------------------------------------
@@ -319,16 +333,20 @@ def deploy(t: Target, credential=None, upload=None, workers: int = 4, **client_k
             c.resources.resource_groups.create_or_update(rg, {"location": loc, "tags": t.tags})
         uploads = {d.role: _ensure_disk(t, c, d, upload, workers) for d in t.disks}
         net = c.network
-        with log.step("Creating network (NSG: ingress port in only, VNet, public IP, NIC)"), _azure("creating the network"):
+        with log.step("Creating network (NSG: ingress port in only, VNet, public IP)"), _azure("creating the network"):
             net.network_security_groups.begin_create_or_update(rg, n["nsg"], nsg_body(t)).result()
             net.virtual_networks.begin_create_or_update(rg, n["vnet"], vnet_body(t, i)).result()
             net.public_ip_addresses.begin_create_or_update(rg, n["public_ip"], public_ip_body(t)).result()
-            net.network_interfaces.begin_create_or_update(rg, n["nic"], nic_body(t, i)).result()
         after = ("; the disks are uploaded and their access revoked. Fix the cause and run `azure deploy` "
                  "again, or `azure destroy` to remove everything")
-        with log.step(f"Creating VM {n['vm']} ({t.az.vm_size}, {t.az.security_type})"), \
-                _azure(f"creating VM {n['vm']}", after):
-            c.compute.virtual_machines.begin_create_or_update(rg, n["vm"], vm_body(t, i)).result()
+        if t.az.replicas == 1:
+            with _azure("creating the NIC"):
+                net.network_interfaces.begin_create_or_update(rg, n["nic"], nic_body(t, i)).result()
+            with log.step(f"Creating VM {n['vm']} ({t.az.vm_size}, {t.az.security_type})"), \
+                    _azure(f"creating VM {n['vm']}", after):
+                c.compute.virtual_machines.begin_create_or_update(rg, n["vm"], vm_body(t, i)).result()
+        else:
+            _deploy_replicas(t, c, i, after)
         with _azure("reading the public IP"):
             ip = c.network.public_ip_addresses.get(rg, n["public_ip"]).ip_address
     record = {
@@ -338,8 +356,36 @@ def deploy(t: Target, credential=None, upload=None, workers: int = 4, **client_k
         "disks": {d.role: {"file": d.path.name, "sha256": d.sha256, "upload_size": d.upload_size} for d in t.disks},
         "measurements_sha256": t.measurements_sha256,
     }
+    if t.az.replicas > 1:
+        record["replicas"] = t.az.replicas
     atomic_write(t.out_dir / DEPLOYMENT, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return {**record, "uploads": uploads}
+
+
+def _deploy_replicas(t: Target, c: Clients, i: dict, after: str) -> None:
+    """The load balancer, one gallery image version from the uploaded disks, N NICs and VMs."""
+    n, rg = t.names, t.az.resource_group
+    with log.step(f"Creating load balancer {n['lb']} (TCP {t.config.appdisk.ingress_port}, probe "
+                  f"{rep.PROBE_PATH})"), _azure(f"creating load balancer {n['lb']}"):
+        c.network.load_balancers.begin_create_or_update(rg, n["lb"], rep.lb_body(t, i)).result()
+    g = c.compute
+    with log.step(f"Creating image {n['gallery']}/{n['image']}/{n['image_version']} from the uploaded disks"), \
+            _azure(f"creating image {n['image']}", after):
+        g.galleries.begin_create_or_update(rg, n["gallery"], rep.gallery_body(t)).result()
+        g.gallery_images.begin_create_or_update(rg, n["gallery"], n["image"], rep.image_body(t)).result()
+        if _get(g.gallery_image_versions.get, rg, n["gallery"], n["image"], n["image_version"]) is None:
+            g.gallery_image_versions.begin_create_or_update(rg, n["gallery"], n["image"], n["image_version"],
+                                                            rep.image_version_body(t, i)).result()
+    for k in rep.replica_keys(n):
+        with _azure(f"creating NIC {n[f'nic_{k}']}"):
+            c.network.network_interfaces.begin_create_or_update(rg, n[f"nic_{k}"], rep.nic_body(t, i)).result()
+    pollers = []
+    with log.step(f"Creating {t.az.replicas} VMs ({t.az.vm_size}, {t.az.security_type})"), \
+            _azure(f"creating the VMs {n['vm_1']}…", after):
+        for k in rep.replica_keys(n):  # started together, waited for together
+            pollers.append(g.virtual_machines.begin_create_or_update(rg, n[f"vm_{k}"], rep.vm_body(t, i, k)))
+        for poller in pollers:
+            poller.result()
 
 
 def destroy_names(config: Config, profile: str, out_dir: Path) -> tuple[Target, dict[str, str]]:
@@ -355,6 +401,28 @@ def destroy_names(config: Config, profile: str, out_dir: Path) -> tuple[Target, 
     return t, t.names
 
 
+def destroy_steps(names: dict[str, str]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(key, SDK operations group, name parts) in deletion order: users before what they use. A
+    replica's OS and app disk copies go with its VM (deleteOption: Delete); the gallery goes once
+    it holds no other image."""
+    k = rep.replica_keys(names)
+    vms = [(f"vm_{i}", names[f"vm_{i}"]) for i in k] if k else [("vm", names["vm"])]
+    nics = [(f"nic_{i}", names[f"nic_{i}"]) for i in k] if k else [("nic", names["nic"])]
+    steps = [(key, "compute.virtual_machines", (name,)) for key, name in vms]
+    steps += [(key, "network.network_interfaces", (name,)) for key, name in nics]
+    if k:
+        gallery, image = names["gallery"], names["image"]
+        steps += [("lb", "network.load_balancers", (names["lb"],)),
+                  ("image_version", "compute.gallery_image_versions", (gallery, image, names["image_version"])),
+                  ("image", "compute.gallery_images", (gallery, image)),
+                  ("gallery", "compute.galleries", (gallery,))]
+    return steps + [("public_ip", "network.public_ip_addresses", (names["public_ip"],)),
+                    ("vnet", "network.virtual_networks", (names["vnet"],)),
+                    ("nsg", "network.network_security_groups", (names["nsg"],)),
+                    ("os_disk", "compute.disks", (names["os_disk"],)),
+                    ("app_disk", "compute.disks", (names["app_disk"],))]
+
+
 def destroy(config: Config, profile: str, out_dir: Path, credential=None, **client_kwargs) -> list[str]:
     """Delete what deploy made (names from deployment.json, else derived from the current disks).
 
@@ -364,20 +432,20 @@ def destroy(config: Config, profile: str, out_dir: Path, credential=None, **clie
     c = clients(t, credential, **client_kwargs)
     rg = t.az.resource_group
     deleted = []
-    steps = [("vm", c.compute.virtual_machines), ("nic", c.network.network_interfaces),
-             ("public_ip", c.network.public_ip_addresses), ("vnet", c.network.virtual_networks),
-             ("nsg", c.network.network_security_groups), ("os_disk", c.compute.disks),
-             ("app_disk", c.compute.disks)]
     with log.step(f"Removing the {profile} deployment from {rg}"):
-        for key, ops in steps:
-            name = names[key]
+        for key, group, args in destroy_steps(names):
+            client, attr = group.split(".")
+            ops, name = getattr(getattr(c, client), attr), "/".join(args)
             with _azure(f"deleting {name}"):
-                found = _get(ops.get, rg, name)
+                found = _get(ops.get, rg, *args)
                 if found is None:
                     continue
+                if key == "gallery" and any(True for _ in c.compute.gallery_images.list_by_gallery(rg, *args)):
+                    log.info(f"kept gallery {name}: it holds images of other builds")
+                    continue
                 if key.endswith("_disk") and _disk_state(found) in ("ActiveUpload", "ActiveSAS"):
-                    ops.begin_revoke_access(rg, name).result()  # a disk with a live SAS cannot be deleted
-                ops.begin_delete(rg, name).result()
+                    ops.begin_revoke_access(rg, *args).result()  # a disk with a live SAS cannot be deleted
+                ops.begin_delete(rg, *args).result()
             log.info(f"deleted {name}")
             deleted.append(name)
     record_path.unlink(missing_ok=True)

@@ -309,52 +309,93 @@ def boot_disks(os_disk: Path, app_disk: Path | None, timeout: float, log_path: P
 
 
 @dataclass(frozen=True)
+class Guest:
+    url: str  # its own forwarded ingress (behind the balancer when there are several)
+    ek_ca: bytes  # PEM bundle of its per-boot swtpm EK CA
+    pid: int  # QEMU's
+    alive: Callable[[], bool]
+
+
+@dataclass(frozen=True)
 class Running:
     url: str
-    ek_ca: bytes  # PEM bundle of the per-boot swtpm EK CA
+    ek_ca: bytes  # PEM bundle of every guest's per-boot swtpm EK CA
     accel: str
     fallback: str | None
-    seconds: float  # QEMU start until the attestation endpoint answered
-    alive: Callable[[], bool]
+    seconds: float  # QEMU start until every guest's attestation endpoint answered
+    guests: tuple[Guest, ...]
+
+    def alive(self) -> bool:
+        """True while at least one guest serves: the balancer routes around the others."""
+        return any(g.alive() for g in self.guests)
 
 
 @contextlib.contextmanager
 def running(os_disk: Path, app_disk: Path | None, port: int, timeout: float, log_path: Path,
-            ready: Callable[[str], bool], accel: str = "auto") -> Iterator[Running]:
-    """Boot with the ingress forwarded to 127.0.0.1:port and a TPM whose EK is certified by a CA
-    made for this boot; yield once `ready(url)` holds; stop and remove everything on exit
-    (also on Ctrl-C and SIGTERM). The serial log is kept at log_path."""
+            ready: Callable[[str], bool], accel: str = "auto", replicas: int = 1) -> Iterator[Running]:
+    """Boot `replicas` guests, each with a TPM whose EK is certified by a CA made for that boot,
+    with the ingress on 127.0.0.1:port: forwarded to the one guest, or HAProxy (balancer.py)
+    round-robin over guests forwarded to ports of their own. The guests boot at the same time.
+    Yield once `ready(url)` holds for every guest; stop and remove everything on exit (also on
+    Ctrl-C and SIGTERM). The serial logs are kept at log_path (guest 1) and log_path with .2, .3…"""
+    from .balancer import Balancer
+
     _check_inputs(os_disk, app_disk)
     order, fallback = _accel_order(accel)
     deadline = time.monotonic() + timeout
     base = Path(tempfile.mkdtemp(prefix="mithril-run-"))
-    url = f"https://127.0.0.1:{port}"
-    vm = None
+    ports = [port] if replicas == 1 else [_free_port() for _ in range(replicas)]
+    vms: list[_Vm] = []
+    balancer = None
+    disks = Path(os_disk).resolve(), Path(app_disk).resolve() if app_disk else None
     try:
         with _signals_interrupt():
             for i, acc in enumerate(order):
-                vm = _Vm(acc, base / acc, Path(os_disk).resolve(), Path(app_disk).resolve() if app_disk else None,
-                         forward=port, ek_ca=True)
+                what = f"{replicas} guests" if replicas > 1 else "a guest"
                 try:
-                    with log.step(f"Booting under QEMU ({acc}), ingress on {url}", f"{url} answers ({acc})"):
-                        while not ready(url):
-                            vm.check(deadline, timeout, "answer on the attestation endpoint")
+                    with log.step(f"Booting {what} under QEMU ({acc}), ingress on https://127.0.0.1:{port}",
+                                  f"{what} answer ({acc})"):
+                        for n, p in enumerate(ports, 1):
+                            vms.append(_Vm(acc, base / f"{acc}-{n}", *disks, forward=p, ek_ca=True))
+                        waiting = list(zip(vms, ports))
+                        while waiting:
+                            waiting = [(vm, p) for vm, p in waiting if not ready(f"https://127.0.0.1:{p}")]
+                            for vm, _ in waiting:
+                                vm.check(deadline, timeout, "answer on the attestation endpoint")
                             time.sleep(2 * POLL)
                     break
                 except _KvmFailed as e:
-                    vm.stop()
+                    for vm in vms:
+                        vm.stop()
+                    vms = []
                     fallback = f"KVM start failed: {e}"
                     if i + 1 == len(order):
                         raise ToolFailed(f"{fallback} (retry with --accel tcg)") from None
                     log.warn(f"{fallback}; falling back to TCG")
-            yield Running(url, vm.ek_ca, vm.accel, fallback, time.monotonic() - vm.started, vm.alive)
+            if replicas > 1:
+                balancer = Balancer(port, ports, base / "balancer")
+            guests = tuple(Guest(f"https://127.0.0.1:{p}", vm.ek_ca, vm.qemu.pid, vm.alive)
+                           for vm, p in zip(vms, ports))
+            yield Running(f"https://127.0.0.1:{port}", b"".join(g.ek_ca for g in guests), vms[0].accel, fallback,
+                          time.monotonic() - vms[0].started, guests)
     finally:
-        if vm is not None:
+        if balancer is not None:
+            balancer.stop()
+        for n, vm in enumerate(vms, 1):
             vm.stop()
             if vm.serial.exists():
-                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(vm.serial, log_path)
+                target = Path(log_path) if n == 1 else Path(log_path).with_suffix(f".{n}.log")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(vm.serial, target)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def boot(os_disk: Path, app_disk: Path | None, measurements: Path | Measurements, timeout: float,
