@@ -521,6 +521,8 @@ def run_(ctx, port, timeout, accel, as_json):
             sys.stdout.flush()
             click.echo(f"serving {ctx.profile_name} ({vm.accel}, up after {vm.seconds:.0f} s); "
                        f"try: mithril-build connect {vm.url}/   Ctrl-C stops it", err=True)
+            for line in _probe_apps(ctx, vm.url, out):
+                click.echo(f"warning: {line}", err=True)
             while vm.alive():
                 time.sleep(1)
             raise ToolFailed(f"QEMU stopped; see {out / 'run-serial.log'}")
@@ -529,6 +531,26 @@ def run_(ctx, port, timeout, accel, as_json):
     finally:
         if record is not None:
             record.unlink(missing_ok=True)
+        if (out / "run-serial.log").exists():
+            click.echo(f"serial log of this run: {out / 'run-serial.log'}", err=True)
+
+
+def _probe_apps(ctx, url: str, out: Path) -> list[str]:
+    """What `run` says about apps that do not answer through the ingress (appdisk.json's apps)."""
+    from .attest import app_diagnosis, probe_apps
+
+    try:
+        apps = json.loads((out / "appdisk.json").read_text()).get("apps") or {"app": ctx.config.appdisk.app_port}
+    except (OSError, ValueError):
+        apps = {"app": ctx.config.appdisk.app_port}
+    targets = {name: ("/" if name == "app" else f"/{name}/", port) for name, port in apps.items()}
+    status = probe_apps(url, targets, wait=APP_WAIT)
+    lines = [app_diagnosis(name, targets[name][0], targets[name][1], status[name], out / "run-serial.log",
+                           ctx.profile_name.removesuffix("-debug"), ctx.profile.mode) for name in targets]
+    return [x for x in lines if x]
+
+
+APP_WAIT = 90  # seconds `run` gives the apps to answer once the attestation server does
 
 
 @cli.command("record-platform")
@@ -665,7 +687,9 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
     with a fresh nonce over this very connection, that it runs the measured image; the TLS
     certificate it presents must be the attested CA or issued by it.
 
-    Exit 0 attested (whatever the HTTP status), 1 verification failed, 2 bad input, 3 unreachable."""
+    Exit 0 attested and HTTP status below 400, 22 attested but the server answered with an HTTP
+    error (400 or above; the rows and the body are still printed; curl --fail's code), 1
+    verification failed, 2 bad input, 3 unreachable."""
     from mithril_client.measurements import format_table
     from mithril_client.session import AttestationFailed, AttestedSession
     from mithril_client.verify import Trust
@@ -704,11 +728,18 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
     if as_json:
         emit({**rows_json(rows, True), "attested": True, "status": resp.status,
               "body": resp.body.decode("utf-8", errors="replace")}, True)
-        return
-    click.echo(format_table(rows) + f"\nATTESTED: {target.base_url} runs the measured image "
-               f"({target.measurements}); HTTP {resp.status}", err=True)
-    sys.stdout.buffer.write(resp.body)
-    sys.stdout.flush()
+    else:
+        click.echo(format_table(rows) + f"\nATTESTED: {target.base_url} runs the measured image "
+                   f"({target.measurements}); HTTP {resp.status}", err=True)
+        sys.stdout.buffer.write(resp.body)
+        sys.stdout.flush()
+    if resp.status >= 400:
+        if not as_json:
+            click.echo(f"error: the attested server answered HTTP {resp.status} (exit {HTTP_ERROR})", err=True)
+        sys.exit(HTTP_ERROR)
+
+
+HTTP_ERROR = 22  # `connect`: attested, but an HTTP error status (curl --fail uses 22 too)
 
 
 def _read_arg_file(path: str) -> bytes:
