@@ -26,7 +26,10 @@ MAX_ID = 2**31 - 1  # runc's range for uids and gids
 
 # Every service. What each property stops is in docs/sandbox.md; systemd 252 (the guest's) has all.
 COMMON = (
-    "MountAPIVFS=yes",  # /proc, /sys, /dev inside the root (and nothing else of the host)
+    # /proc, /sys, /dev inside the root (and nothing else of the host). Not PrivateDevices=: with
+    # RootDirectory= and ProtectSystem=strict, systemd 252 fails to set up the private /dev
+    # (226/NAMESPACE, "…/dev: Read-only file system"); DevicePolicy=closed closes the devices instead.
+    "MountAPIVFS=yes",
     "ProtectSystem=strict",  # the root is read-only ...
     "TemporaryFileSystem=/tmp:mode=1777",  # ... but /tmp, a tmpfs of its own
     "ProtectProc=invisible",  # /proc shows only the processes this service may ptrace

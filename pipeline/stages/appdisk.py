@@ -324,7 +324,7 @@ def service_args(ctx: Context, configs: dict, identity_of) -> dict[str, str]:
              f"{caddy.uid}:{caddy.gid}"], []),
         # the guest's nobody: it binds the ingress port with CAP_NET_BIND_SERVICE, its one capability;
         # it alone reads the TLS leaf key. Caddy keeps its state in /tmp.
-        "caddy": ([f"User={caddy.uid}", f"Group={caddy.gid}", "PrivateDevices=yes",
+        "caddy": ([f"User={caddy.uid}", f"Group={caddy.gid}", "DevicePolicy=closed",
                    "AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
                    f"BindReadOnlyPaths={TLS_DIR}", "ProcSubset=pid"],
                   ["run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"],
@@ -344,7 +344,7 @@ def service_args(ctx: Context, configs: dict, identity_of) -> dict[str, str]:
         sandbox.warn(sandbox.issues(configs[name], where, cfg.app_port if name == "app" else None))
         # no ProcSubset=pid here: runtimes read /proc/meminfo, /proc/cpuinfo (docs/sandbox.md)
         services[name] = sandbox.service_argv(name, f"{STATE}/rootfs/{name}", configs[name], who,
-                                              ["PrivateDevices=yes"], [], where)
+                                              ["DevicePolicy=closed"], [], where)
     return services
 
 

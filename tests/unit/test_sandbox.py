@@ -82,7 +82,7 @@ def test_what_the_runtime_cannot_honour_is_said():
 
 
 def _argv(config: ImageConfig, who: sandbox.Identity) -> list[str]:
-    return shlex.split(sandbox.service_argv("app", "/run/mithril/rootfs/app", config, who, ["PrivateDevices=yes"],
+    return shlex.split(sandbox.service_argv("app", "/run/mithril/rootfs/app", config, who, ["DevicePolicy=closed"],
                                             [], "img"))
 
 
@@ -112,3 +112,25 @@ def test_the_default_user_is_not_root(rootfs):
     who = sandbox.identity(rootfs, sandbox.user_spec(c, sandbox.DEFAULT_USER), "img")
     assert (who.uid, who.gid) == (65532, 65532)
     assert sandbox.user_spec(_config_of(Entrypoint=["/srv"], User="app"), sandbox.DEFAULT_USER) == "app"
+
+
+def test_run_says_which_app_does_not_answer_and_where_to_look(monkeypatch, tmp_path):
+    from pipeline import attest
+
+    answers = {"/": [502, 502, 200], "/dead/": [502, 502, 502]}
+    monkeypatch.setattr(attest, "app_status", lambda url, path: answers[path].pop(0) if len(answers[path]) > 1
+                        else answers[path][0])
+    import time
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))  # one tick a call: the 10 s run out
+    status = attest.probe_apps("https://x", {"app": ("/", 8000), "dead": ("/dead/", 8087)}, wait=10,
+                               sleep=lambda s: None)
+    assert status == {"app": 200, "dead": 502}  # waited until only the dead one was left failing
+    log = tmp_path / "run-serial.log"
+    assert attest.app_diagnosis("app", "/", 8000, 200, log, "app", "production") is None
+    prod = attest.app_diagnosis("dead", "/dead/", 8087, 502, log, "app", "production")
+    assert "port 8087" in prod and "HTTP 502" in prod and "nothing accepts connections" in prod
+    assert "production guest shows nothing" in prod and "--profile app-debug" in prod and str(log) in prod
+    debug = attest.app_diagnosis("app", "/", 8000, None, log, "app", "debug")
+    assert "no answer from the ingress" in debug and "mithril-app.service" in debug and "app-debug" not in debug
