@@ -168,7 +168,7 @@ def _runc_id(archive: Path) -> str:
                              capture_output=True, text=True, check=True)
         return res.stdout.strip()
     finally:
-        subprocess.run(["podman", "rmi", "-f", tag], capture_output=True)
+        subprocess.run(["podman", "rmi", "-f", tag, ref], capture_output=True)
 
 
 def _ids(text: str) -> tuple[str, str, list[str]]:
