@@ -80,9 +80,9 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, i
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # first: once given away, changing the mode needs CAP_FOWNER
             if owner is not None:
-                os.fchown(f.fileno(), *owner)
-            os.fchmod(f.fileno(), mode)
+                os.fchown(f.fileno(), *owner)  # CAP_CHOWN, the server's one capability (docs/sandbox.md)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -231,6 +231,62 @@ def evidence_endpoint_answers(url: str, timeout: float = 5.0) -> bool:
         conn.close()
 
 
+def app_status(url: str, path: str = "/", timeout: float = 5.0) -> int | None:
+    """The HTTP status the ingress gives for GET path (None: no answer at all). A liveness probe
+    of the app behind Caddy, no trust implied: Caddy answers 502 when nothing listens on the
+    app's port (the app crashed, is restarting, or listens elsewhere)."""
+    import http.client
+    import ssl
+
+    parts = urllib.parse.urlsplit(url)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=ctx)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def probe_apps(url: str, targets: dict[str, tuple[str, int]], wait: float, sleep=None) -> dict[str, int | None]:
+    """{name: last status} for each app {name: (path, port)}, polled until every one answers
+    below 500 or `wait` seconds have passed (an app may start after the attestation server)."""
+    import time
+
+    sleep = sleep or time.sleep
+    deadline = time.monotonic() + wait
+    status: dict[str, int | None] = {}
+    while True:
+        status = {name: app_status(url, path) for name, (path, _) in targets.items()}
+        if all(s is not None and s < 500 for s in status.values()) or time.monotonic() >= deadline:
+            return status
+        sleep(2)
+
+
+def app_diagnosis(name: str, path: str, port: int, status: int | None, serial_log: Path, profile: str,
+                  mode: str) -> str | None:
+    """One paragraph on an app that does not answer, as far as the host can see; None if it does."""
+    if status is not None and status < 500:
+        return None
+    seen = ("no answer from the ingress at all" if status is None else
+            f"the ingress answers HTTP {status} for {path}" +
+            (": nothing accepts connections on that port (the app exited, keeps restarting, or listens on "
+             "another port)" if status == 502 else ""))
+    kept = f"the serial log is kept in {serial_log} once the run stops"
+    where = (f"{kept}: the debug console there shows `mithril-{name}.service` failing and why"
+             if mode == "debug" else
+             f"a production guest shows nothing of its services (no console, no login), so {kept} with the "
+             f"boot only; build and run the debug profile (`mithril-build all --profile {profile}-debug`, then "
+             f"`mithril-build run --profile {profile}-debug`), whose console shows `mithril-{name}.service` "
+             "failing and why (e.g. status=203/EXEC: no such entrypoint)")
+    return f"{name} does not answer on port {port}: {seen}; {where}"
+
+
 def port_free(port: int) -> bool:
     import socket
 

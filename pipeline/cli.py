@@ -527,6 +527,8 @@ def run_(ctx, port, timeout, accel, replicas, as_json):
             what = f"{replicas} replicas of {ctx.profile_name}" if replicas > 1 else ctx.profile_name
             click.echo(f"serving {what} ({vm.accel}, up after {vm.seconds:.0f} s); "
                        f"try: mithril-build connect {vm.url}/   Ctrl-C stops it", err=True)
+            for line in _probe_apps(ctx, vm.url, out):
+                click.echo(f"warning: {line}", err=True)
             stopped: set[int] = set()
             while vm.alive():
                 for n, guest in enumerate(vm.guests, 1):
@@ -540,6 +542,26 @@ def run_(ctx, port, timeout, accel, replicas, as_json):
     finally:
         if record is not None:
             record.unlink(missing_ok=True)
+        if (out / "run-serial.log").exists():
+            click.echo(f"serial log of this run: {out / 'run-serial.log'}", err=True)
+
+
+def _probe_apps(ctx, url: str, out: Path) -> list[str]:
+    """What `run` says about apps that do not answer through the ingress (appdisk.json's apps)."""
+    from .attest import app_diagnosis, probe_apps
+
+    try:
+        apps = json.loads((out / "appdisk.json").read_text()).get("apps") or {"app": ctx.config.appdisk.app_port}
+    except (OSError, ValueError):
+        apps = {"app": ctx.config.appdisk.app_port}
+    targets = {name: ("/" if name == "app" else f"/{name}/", port) for name, port in apps.items()}
+    status = probe_apps(url, targets, wait=APP_WAIT)
+    lines = [app_diagnosis(name, targets[name][0], targets[name][1], status[name], out / "run-serial.log",
+                           ctx.profile_name.removesuffix("-debug"), ctx.profile.mode) for name in targets]
+    return [x for x in lines if x]
+
+
+APP_WAIT = 90  # seconds `run` gives the apps to answer once the attestation server does
 
 
 @cli.command("record-platform")
@@ -735,7 +757,9 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
     certificate it presents must be the attested CA or issued by it. Behind a load balancer, the
     `replica` row names the replica that answered (the sha256 fingerprint of its attested CA).
 
-    Exit 0 attested (whatever the HTTP status), 1 verification failed, 2 bad input, 3 unreachable."""
+    Exit 0 attested and HTTP status below 400, 22 attested but the server answered with an HTTP
+    error (400 or above; the rows and the body are still printed; curl --fail's code), 1
+    verification failed, 2 bad input, 3 unreachable."""
     from mithril_client.measurements import format_table
     from mithril_client.session import AttestationFailed, AttestedSession
     from mithril_client.verify import Trust
@@ -776,11 +800,18 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
     if as_json:
         emit({**rows_json(rows, True), "attested": True, "replica": resp.replica, "status": resp.status,
               "body": resp.body.decode("utf-8", errors="replace")}, True)
-        return
-    click.echo(format_table(rows) + f"\nATTESTED: {target.base_url} runs the measured image "
-               f"({target.measurements}); replica {resp.replica}; HTTP {resp.status}", err=True)
-    sys.stdout.buffer.write(resp.body)
-    sys.stdout.flush()
+    else:
+        click.echo(format_table(rows) + f"\nATTESTED: {target.base_url} runs the measured image "
+                   f"({target.measurements}); replica {resp.replica}; HTTP {resp.status}", err=True)
+        sys.stdout.buffer.write(resp.body)
+        sys.stdout.flush()
+    if resp.status >= 400:
+        if not as_json:
+            click.echo(f"error: the attested server answered HTTP {resp.status} (exit {HTTP_ERROR})", err=True)
+        sys.exit(HTTP_ERROR)
+
+
+HTTP_ERROR = 22  # `connect`: attested, but an HTTP error status (curl --fail uses 22 too)
 
 
 def _read_arg_file(path: str) -> bytes:

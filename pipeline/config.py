@@ -52,6 +52,10 @@ class AppDiskConfig(Strict):
         (), description="names under `images` in mithril.lock whose archives go on the disk too (your own images)")
     app_image: str | None = Field(
         None, description="app 'image': the name under `images` in mithril.lock of your app's image archive")
+    app_user: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$",
+        description="who an image that names no USER runs as (no k3s): default 65532:65532; `root` or `0` "
+                    "opts into root, still with no capability (docs/sandbox.md)")
 
 
 class ModelConfig(Strict):

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tarfile
@@ -51,9 +52,12 @@ class ImageConfig:
     entrypoint: tuple[str, ...]
     cmd: tuple[str, ...]
     env: tuple[str, ...]  # NAME=value
-    user: str
+    user: str  # "" when the image names none
     workdir: str
     exposed_ports: tuple[int, ...]
+    volumes: tuple[str, ...] = ()
+    healthcheck: bool = False  # a HEALTHCHECK other than NONE
+    stop_signal: str = ""
 
     @property
     def argv(self) -> tuple[str, ...]:
@@ -141,11 +145,23 @@ def _config(doc, where: str) -> tuple[ImageConfig, tuple[str, ...]]:
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         raise BadInput(where, "image config: rootfs.diff_ids missing")
-    user, workdir = c.get("User") or "0:0", c.get("WorkingDir") or "/"
-    if not isinstance(user, str) or not isinstance(workdir, str):
-        raise BadInput(where, "image config: User/WorkingDir are not strings")
+    user, workdir, stop = c.get("User") or "", c.get("WorkingDir") or "/", c.get("StopSignal") or ""
+    if not all(isinstance(v, str) for v in (user, workdir, stop)):
+        raise BadInput(where, "image config: User/WorkingDir/StopSignal are not strings")
+    if not workdir.startswith("/"):
+        raise BadInput(where, f"image config: WorkingDir {workdir!r} is not an absolute path")
+    if stop and not re.fullmatch(r"(SIG)?[A-Z0-9+-]{2,12}|[0-9]{1,2}", stop):
+        raise BadInput(where, f"image config: StopSignal {stop!r} is not a signal")
+    volumes = c.get("Volumes") or {}
+    if not isinstance(volumes, dict) or not all(isinstance(v, str) and re.fullmatch(r"/[\w./@+-]*", v)
+                                                for v in volumes):
+        raise BadInput(where, "image config: Volumes is not an object of absolute paths (letters, digits, ./_-@+)")
+    health = c.get("Healthcheck") or {}
+    test = health.get("Test") if isinstance(health, dict) else None
+    healthcheck = isinstance(test, list) and bool(test) and test[0] != "NONE"
     return ImageConfig(strings("Entrypoint"), strings("Cmd"), strings("Env"), user, workdir,
-                       tuple(sorted(ports))), tuple(diff_ids)
+                       tuple(sorted(ports)), tuple(sorted(volumes)), healthcheck,
+                       stop if not stop or stop.isdigit() or stop.startswith("SIG") else "SIG" + stop), tuple(diff_ids)
 
 
 def check_archive(path: Path, where: str | None = None, many: bool = False) -> list[Image]:

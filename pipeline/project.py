@@ -151,5 +151,8 @@ def _app_image(image: Path, port: int | None) -> tuple[Path, str, int]:
         port = img.config.exposed_ports[0]
     if not img.config.argv:
         raise BadInput(str(image), "the image has no Entrypoint or Cmd", "rebuild it with an ENTRYPOINT")
+    from .sandbox import issues, warn
+
+    warn(issues(img.config, str(image), port))  # what of its config the runtime does not honour
     ref = img.ref if img.ref and ":latest" not in img.ref else "localhost/app:1"
     return Path(image), ref, port

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import images
+from . import images, sandbox
 from .errors import BadInput
 from .graph import Context
 from .lock import LOCK_FILE
@@ -54,21 +54,21 @@ def _config(ctx: Context, name: str, unresolved: list[str]) -> ImageConfig:
     if ctx.profile.app == "demo":
         port = str(ctx.config.appdisk.app_port)
         return ImageConfig(("/bin/busybox", "httpd", "-f", "-p", port, "-h", "/www"), (), (), "65534:65534", "/", ())
-    pin = ctx.lock.image(images.app_lock_image(ctx), False)
+    lock_name = images.app_lock_image(ctx) if name == "app" else name
+    pin = ctx.lock.image(lock_name, False)
     if pin.archive is None or not pin.archive.path:
-        unresolved.append(f"images.{images.app_lock_image(ctx)}.archive")
-        return ImageConfig(("UNRESOLVED",), (), (), "0:0", "/", ())
-    return read_image(ctx.root / pin.archive.path, f"{LOCK_FILE}: images.app.archive").config
+        unresolved.append(f"images.{lock_name}.archive")
+        return ImageConfig(("UNRESOLVED",), (), (), "", "/", ())
+    return read_image(ctx.root / pin.archive.path, f"{LOCK_FILE}: images.{lock_name}.archive").config
 
 
 def _user(unresolved: list[str]):
-    def user_of(name: str, user: str) -> str:
-        uid, _, gid = (user or "0").partition(":")
-        if (uid + gid).isascii() and uid.isdigit() and (gid or uid).isdigit():
-            return f"{uid}:{gid or uid}"
-        unresolved.append(f"{name}: User {user!r} (a name, resolved in the image's /etc/passwd at build time)")
-        return "UNRESOLVED:UNRESOLVED"
-    return user_of
+    def identity_of(name: str, user: str) -> sandbox.Identity:
+        who = sandbox.unresolved_identity(user)
+        if who.uid is None or who.gid is None:
+            unresolved.append(f"{name}: User {user!r} (a name, resolved in the image's /etc/passwd at build time)")
+        return who
+    return identity_of
 
 
 def render(ctx: Context, dest: Path) -> dict:
@@ -85,16 +85,17 @@ def render(ctx: Context, dest: Path) -> dict:
     try:
         os_image.render_config(ctx, tmp / "mkosi")
         refs = image_refs(ctx, unresolved)
-        services = {}
+        services, extras = {}, {}
         if not ctx.profile.os.k3s:
-            configs = {n: _config(ctx, n, unresolved) for n in appdisk.COMPONENTS}
+            configs = {n: _config(ctx, n, unresolved) for n in (*appdisk.COMPONENTS, *appdisk.image_services(ctx))}
             services = appdisk.service_args(ctx, configs, _user(unresolved))
+            extras = appdisk.extra_ports(ctx, configs)
         triton = None
         if ctx.profile.model:
             m = ctx.config.models[ctx.profile.model]
             render_repository(ctx.root / "model_engine" / "triton", tmp / "model" / "triton", m)
             triton = triton_serving(ctx)
-        values = appdisk.manifest_values(ctx, refs, services, triton)
+        values = appdisk.manifest_values(ctx, refs, services, triton, extras=extras)
         src = appdisk.source(ctx)
         appdisk.write_rendered(src, tmp / "appdisk", values)
         if ctx.profile.os.k3s:  # also as a file (on the disk it is inside the ConfigMap)

@@ -4,24 +4,25 @@ turned into a squashfs + dm-verity GPT disk (`verity_disk.py`), byte-for-byte re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import shlex
+import re
 import shutil
 import stat
 import tempfile
 import uuid
 from pathlib import Path
 
-from .. import images, log, templates, verity_disk
+from .. import images, log, sandbox, templates, verity_disk
 from ..archive import Entry, deb_member
 from ..errors import BadInput
 from ..files import sha256_file
 from ..lock import LOCK_FILE, DebPin, ImagePin
 from ..graph import Context, Stage, StageResult, tool_version
 from ..oci import image_archive
-from ..oci_read import check_archive, in_root, unpack
+from ..oci_read import check_archive, unpack
 from ..records import TritonServing, read
 
 SOURCE = "appdisk"
@@ -33,6 +34,7 @@ UNRESOLVED = "sha256:UNRESOLVED"  # `render` marks an image whose digest the loc
 COMPONENTS = ("app", "caddy", "attestation-server")  # ingress -> caddy -> app | attestation server
 STATE = "/run/mithril"  # the guest's tmpfs state folder (measured-setup, setup.d, run.d)
 TLS_DIR, ATTESTATION_STATE = f"{STATE}/tls", f"{STATE}/attestation"
+GOSU_FILE = "gosu"  # lock files.gosu: Debian's static gosu, how image services drop to their user
 
 
 def components(ctx: Context) -> list[str]:
@@ -41,9 +43,9 @@ def components(ctx: Context) -> list[str]:
 
 class AppDisk(Stage):
     name = "appdisk"
-    version = 3
+    version = 4
     deps = ("model",)
-    code = ("archive.py", "oci.py", "oci_read.py", "images.py", "verity_disk.py", "measure/verity.py",
+    code = ("archive.py", "oci.py", "oci_read.py", "sandbox.py", "images.py", "verity_disk.py", "measure/verity.py",
             "measure/gpt.py")
 
     def key_inputs(self, ctx: Context) -> dict:
@@ -60,6 +62,7 @@ class AppDisk(Stage):
 
     def lock_entries(self, ctx: Context) -> list[str]:
         demo = ["files.busybox-static"] if ctx.profile.app == "demo" else []
+        demo += [] if ctx.profile.os.k3s else [f"files.{GOSU_FILE}"]
         return demo + [f"debs.{n}" for n in images.RECIPES] + [f"images.{n}" for n in images.lock_images(ctx)]
 
     def deb_pins(self, ctx: Context, name: str) -> dict[str, DebPin]:
@@ -81,7 +84,7 @@ class AppDisk(Stage):
             work = Path(work)
             tree = work / "tree"
             with log.step("Staging the application tree", "Staged the application tree"):
-                archives = stage_tree(ctx, tree, deps.get("model"))
+                archives, ports = stage_tree(ctx, tree, deps.get("model"))
                 files = file_manifest(tree)
             with log.step("Making the squashfs and dm-verity images", "Made squashfs and verity"):
                 env = {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)}
@@ -97,6 +100,7 @@ class AppDisk(Stage):
                        "data_blocks": params.data_blocks, "salt": params.salt.hex(),
                        "uuid": str(uuid.UUID(bytes=params.uuid)), "algorithm": params.algorithm},
             "images": archives,
+            "apps": ports,  # {service: port}: what `run` probes through the ingress (no k3s)
             "files": files,
         }
         (out / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -115,22 +119,22 @@ def check_templates(src: Path) -> None:
         templates.check_syntax(env, rel, f"{SOURCE}/{rel}")
 
 
-def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> list[dict]:
+def stage_tree(ctx: Context, tree: Path, model: StageResult | None) -> tuple[list[dict], dict[str, int]]:
     src = source(ctx)
     tree.mkdir()
     archives, refs = build_images(ctx, tree / "images")
-    services = {}
+    services, extras = {}, {}
     if not ctx.profile.os.k3s:  # no container runtime: each image runs from its own unpacked root (run.d)
-        services = unpack_services(ctx, tree)
+        services, extras = unpack_services(ctx, tree)
     triton = engine_sha256 = None
     if model is not None:
         shutil.copytree(model.dir / "model_repository", tree / "model", symlinks=True)
         shutil.copy2(model.dir / "engine.json", tree / "model" / "engine.json")
         triton, engine_sha256 = read(model.dir, TritonServing), model.outputs.get("engine.json")
-    values = manifest_values(ctx, refs, services, triton, engine_sha256)
+    values = manifest_values(ctx, refs, services, triton, engine_sha256, extras)
     write_rendered(src, tree, values)
     normalise(tree)
-    return archives
+    return archives, {"app": ctx.config.appdisk.app_port, **extras}
 
 
 def source(ctx: Context) -> Path:
@@ -142,7 +146,7 @@ def source(ctx: Context) -> Path:
 
 
 def manifest_values(ctx: Context, refs: dict[str, str], services: dict[str, str], triton: TritonServing | None,
-                    engine_sha256: str | None = None) -> dict:
+                    engine_sha256: str | None = None, extras: dict[str, int] | None = None) -> dict:
     """Everything the templates of appdisk/ see (`triton` and `engine_sha256` from the model stage)."""
     from .. import gpu
 
@@ -152,7 +156,7 @@ def manifest_values(ctx: Context, refs: dict[str, str], services: dict[str, str]
               "attestation_port": cfg.attestation_port, "app": ctx.profile.app, "components": components(ctx),
               "images": refs, "model": ctx.profile.model, "triton": None, "platform": ctx.profile.platform,
               "k3s": k3s, "tls_dir": TLS_DIR, "model_host_path": f"{STATE}/model",
-              "upstreams": upstreams(ctx, k3s), "services": services,
+              "upstreams": upstreams(ctx, k3s), "services": services, "extras": extras or {},
               "gpu": {"resource": gpu.RESOURCE, "lib_dir": gpu.LIB_DIR, "libs": list(gpu.LIBS),
                       "container_lib_dir": gpu.CONTAINER_LIB_DIR} if ctx.profile.os.nvidia else None}
     if triton is not None:
@@ -253,76 +257,95 @@ def upstreams(ctx: Context, k3s: bool) -> dict[str, str]:
     return {"app": f"127.0.0.1:{cfg.app_port}", "attestation": f"127.0.0.1:{cfg.attestation_port}"}
 
 
-def unpack_services(ctx: Context, tree: Path) -> dict[str, str]:
-    """Unpack app, caddy and the attestation server into rootfs/<name> (their archives leave the
-    disk) and return, per service, the systemd-run arguments run.d/main starts it with. Devices
-    are closed by cgroup policy (DevicePolicy=closed: /dev/null, /dev/urandom and the like only);
-    only the attestation server may open the TPM."""
+def image_services(ctx: Context) -> list[str]:
+    """The services of images the project brings: the app and, without k3s, every extra image
+    (run beside it, reached through the ingress at /<name>/)."""
+    extras = [] if ctx.profile.os.k3s else list(ctx.config.appdisk.extra_images)
+    for name in extras:
+        if name in (*COMPONENTS, "gpu") or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", name):
+            raise BadInput("mithril.yaml", f"appdisk.extra_images: {name!r} cannot name a service",
+                           "use a lower-case name (a-z, 0-9, -) other than app, caddy, attestation-server")
+    return ["app", *extras]
+
+
+def unpack_services(ctx: Context, tree: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """Unpack every image into rootfs/<name> (their archives leave the disk) and return, per
+    service, the systemd-run arguments run.d/main starts it with, and the ports of the extra
+    images. Image services get gosu (pipeline/sandbox.py) at sandbox.GOSU in their root."""
     configs = {}
-    for name in COMPONENTS:
+    names = [*COMPONENTS, *image_services(ctx)[1:]]
+    for name in names:
         archive = tree / "images" / f"{name}.tar"
         configs[name] = unpack(archive, tree / "rootfs" / name, f"images/{name}.tar").config
         archive.unlink()
     if not any((tree / "images").iterdir()):
         (tree / "images").rmdir()
-    return service_args(ctx, configs, lambda name, user: run_user(tree / "rootfs" / name, user))
+    gosu = deb_member(ctx.store.path(GOSU_FILE), "./usr/sbin/gosu")
+    for name in image_services(ctx):
+        target = tree / "rootfs" / name / sandbox.GOSU.lstrip("/")
+        target.parent.mkdir(mode=0o755, exist_ok=True)
+        target.write_bytes(gosu)
+        os.chmod(target, 0o755)
+    services = service_args(ctx, configs, lambda name, spec: sandbox.identity(tree / "rootfs" / name, spec,
+                                                                              f"images/{name}.tar"))
+    return services, extra_ports(ctx, configs)
 
 
-def service_args(ctx: Context, configs: dict, user_of) -> dict[str, str]:
-    """Per service, the systemd-run arguments run.d/main starts it with (user_of(name, User) gives
-    "uid:gid")."""
-    caddy_user = user_of("caddy", configs["caddy"].user)
+def extra_ports(ctx: Context, configs: dict) -> dict[str, int]:
+    """{extra image: the one port it exposes} (the ingress routes /<name>/ there)."""
     cfg = ctx.config.appdisk
-    extra = {
+    taken = {cfg.app_port: "app", cfg.attestation_port: "attestation-server", cfg.ingress_port: "caddy"}
+    ports = {}
+    for name in image_services(ctx)[1:]:
+        exposed = configs[name].exposed_ports
+        if len(exposed) != 1:
+            raise BadInput(f"{LOCK_FILE}: images.{name}", f"exposes {len(exposed) or 'no'} ports",
+                           "an extra image must EXPOSE exactly the one port it serves on")
+        if exposed[0] in taken:
+            raise BadInput(f"{LOCK_FILE}: images.{name}", f"port {exposed[0]} is {taken[exposed[0]]}'s",
+                           "serve the extra image on another port")
+        taken[exposed[0]] = ports[name] = exposed[0]
+    return ports
+
+
+def service_args(ctx: Context, configs: dict, identity_of) -> dict[str, str]:
+    """Per service, the systemd-run arguments run.d/main starts it with (pipeline/sandbox.py,
+    docs/sandbox.md). identity_of(name, User) resolves a User as runc does."""
+    cfg = ctx.config.appdisk
+    caddy = identity_of("caddy", configs["caddy"].user)
+    ours = {
+        # root with CAP_CHOWN only (it hands server.key to Caddy's uid); the only service with the TPM
+        # and the only one that sees the CA key.
         "attestation-server": (
-            [f"--property=BindPaths={TLS_DIR} {ATTESTATION_STATE}", "--property=DevicePolicy=closed",
-             "--property=DeviceAllow=/dev/tpmrm0 rw"],
+            [f"BindPaths={TLS_DIR} {ATTESTATION_STATE}", "DevicePolicy=closed", "DeviceAllow=/dev/tpmrm0 rw",
+             "CapabilityBoundingSet=CAP_CHOWN", "ProcSubset=pid"],
             ["--listen", f"127.0.0.1:{cfg.attestation_port}", "--platform", ctx.profile.platform, "--tpm",
-             "/dev/tpmrm0", "--tls-dir", TLS_DIR, "--state-dir", ATTESTATION_STATE, "--tls-owner", caddy_user]),
-        # 65534 binds the ingress port with CAP_NET_BIND_SERVICE; Caddy keeps its state in /tmp
-        "caddy": (["--property=DevicePolicy=closed", "--property=AmbientCapabilities=CAP_NET_BIND_SERVICE",
-                   f"--property=BindReadOnlyPaths={TLS_DIR}", "--setenv=HOME=/tmp",
-                   "--setenv=XDG_CONFIG_HOME=/tmp/caddy", "--setenv=XDG_DATA_HOME=/tmp/caddy"],
-                  ["run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]),
-        "app": (["--property=DevicePolicy=closed"], []),
+             "/dev/tpmrm0", "--tls-dir", TLS_DIR, "--state-dir", ATTESTATION_STATE, "--tls-owner",
+             f"{caddy.uid}:{caddy.gid}"], []),
+        # the guest's nobody: it binds the ingress port with CAP_NET_BIND_SERVICE, its one capability;
+        # it alone reads the TLS leaf key. Caddy keeps its state in /tmp.
+        "caddy": ([f"User={caddy.uid}", f"Group={caddy.gid}", "DevicePolicy=closed",
+                   "AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+                   f"BindReadOnlyPaths={TLS_DIR}", "ProcSubset=pid"],
+                  ["run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"],
+                  ["HOME=/tmp", "XDG_CONFIG_HOME=/tmp/caddy", "XDG_DATA_HOME=/tmp/caddy"]),
     }
     services = {}
-    for name, (props, args) in extra.items():
-        c = configs[name]
-        uid, gid = user_of(name, c.user).split(":")
-        argv = [*c.argv, *args]
-        if not argv:
-            raise BadInput(f"images/{name}.tar", "the image has no Entrypoint or Cmd")
-        user = [f"--property=User={uid}", f"--property=Group={gid}"] if (uid, gid) != ("0", "0") else []
-        services[name] = shlex.join([*user, f"--working-directory={c.workdir or '/'}",
-                                     *(f"--setenv={e}" for e in c.env), *props, "--", *argv])
+    for name, (props, args, env) in ours.items():
+        config = configs[name]
+        config = dataclasses.replace(config, env=(*config.env, *env))
+        services[name] = sandbox.service_argv(name, f"{STATE}/rootfs/{name}", config,
+                                              identity_of(name, config.user), props, args,
+                                              f"images/{name}.tar", image=False)
+    default = cfg.app_user or sandbox.DEFAULT_USER
+    for name in image_services(ctx):
+        where = f"images/{name}.tar"
+        who = identity_of(name, sandbox.user_spec(configs[name], default))
+        sandbox.warn(sandbox.issues(configs[name], where, cfg.app_port if name == "app" else None))
+        # no ProcSubset=pid here: runtimes read /proc/meminfo, /proc/cpuinfo (docs/sandbox.md)
+        services[name] = sandbox.service_argv(name, f"{STATE}/rootfs/{name}", configs[name], who,
+                                              ["DevicePolicy=closed"], [], where)
     return services
-
-
-def run_user(rootfs: Path, user: str) -> str:
-    """An image's User ("name", "uid", "name:group", "uid:gid") as "uid:gid", names resolved in the
-    image's own /etc/passwd and /etc/group (the guest's service manager would use the host's)."""
-    name, _, group = (user or "0").partition(":")
-
-    def lookup(table: str, key: str, field: int) -> str:
-        if key.isascii() and key.isdigit():
-            return key
-        path = in_root(rootfs, f"etc/{table}")  # an /etc/passwd -> /host/file stays in the image
-        text = path.open("rb").read(4 << 20).decode(errors="replace") if path.is_file() else ""
-        for line in text.splitlines():
-            parts = line.split(":")
-            if len(parts) > field and parts[0] == key:
-                return parts[field]
-        raise BadInput(f"image {rootfs.name}", f"User {user!r}: no {key!r} in its /etc/{table}")
-
-    uid = lookup("passwd", name, 2)
-    if group:
-        gid = lookup("group", group, 2)
-    elif name.isascii() and name.isdigit():
-        gid = name
-    else:
-        gid = lookup("passwd", name, 3)
-    return f"{uid}:{gid}"
 
 
 def demo_image(ctx: Context) -> tuple[bytes, str]:

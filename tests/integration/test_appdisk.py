@@ -280,3 +280,23 @@ def test_plan_status_clean_and_lock_check(tmp_path):
     assert res.returncode == 0 and "removed" in res.stdout
     assert not list(cache.glob("stages/appdisk/*/_record.json"))
     assert (cache / "inputs").exists()  # pinned downloads survive a plain clean
+
+
+def test_image_roots_get_debians_gosu(demo_build: Path, tmp_path):
+    """Every image root the no-k3s runtime drops to a user from holds gosu exactly as Debian ships
+    it (docs/sandbox.md): the bytes dpkg-deb extracts from the .deb pinned in mithril.lock."""
+    import hashlib
+
+    from pipeline.files import sha256_file
+    from pipeline.inputs import download
+
+    pin = yaml.safe_load((demo_build.parent.parent / "mithril.lock").read_text())["files"]["gosu"]
+    deb = tmp_path / "gosu.deb"
+    download(pin["url"], deb, "gosu")
+    assert sha256_file(deb) == pin["sha256"]
+    extracted = subprocess.run(f"dpkg-deb --fsys-tarfile {deb} | tar -xO ./usr/sbin/gosu", shell=True,
+                               capture_output=True, check=True).stdout
+    files = {f["path"]: f for f in json.loads((demo_build / "appdisk.json").read_text())["files"]}
+    gosu = files["rootfs/app/.mithril/gosu"]
+    assert gosu["mode"] == "0755" and gosu["sha256"] == hashlib.sha256(extracted).hexdigest()
+    assert not any(p.startswith(("rootfs/caddy/.mithril", "rootfs/attestation-server/.mithril")) for p in files)

@@ -66,6 +66,17 @@ def test_json_report(stack):
     assert {r["check"] for r in data["rows"]} >= {"ak", "tls certificate", "PCR 15"}
 
 
+def test_an_http_error_of_the_attested_server_exits_22_with_rows_and_body(stack):
+    """As `curl --fail`: the server is attested, but the app answers 400; the table and the body
+    are still printed, and the exit status says it (the stand-in app answers 400 to a bad POST)."""
+    res = connect(stack, "--data", '{"no": "prompt"}')
+    assert res.returncode == 22, res.stderr
+    assert res.stdout == '{"error": "bad request"}'
+    assert rows(res.stderr)["tls certificate"] == "ok" and "ATTESTED" in res.stderr and "HTTP 400" in res.stderr
+    res = connect(stack, "--data", "{}", "--json")
+    assert res.returncode == 22 and json.loads(res.stdout)["status"] == 400, res.stderr
+
+
 def test_other_measurements_are_refused_naming_the_pcr(stack, tmp_path):
     other = stack.write_measurements(tmp_path / "m.json", stack.pcrs, pcr15="ab" * 32)
     res = connect(stack, measurements=other)

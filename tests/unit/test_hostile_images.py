@@ -351,16 +351,17 @@ def test_zstd_layers_stream_through_the_zstd_program(site):
 def test_user_names_resolve_in_the_image_not_on_the_host(site, target):
     """The image's User is looked up in its own /etc/passwd: a symlink there to a file outside (the
     build host's /etc/passwd, say) is resolved inside the root, where nothing names the user."""
-    from pipeline.stages.appdisk import run_user
+    from pipeline.sandbox import identity
 
     (site / "outside/passwd").write_text("app:x:4242:4343::/:/bin/sh\n")
     arc = docker_archive(site / "image.tar", [layer(("etc", "dir", None),
                                                     ("etc/passwd", "sym", target.format(site=str(site).lstrip("/"))),
                                                     ("etc/group", "file", b"app:x:7:\n"))])
     unpack(arc, site / "root")
-    with pytest.raises(BadInput, match="no 'app' in its /etc/passwd"):
-        run_user(site / "root", "app")
-    assert run_user(site / "root", "1:app") == "1:7"
+    with pytest.raises(BadInput, match="no user 'app' in the image's /etc/passwd"):
+        identity(site / "root", "app", "image")
+    who = identity(site / "root", "1:app", "image")
+    assert (who.uid, who.gid) == (1, 7)
 
 
 def test_an_outer_archive_of_too_many_members(site):

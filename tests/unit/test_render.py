@@ -72,7 +72,7 @@ def test_render_demo_without_k3s_has_run_d_services(project, tmp_path):
     index = render(project, "demo", tmp_path / "r")
     assert index["unresolved"] == []
     main = (tmp_path / "r/appdisk/run.d/main").read_text()
-    assert "service caddy --property=User=65534" in main and "attestation_server" in main
+    assert "--property=User=65534" in main and "attestation_server" in main and "/.mithril/gosu 65534:65534" in main
     assert not (tmp_path / "r/appdisk/manifests/nvidia-device-plugin.yaml").exists()
 
 
