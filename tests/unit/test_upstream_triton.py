@@ -74,3 +74,12 @@ def test_mutated_config_is_refused(rendered, mutation):
     upstream.parse_pbtxt(text)
     with pytest.raises(text_format.ParseError):
         upstream.parse_pbtxt(re.sub(pattern, replacement, text, count=1))
+
+
+def test_vendored_proto_is_upstream_byte_for_byte():
+    """The vendored file's git blob id is the one SOURCES.md records for r26.02 (a local edit shows)."""
+    import hashlib
+
+    data = (upstream.UPSTREAM / "triton" / "model_config.proto").read_bytes()
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    assert f"git blob `{blob}`" in (upstream.UPSTREAM / "SOURCES.md").read_text()
