@@ -147,13 +147,13 @@ def inrelease(tmp_path_factory) -> Path:
 
 def test_inrelease_verifies(inrelease):
     release = debian.verify_release(inrelease, "t", "bookworm-security")
-    sha, size = debian.release_files(release)[debian.INDEX]
+    sha, size = debian.release_files(release)[debian.index_path("main")]
     assert len(sha) == 64 and size > 0
 
 
 def test_tampered_inrelease_is_refused(inrelease, tmp_path):
     text = inrelease.read_text()
-    sha, _ = debian.release_files(debian.verify_release(inrelease, "t", "bookworm-security"))[debian.INDEX]
+    sha, _ = debian.release_files(debian.verify_release(inrelease, "t", "bookworm-security"))[debian.index_path("main")]
     bad = tmp_path / "InRelease"
     bad.write_text(text.replace(sha, "0" * 64))
     with pytest.raises(BadInput, match=r"^x: the signature does not verify with /usr/share/keyrings/debian-archive"):
@@ -162,9 +162,9 @@ def test_tampered_inrelease_is_refused(inrelease, tmp_path):
 
 def test_text_outside_the_signature_is_ignored(inrelease, tmp_path):
     junk = tmp_path / "InRelease"
-    junk.write_text(f"SHA256:\n {'0' * 64} 1 {debian.INDEX}\n\n" + inrelease.read_text())
+    junk.write_text(f"SHA256:\n {'0' * 64} 1 {debian.index_path('main')}\n\n" + inrelease.read_text())
     release = debian.verify_release(junk, "t", "bookworm-security")
-    assert debian.release_files(release)[debian.INDEX][0] != "0" * 64
+    assert debian.release_files(release)[debian.index_path("main")][0] != "0" * 64
 
 
 def test_wrong_suite_and_expired_release_are_refused(inrelease):
