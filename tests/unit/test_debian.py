@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import debian, inputs
+from pipeline import debian, gpu, inputs
 from pipeline import lock as lk
 from pipeline.debian import Archive, Package, Relation, compare_versions, parse_relations, resolve
 from pipeline.errors import BadInput
@@ -308,12 +308,14 @@ def test_closure_matches_apt(debian_archive, apt_root, roots):
 
 @pytest.fixture(scope="module")
 def caddy_repo(tmp_path_factory):
-    """A local repository of the caddy image's pinned .debs (fetched through the input store)."""
+    """A local repository of the caddy image's pinned .debs (fetched through the input store),
+    with the components a GPU image's sources name (all but main empty): apt must accept it."""
     lock = lk.load(REPO / "mithril.lock")
     d = tmp_path_factory.mktemp("localrepo")
     store = inputs.InputStore(d / "store", lock, REPO)
     debs = {n: store.pinned(p.file(), f"debs.caddy.{n}") for n, p in lock.debs["caddy"].items()}
-    return debian.local_repository(debs, d / "repo", "bookworm", 1704067200), lock.debs["caddy"]
+    return (debian.local_repository(debs, d / "repo", "bookworm", 1704067200, gpu.COMPONENTS),
+            lock.debs["caddy"])
 
 
 def test_apt_installs_exactly_the_pins_from_the_local_repository(caddy_repo, tmp_path):
@@ -325,7 +327,7 @@ def test_apt_installs_exactly_the_pins_from_the_local_repository(caddy_repo, tmp
         (root / sub).mkdir(parents=True)
     (root / "var/lib/dpkg/status").write_text("")
     (root / "etc/apt/sources.list.d/local.sources").write_text(
-        f"Types: deb\nURIs: file://{repo}\nSuites: bookworm\nComponents: main\nTrusted: yes\n")
+        f"Types: deb\nURIs: file://{repo}\nSuites: bookworm\nComponents: {' '.join(gpu.COMPONENTS)}\nTrusted: yes\n")
     run(["apt-get", *_apt_options(root), "-q", "update"], extra_env={"PATH": SYSTEM_PATH})
     # every pin but caddy (whose libnss3-tools the image leaves out): a closed set
     wanted = sorted(n for n in pins if n != "caddy")
