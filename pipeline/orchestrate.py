@@ -168,7 +168,10 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
         try:
             note(entry, fn())
         except MithrilError as e:
-            note(entry, "unresolved: " + str(e).splitlines()[0])
+            lines = str(e).splitlines()
+            note(entry, "unresolved: " + lines[0])
+            if len(lines) > 1:  # e.g. the tail of a failed build's output: the table keeps one line
+                log.warn(f"{entry}: " + "\n".join(lines))
 
     for name, pin in sorted(ctx.lock.files.items()):
         if pin.sha256:

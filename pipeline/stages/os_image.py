@@ -127,8 +127,11 @@ def render_config(ctx: Context, dest: Path | None) -> dict[str, str]:
     if not (src / "mkosi.conf.j2").is_file():
         raise BadInput(f"{SOURCE}/mkosi.conf.j2", "not found", "the mkosi/ folder of the checkout is incomplete")
     variables = template_vars(ctx)
-    skip = ("repart.d", "k3s", "nvidia", "README.md") + ((SOURCES,) if os_pins(ctx) else ())
+    skip = ("repart.d", "k3s", "nvidia", "nvidia-build", "README.md") + ((SOURCES,) if os_pins(ctx) else ())
     digests = render_tree(src, variables, dest, skip=skip)
+    if ctx.profile.os.nvidia:  # the skeleton and postinst that build the NVIDIA module (config root)
+        build = render_tree(src / "nvidia-build", variables, dest, label=f"{SOURCE}/nvidia-build")
+        digests.update({f"nvidia-build/{k}": v for k, v in build.items()})
     for tree, wanted in (("k3s", ctx.profile.os.k3s), ("nvidia", ctx.profile.os.nvidia)):
         if wanted:  # the k3s unit, config and tmpfiles rule; the NVIDIA setup: into the extra tree
             extra = render_tree(src / tree, variables, dest / "mkosi.extra" if dest else None, label=f"{SOURCE}/{tree}")

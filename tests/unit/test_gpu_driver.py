@@ -112,3 +112,18 @@ def test_rendered_mkosi_config_pins_every_driver_package(tmp_path):
     assert "Repositories=main,contrib,non-free,non-free-firmware" in conf
     for name in gpu.DRIVER_PACKAGES:
         assert f"        {name}={gpu.DRIVER_VERSION}\n" in conf
+
+
+def test_gpu_image_builds_its_module_deliberately(tmp_path):
+    """A GPU image stops dpkg's DKMS hook (skeleton, before the packages) and builds the module in
+    mkosi.postinst.chroot, unsigned (no random MOK key in the image); other images get neither."""
+    for profile in ("llama", "demo"):
+        assert mb("render", "--profile", profile, tmp_path / profile, cwd=REPO).returncode == 0
+    gpu_conf = tmp_path / "llama" / "mkosi"
+    assert (gpu_conf / "mkosi.skeleton/etc/dkms/no-autoinstall").is_file()
+    assert "sign_file=/nonexistent" in (gpu_conf / "mkosi.skeleton/etc/dkms/framework.conf.d/mithril.conf").read_text()
+    postinst = (gpu_conf / "mkosi.postinst.chroot").read_text()
+    assert "dkms build" in postinst and "SOURCE_DATE_EPOCH=1704067200" in postinst
+    assert (gpu_conf / "mkosi.postinst.chroot").stat().st_mode & 0o111
+    assert not (tmp_path / "demo" / "mkosi" / "mkosi.skeleton").exists()
+    assert not (tmp_path / "demo" / "mkosi" / "mkosi.postinst.chroot").exists()
