@@ -7,14 +7,18 @@ same ones its examples/<family>/convert_checkpoint.py call), one rank at a time.
 import argparse
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--family", choices=["llama", "gpt"], required=True)
     ap.add_argument("--model_dir", required=True)
     ap.add_argument("--output_dir", required=True)
     ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], required=True)
     ap.add_argument("--tp_size", type=int, default=1)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     from tensorrt_llm.mapping import Mapping
     from tensorrt_llm.models import GPTForCausalLM, LLaMAForCausalLM

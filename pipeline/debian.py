@@ -1,9 +1,11 @@
 """Debian archive access: signed indices, version comparison, dependency resolution.
 
-Only the `main` component of amd64 (which also lists the arch:all packages) is read. The trust
-root is `gpgv` with Debian's archive keyring: InRelease is verified, the Packages index is checked
-against the SHA256 list of the verified text, and every .deb against the index (the lock then
-keeps that sha256, so builds need neither the index nor the signature).
+The amd64 indices (which also list the arch:all packages) of the components a caller names are
+read: `main` for the images built here, and for a GPU profile's OS image also `contrib`,
+`non-free` and `non-free-firmware` (where Debian keeps NVIDIA's driver). The trust root is `gpgv`
+with Debian's archive keyring: InRelease is verified, every Packages index is checked against the
+SHA256 list of the verified text, and every .deb against the index (the lock then keeps that
+sha256, so builds need neither the index nor the signature).
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from .run import run
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 ARCH = "amd64"
-INDEX = f"main/binary-{ARCH}/Packages.xz"
+MAIN = ("main",)
+
+
+def index_path(component: str) -> str:
+    return f"{component}/binary-{ARCH}/Packages.xz"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,30 +237,35 @@ def suite_url(debian: Mapping, suite: str) -> str:
     return url.rstrip("/")
 
 
-def fetch_index(base: str, suite: str, cache: Path) -> str:
-    """The verified Packages text of one suite; the .xz is kept under cache, keyed by its sha256."""
+def fetch_index(base: str, suite: str, cache: Path, components: Iterable[str] = MAIN) -> str:
+    """The verified Packages text of one suite's components (joined); each .xz is kept under
+    cache, keyed by its sha256. InRelease is fetched and verified once for all of them."""
     dists = f"{base}/dists/{suite}"
     with tempfile.TemporaryDirectory() as tmp:
         inrelease = Path(tmp) / "InRelease"
         download(f"{dists}/InRelease", inrelease, f"{suite} InRelease")
         release = verify_release(inrelease, f"{dists}/InRelease", suite)
     files = release_files(release)
-    if INDEX not in files:
-        raise BadInput(f"{dists}/InRelease", f"lists no {INDEX}")
-    sha, size = files[INDEX]
-    path = cache / f"{sha}.Packages.xz"
-    if not path.exists() or sha256_file(path) != sha:  # re-hashed on every use
-        # by-hash names never change meaning, so a mirror update between the two fetches is harmless.
-        by_hash = release.get("Acquire-By-Hash") == "yes"
-        url = f"{dists}/main/binary-{ARCH}/by-hash/SHA256/{sha}" if by_hash else f"{dists}/{INDEX}"
-        part = cache / f".{sha}.part"
-        download(url, part, f"{suite} Packages.xz")
-        if part.stat().st_size != size or sha256_file(part) != sha:
-            part.unlink()
-            raise BadInput(url, f"size or sha256 differs from the signed InRelease ({size} bytes, {sha})",
-                           "the mirror is mid-update or altered the file; retry later or use another mirror")
-        os.replace(part, path)
-    return lzma.decompress(path.read_bytes()).decode()
+    texts = []
+    for component in components:
+        index = index_path(component)
+        if index not in files:
+            raise BadInput(f"{dists}/InRelease", f"lists no {index}")
+        sha, size = files[index]
+        path = cache / f"{sha}.Packages.xz"
+        if not path.exists() or sha256_file(path) != sha:  # re-hashed on every use
+            # by-hash names never change meaning, so a mirror update between the two fetches is harmless.
+            by_hash = release.get("Acquire-By-Hash") == "yes"
+            url = f"{dists}/{component}/binary-{ARCH}/by-hash/SHA256/{sha}" if by_hash else f"{dists}/{index}"
+            part = cache / f".{sha}.part"
+            download(url, part, f"{suite} {component} Packages.xz")
+            if part.stat().st_size != size or sha256_file(part) != sha:
+                part.unlink()
+                raise BadInput(url, f"size or sha256 differs from the signed InRelease ({size} bytes, {sha})",
+                               "the mirror is mid-update or altered the file; retry later or use another mirror")
+            os.replace(part, path)
+        texts.append(lzma.decompress(path.read_bytes()).decode().rstrip("\n"))
+    return "\n\n".join(texts) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,23 +297,26 @@ class Archive:
 
 
 @functools.cache
-def _archive(debian: tuple, cache: Path) -> Archive:
+def _archive(debian: tuple, cache: Path, components: tuple[str, ...]) -> Archive:
     cfg = dict(debian)
     cache.mkdir(parents=True, exist_ok=True)
     packages: list[Package] = []
-    with log.step(f"Reading the Debian indices ({', '.join(cfg['suites'])})", "Read the Debian indices"):
+    with log.step(f"Reading the Debian indices ({', '.join(cfg['suites'])}: {', '.join(components)})",
+                  "Read the Debian indices"):
         for suite in cfg["suites"]:
             base = suite_url(cfg, suite)
-            packages.extend(packages_from_index(fetch_index(base, suite, cache), base, suite))
+            packages.extend(packages_from_index(fetch_index(base, suite, cache, components), base, suite))
     return Archive(packages)
 
 
-def archive(debian: Mapping, cache: Path) -> Archive:
-    """The verified, merged index of the lock's `debian:` suites (once per process)."""
+def archive(debian: Mapping, cache: Path, components: Iterable[str] = MAIN) -> Archive:
+    """The verified, merged index of the lock's `debian:` suites, the given components of each
+    (once per process)."""
     suites = debian.get("suites")
     if not isinstance(suites, list) or not suites:
         raise BadInput(LOCK_FILE, "debian.suites: missing", "list the suites, e.g. [bookworm, bookworm-security]")
-    return _archive(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in debian.items())), cache)
+    return _archive(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in debian.items())), cache,
+                    tuple(components))
 
 
 @dataclass(frozen=True)
@@ -388,10 +402,12 @@ def pins_from_debs(debs: Iterable[Path], arch: Archive, where: str) -> dict[str,
     return dict(sorted(pins.items()))
 
 
-def local_repository(debs: Mapping[str, Path], dest: Path, suite: str, source_date_epoch: int) -> Path:
+def local_repository(debs: Mapping[str, Path], dest: Path, suite: str, source_date_epoch: int,
+                     components: Iterable[str] = MAIN) -> Path:
     """A plain APT repository in dest holding exactly these .debs (name -> file): pool/ with
-    the files, dists/<suite>/main/binary-amd64/Packages from their control files, and a Release
-    listing that index. Unsigned: apt trusts it because every .deb was checked against the lock."""
+    the files, dists/<suite>/main/binary-amd64/Packages from their control files (the other
+    components the image's sources name get empty indices), and a Release listing them. Unsigned:
+    apt trusts it because every .deb was checked against the lock."""
     pool = dest / "pool"
     index = dest / "dists" / suite / "main" / f"binary-{ARCH}"
     pool.mkdir(parents=True)
@@ -408,9 +424,16 @@ def local_repository(debs: Mapping[str, Path], dest: Path, suite: str, source_da
                        f"SHA256: {sha256_file(target)}\n")
     packages = "\n".join(stanzas).encode()
     (index / "Packages").write_bytes(packages)
+    components = ["main", *(c for c in components if c != "main")]
+    listed = []
+    for component in components:
+        data = packages if component == "main" else b""
+        if component != "main":
+            (dest / "dists" / suite / component / f"binary-{ARCH}").mkdir(parents=True)
+            (dest / "dists" / suite / component / f"binary-{ARCH}" / "Packages").write_bytes(data)
+        listed.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {component}/binary-{ARCH}/Packages\n")
     date = email.utils.format_datetime(datetime.fromtimestamp(source_date_epoch, timezone.utc), usegmt=True)
     (dest / "dists" / suite / "Release").write_text(
         f"Origin: mithril-build\nLabel: pinned packages\nSuite: {suite}\nCodename: {suite}\nDate: {date}\n"
-        f"Architectures: {ARCH}\nComponents: main\nSHA256:\n"
-        f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-{ARCH}/Packages\n")
+        f"Architectures: {ARCH}\nComponents: {' '.join(components)}\nSHA256:\n" + "".join(listed))
     return dest

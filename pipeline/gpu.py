@@ -35,3 +35,44 @@ DRIVER_DEBS = ("nvidia-open-kernel-dkms", "nvidia-kernel-dkms", "libnvidia-ml1")
 def driver_rim_id(version: str) -> str:
     """NVIDIA's RIM identifier of a Hopper driver RIM (what its RIM service is asked for)."""
     return f"NV_GPU_DRIVER_GH100_{version}"
+COMPONENTS = ("main", "contrib", "non-free", "non-free-firmware")  # where Debian keeps the driver
+# One driver version for the kernel module, the GSP firmware and every library (the open module
+# refuses GSP firmware and user space of another version). Bookworm's open module is 535.261.03
+# (contrib, no security update), so the whole set is taken at that version, not at the 535.309.01
+# of bookworm-security (proprietary module and user space only): docs/gpu.md, "One driver version".
+DRIVER_VERSION = "535.261.03-1"
+# Debian source packages built from NVIDIA's driver release: every binary of these in the image
+# must be of DRIVER_VERSION (the pool path of a .deb names its source package).
+DRIVER_SOURCES = ("nvidia-graphics-drivers", "nvidia-open-gpu-kernel-modules")
+# Every binary of DRIVER_SOURCES the image takes (PACKAGES and what they pull in), each installed
+# at DRIVER_VERSION: apt would otherwise take bookworm-security's newer user space.
+DRIVER_PACKAGES = PACKAGES + ("libnvidia-pkcs11-openssl3", "nvidia-alternative", "nvidia-legacy-check",
+                              "nvidia-open-kernel-support")
+
+
+def upstream_version(version: str) -> str:
+    """535.261.03 of 535.261.03-1 or 535.309.01-0+deb12u1 (no epoch, no Debian revision)."""
+    return version.split(":", 1)[-1].rsplit("-", 1)[0]
+
+
+def source_of(url: str) -> str:
+    """The source package a .deb was built from: the folder above it in Debian's pool."""
+    return url.rstrip("/").split("/")[-2]
+
+
+def check_driver(pins: dict, where: str) -> str | None:
+    """Refuse a package set whose NVIDIA driver packages (binaries of DRIVER_SOURCES) are not all
+    of one upstream version, naming them; return that version (None: no driver packages).
+    `pins` maps package names to objects with `.version` and `.url` (lock DebPins)."""
+    from .errors import BadInput
+
+    driver = {n: p for n, p in sorted(pins.items()) if source_of(p.url) in DRIVER_SOURCES}
+    versions: dict[str, list[str]] = {}
+    for name, pin in driver.items():
+        versions.setdefault(upstream_version(pin.version), []).append(f"{name} {pin.version}")
+    if len(versions) > 1:
+        listing = "; ".join(f"{v}: {', '.join(names)}" for v, names in sorted(versions.items()))
+        raise BadInput(where, f"NVIDIA driver packages of different versions ({listing})",
+                       f"the kernel module, GSP firmware and libraries must be one driver version "
+                       f"({upstream_version(DRIVER_VERSION)}, pipeline/gpu.py): re-run `mithril-build lock --update-debs`")
+    return next(iter(versions), None)

@@ -200,7 +200,10 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
         try:
             note(entry, fn())
         except MithrilError as e:
-            note(entry, "unresolved: " + str(e).splitlines()[0])
+            lines = str(e).splitlines()
+            note(entry, "unresolved: " + lines[0])
+            if len(lines) > 1:  # e.g. the tail of a failed build's output: the table keeps one line
+                log.warn(f"{entry}: " + "\n".join(lines))
 
     for name, pin in sorted(ctx.lock.files.items()):
         if pin.sha256:
@@ -268,12 +271,19 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
         attempt(f"models.{name}", resolve_model)
 
     have_os = ctx.lock.debs.get("os")
-    if check or (have_os and not update_debs):
-        note("debs.os", f"pinned ({len(have_os)} packages)" if have_os else "unresolved: run `mithril-build lock`")
+    missing = os_debs_missing(ctx, have_os or {})
+    if check or (have_os and not missing and not update_debs):
+        state = (f"pinned ({len(have_os)} packages)" if have_os and not missing else
+                 f"unresolved: lacks {', '.join(missing)}" if have_os else "unresolved: run `mithril-build lock`")
+        note("debs.os", state)
     else:
         def resolve_os():
             os_debs = os_build_debs(ctx)
-            data.setdefault("debs", {})["os"] = os_debs
+            # debs.os serves every profile: keep the pins other profiles use, take this build's
+            # versions for what it installed (an older driver package would mix versions).
+            keep = {} if update_debs else {n: p.model_dump(mode="json") for n, p in (have_os or {}).items()
+                                           if n not in os_debs and gpu.source_of(p.url) not in gpu.DRIVER_SOURCES}
+            data.setdefault("debs", {})["os"] = dict(sorted({**keep, **os_debs}.items()))
             data.setdefault("debian", {})["snapshot"] = snapshot_stamp()
             return f"pinned now ({len(os_debs)} packages, from an online build of the OS image)"
         attempt("debs.os", resolve_os)
@@ -296,8 +306,19 @@ def os_build_debs(ctx: Context) -> dict:
     import json
 
     lock = ctx.lock.model_copy(update={"debs": {k: v for k, v in ctx.lock.debs.items() if k != "os"}})
-    result = build(dataclasses.replace(ctx, lock=lock, locked=False), ["os"])["os"]
+    # The package set does not depend on k3s (a binary from files.k3s, no .deb; tested), whose
+    # pins may be unreachable: the online build leaves it out.
+    osc = ctx.profile.os.model_copy(update={"k3s": False})
+    profile = ctx.profile.model_copy(update={"os": osc})
+    result = build(dataclasses.replace(ctx, lock=lock, locked=False, profile=profile), ["os"])["os"]
     return json.loads((result.dir / "packages.json").read_text())["debs"]
+
+
+def os_debs_missing(ctx: Context, have: dict) -> list[str]:
+    """The driver packages a GPU profile needs that debs.os does not pin (at the driver version)."""
+    if not ctx.profile.os.nvidia:
+        return []
+    return [n for n in gpu.DRIVER_PACKAGES if n not in have or have[n].version != gpu.DRIVER_VERSION]
 
 
 def snapshot_stamp() -> str:

@@ -46,7 +46,6 @@ def template_vars(ctx: Context) -> dict:
 
     osc = ctx.profile.os
     app = ctx.config.appdisk
-    components = ["main", "contrib", "non-free", "non-free-firmware"] if osc.nvidia else ["main"]
     return {
         "os": osc.model_dump(mode="json"),
         "mode": ctx.profile.mode,
@@ -59,14 +58,34 @@ def template_vars(ctx: Context) -> dict:
         "cluster_cidr": osc.cluster_cidr,
         "service_cidr": osc.service_cidr,
         "cluster_dns": str(ipaddress.IPv4Network(osc.service_cidr)[10]),  # k3s's convention: .10
-        "components": components,
-        "nvidia_packages": list(gpu.PACKAGES),
+        "components": list(components(osc)),
+        # every driver package at the one driver version (apt would take newer user space)
+        "nvidia_packages": [f"{p}={gpu.DRIVER_VERSION}" for p in gpu.DRIVER_PACKAGES],
         "nvidia_lib_dir": gpu.LIB_DIR,
         "nvidia_libs": list(gpu.LIBS),
         "mirror": ctx.lock.debian.get("mirror", "http://deb.debian.org/debian"),
         "security": ctx.lock.debian.get("security", "http://security.debian.org/debian-security"),
         "airgap_name": _airgap_name(ctx) if osc.k3s else "",
     }
+
+
+def components(osc) -> tuple[str, ...]:
+    """The Debian components the image's packages come from (the driver is not in main)."""
+    from .. import gpu
+
+    return gpu.COMPONENTS if osc.nvidia else ("main",)
+
+
+def check_driver(ctx: Context, pins: dict[str, DebPin], require: bool = True) -> None:
+    """A GPU image's NVIDIA packages must be one driver version (exit 2 naming them otherwise);
+    with `require`, the driver must be there at all."""
+    from .. import gpu
+
+    if ctx.profile.os.nvidia:
+        version = gpu.check_driver(pins, f"{LOCK_FILE}: debs.{OS_DEBS}")
+        if version is None and require:
+            raise BadInput(LOCK_FILE, f"debs.{OS_DEBS}: no NVIDIA driver packages, but profile {ctx.profile_name} "
+                                      "has os.nvidia", "run `mithril-build lock --profile " + ctx.profile_name + "`")
 
 
 def _env(folder: Path):
@@ -108,8 +127,11 @@ def render_config(ctx: Context, dest: Path | None) -> dict[str, str]:
     if not (src / "mkosi.conf.j2").is_file():
         raise BadInput(f"{SOURCE}/mkosi.conf.j2", "not found", "the mkosi/ folder of the checkout is incomplete")
     variables = template_vars(ctx)
-    skip = ("repart.d", "k3s", "nvidia", "README.md") + ((SOURCES,) if os_pins(ctx) else ())
+    skip = ("repart.d", "k3s", "nvidia", "nvidia-build", "README.md") + ((SOURCES,) if os_pins(ctx) else ())
     digests = render_tree(src, variables, dest, skip=skip)
+    if ctx.profile.os.nvidia:  # the skeleton and postinst that build the NVIDIA module (config root)
+        build = render_tree(src / "nvidia-build", variables, dest, label=f"{SOURCE}/nvidia-build")
+        digests.update({f"nvidia-build/{k}": v for k, v in build.items()})
     for tree, wanted in (("k3s", ctx.profile.os.k3s), ("nvidia", ctx.profile.os.nvidia)):
         if wanted:  # the k3s unit, config and tmpfiles rule; the NVIDIA setup: into the extra tree
             extra = render_tree(src / tree, variables, dest / "mkosi.extra" if dest else None, label=f"{SOURCE}/{tree}")
@@ -210,7 +232,7 @@ def local_repo(ctx: Context, pins: dict[str, DebPin], dest: Path) -> Path:
         with ThreadPoolExecutor(4) as pool:  # a cold fetch is dominated by per-request latency
             futures = {n: pool.submit(ctx.store.pinned, p.file(), f"debs.{OS_DEBS}.{n}") for n, p in pins.items()}
         debs = {n: f.result() for n, f in sorted(futures.items())}
-    return local_repository(debs, dest, ctx.profile.os.release, ctx.source_date_epoch)
+    return local_repository(debs, dest, ctx.profile.os.release, ctx.source_date_epoch, components(ctx.profile.os))
 
 
 def record_debs(ctx: Context, package_cache: Path) -> dict[str, dict]:
@@ -220,7 +242,8 @@ def record_debs(ctx: Context, package_cache: Path) -> dict[str, dict]:
 
     debs = sorted((package_cache / "cache" / "apt" / "archives").glob("*.deb"))
     with log.step(f"Recording the {len(debs)} packages the build used", "Recorded the packages"):
-        pins = pins_from_debs(debs, archive(ctx.lock.debian, ctx.cache_dir / "debian"), "the online OS build")
+        index = archive(ctx.lock.debian, ctx.cache_dir / "debian", components(ctx.profile.os))
+        pins = pins_from_debs(debs, index, "the online OS build")
         store = ctx.store.root / "sha256"
         store.mkdir(parents=True, exist_ok=True)
         for deb in debs:
@@ -247,7 +270,9 @@ class OsImage(Stage):
         return os_pins(ctx) or {}
 
     def key_inputs(self, ctx: Context) -> dict:
-        os_pins(ctx)  # --locked refuses an unpinned debs.os first
+        pins = os_pins(ctx)  # --locked refuses an unpinned debs.os first
+        if pins:
+            check_driver(ctx, pins, require=False)
         mkosi = tool_version("mkosi", "--version")
         pinned = ctx.lock.tools.get("mkosi")
         if pinned and mkosi.split()[-1] != pinned:
@@ -293,6 +318,8 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
     pins = os_pins(ctx)
     package_cache = work / "packages"
     package_cache.mkdir()
+    if pins:
+        check_driver(ctx, pins)
     mirror = local_repo(ctx, pins, work / "repo") if pins else None
     with log.step("Running mkosi (packages, kernel, initrd)", "mkosi finished"):
         run(mkosi_argv(cfg, mk_out, ws, package_cache, mirror), extra_env=env, timeout=3 * 3600)
@@ -312,6 +339,7 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
         debs = {n: p.model_dump(mode="json") for n, p in sorted(pins.items())}
     else:
         debs = record_debs(ctx, package_cache)
+        check_driver(ctx, {n: DebPin(**p) for n, p in debs.items()})
     # packages: what the image holds; debs: every .deb the build could install (`lock` pins them)
     (out / PACKAGES).write_bytes(json.dumps({"packages": packages, "debs": debs}, indent=1, sort_keys=True).encode()
                                  + b"\n")

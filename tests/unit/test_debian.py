@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import debian, inputs
+from pipeline import debian, gpu, inputs
 from pipeline import lock as lk
 from pipeline.debian import Archive, Package, Relation, compare_versions, parse_relations, resolve
 from pipeline.errors import BadInput
@@ -147,13 +147,13 @@ def inrelease(tmp_path_factory) -> Path:
 
 def test_inrelease_verifies(inrelease):
     release = debian.verify_release(inrelease, "t", "bookworm-security")
-    sha, size = debian.release_files(release)[debian.INDEX]
+    sha, size = debian.release_files(release)[debian.index_path("main")]
     assert len(sha) == 64 and size > 0
 
 
 def test_tampered_inrelease_is_refused(inrelease, tmp_path):
     text = inrelease.read_text()
-    sha, _ = debian.release_files(debian.verify_release(inrelease, "t", "bookworm-security"))[debian.INDEX]
+    sha, _ = debian.release_files(debian.verify_release(inrelease, "t", "bookworm-security"))[debian.index_path("main")]
     bad = tmp_path / "InRelease"
     bad.write_text(text.replace(sha, "0" * 64))
     with pytest.raises(BadInput, match=r"^x: the signature does not verify with /usr/share/keyrings/debian-archive"):
@@ -162,9 +162,9 @@ def test_tampered_inrelease_is_refused(inrelease, tmp_path):
 
 def test_text_outside_the_signature_is_ignored(inrelease, tmp_path):
     junk = tmp_path / "InRelease"
-    junk.write_text(f"SHA256:\n {'0' * 64} 1 {debian.INDEX}\n\n" + inrelease.read_text())
+    junk.write_text(f"SHA256:\n {'0' * 64} 1 {debian.index_path('main')}\n\n" + inrelease.read_text())
     release = debian.verify_release(junk, "t", "bookworm-security")
-    assert debian.release_files(release)[debian.INDEX][0] != "0" * 64
+    assert debian.release_files(release)[debian.index_path("main")][0] != "0" * 64
 
 
 def test_wrong_suite_and_expired_release_are_refused(inrelease):
@@ -308,12 +308,14 @@ def test_closure_matches_apt(debian_archive, apt_root, roots):
 
 @pytest.fixture(scope="module")
 def caddy_repo(tmp_path_factory):
-    """A local repository of the caddy image's pinned .debs (fetched through the input store)."""
+    """A local repository of the caddy image's pinned .debs (fetched through the input store),
+    with the components a GPU image's sources name (all but main empty): apt must accept it."""
     lock = lk.load(REPO / "mithril.lock")
     d = tmp_path_factory.mktemp("localrepo")
     store = inputs.InputStore(d / "store", lock, REPO)
     debs = {n: store.pinned(p.file(), f"debs.caddy.{n}") for n, p in lock.debs["caddy"].items()}
-    return debian.local_repository(debs, d / "repo", "bookworm", 1704067200), lock.debs["caddy"]
+    return (debian.local_repository(debs, d / "repo", "bookworm", 1704067200, gpu.COMPONENTS),
+            lock.debs["caddy"])
 
 
 def test_apt_installs_exactly_the_pins_from_the_local_repository(caddy_repo, tmp_path):
@@ -325,7 +327,7 @@ def test_apt_installs_exactly_the_pins_from_the_local_repository(caddy_repo, tmp
         (root / sub).mkdir(parents=True)
     (root / "var/lib/dpkg/status").write_text("")
     (root / "etc/apt/sources.list.d/local.sources").write_text(
-        f"Types: deb\nURIs: file://{repo}\nSuites: bookworm\nComponents: main\nTrusted: yes\n")
+        f"Types: deb\nURIs: file://{repo}\nSuites: bookworm\nComponents: {' '.join(gpu.COMPONENTS)}\nTrusted: yes\n")
     run(["apt-get", *_apt_options(root), "-q", "update"], extra_env={"PATH": SYSTEM_PATH})
     # every pin but caddy (whose libnss3-tools the image leaves out): a closed set
     wanted = sorted(n for n in pins if n != "caddy")

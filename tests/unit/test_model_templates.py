@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from pipeline import config
 from pipeline.errors import BadInput
 from pipeline.stages import model_engine as me
+from tests.unit import upstream
 
 REPO = Path(__file__).resolve().parents[2]
 TRITON = REPO / "model_engine" / "triton"
@@ -111,18 +111,9 @@ def test_line_grammar_rejects_broken_text():
 
 
 def model_config_proto():
-    """Triton's ModelConfig message from tritonclient's generated module (loaded by file, so
-    tritonclient.grpc's grpc import is not needed); None if tritonclient is not installed."""
-    spec = importlib.util.find_spec("tritonclient")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
-    if not path.is_file():
-        return None
-    mod_spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module.ModelConfig
+    """Triton's ModelConfig message, from the model_config.proto of the pinned container's Triton
+    (vendored: tests/fixtures/upstream/triton/, compiled at test time)."""
+    return upstream.triton_model_config()
 
 
 def render(tmp_path: Path, name: str, **update) -> Path:
@@ -144,10 +135,9 @@ def test_render_no_placeholder_left_and_parses(tmp_path, name, backend):
         assert fields["backend"] == ['"python"'] and "max_batch_size" not in fields  # model.yaml holds it
         names = {i["name"][0].strip('"') for i in fields["input"][0]}
         assert {"text_input", "sampling_param_max_tokens", "sampling_param_seed"} <= names
-        if proto is not None:
-            from google.protobuf import text_format
+        from google.protobuf import text_format
 
-            text_format.Parse(text, proto())
+        text_format.Parse(text, proto())
         import yaml
 
         conf = yaml.safe_load((dest / "tensorrt_llm" / "1" / "model.yaml").read_text())
@@ -162,11 +152,10 @@ def test_render_no_placeholder_left_and_parses(tmp_path, name, backend):
         fields = parse_pbtxt(text)
         assert fields["name"] == [f'"{triton_model}"']
         assert fields["max_batch_size"] == [str(CONFIG.models[name].max_batch_size)]
-        if proto is not None:
-            from google.protobuf import text_format
+        from google.protobuf import text_format
 
-            msg = text_format.Parse(text, proto())  # unknown fields or bad values raise
-            assert msg.name == triton_model and msg.max_batch_size == CONFIG.models[name].max_batch_size
+        msg = text_format.Parse(text, proto())  # unknown fields or bad values raise
+        assert msg.name == triton_model and msg.max_batch_size == CONFIG.models[name].max_batch_size
     trt = parse_pbtxt((dest / "tensorrt_llm" / "config.pbtxt").read_text())
     params = {p["key"][0].strip('"'): p["value"][0]["string_value"][0].strip('"') for p in trt["parameters"]}
     assert trt["backend"] == ['"tensorrtllm"']
@@ -203,9 +192,7 @@ BACKEND_PARAMETERS = {
 
 
 def test_protobuf_parser_is_available():
-    """The real parser runs in CI (tritonclient is a test dependency); say so when it does not."""
-    if model_config_proto() is None:
-        pytest.skip("tritonclient not installed: only the line grammar checks config.pbtxt")
+    """The real parser: Triton's proto compiled with grpcio-tools (a test dependency)."""
     assert model_config_proto()().DESCRIPTOR.full_name == "inference.ModelConfig"
 
 
