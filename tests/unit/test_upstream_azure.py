@@ -14,6 +14,7 @@ import json
 import shutil
 
 import jsonschema
+import yaml
 import pytest
 
 from pipeline import config
@@ -27,6 +28,7 @@ SCHEMAS = json.loads((UPSTREAM / "azure" / "schemas.json").read_text())
 # set Azure accepts: the VM size enum is deprecated and lists no size newer than 2023 (its doc).
 OPEN_ENUMS = {("HardwareProfile", "vmSize")}
 AZURE_PROFILES = ("azure-cvm-demo", "llama", "llama-a100", "gpt2")
+REPLICAS = "llama-replicas"  # llama with azure.replicas: 2, added to the test project's mithril.yaml
 
 
 def _schema() -> dict:
@@ -42,8 +44,16 @@ DEFINITIONS = _schema()
 def requests(plan: dict) -> list[tuple[str, str, dict]]:
     """(where, kind, body) of every request body in a dry-run plan."""
     out = [(f"disks.{role}.body", "disk", d["body"]) for role, d in sorted(plan["disks"].items())]
-    out += [(f"network.{kind}", kind, body) for kind, body in sorted(plan["network"].items())]
-    out.append(("vm", "vm", plan["vm"]))
+    if "replicas" not in plan:
+        out += [(f"network.{kind}", kind, body) for kind, body in sorted(plan["network"].items())]
+        out.append(("vm", "vm", plan["vm"]))
+        return out
+    # azure.replicas > 1: network holds the NICs by name; a gallery image; the VMs by name
+    out += [(f"network.{key}", key if key in SCHEMAS["roots"] else "nic", body)
+            for key, body in sorted(plan["network"].items())]
+    kinds = {"gallery": "gallery", "image": "gallery_image", "image_version": "gallery_image_version"}
+    out += [(f"image.{key}", kinds[key], body) for key, body in sorted(plan["image"].items())]
+    out += [(f"vms.{name}", "vm", body) for name, body in sorted(plan["vms"].items())]
     return out
 
 
@@ -61,9 +71,14 @@ def plans(tmp_path_factory) -> dict[str, dict]:
     """`azure deploy --dry-run --json` of every Azure profile, on stand-in disk files."""
     project = tmp_path_factory.mktemp("p") / "p"
     shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".git", ".mithril", "out", ".tools", "__pycache__"))
+    doc = yaml.safe_load((project / "mithril.yaml").read_text())
+    llama = copy.deepcopy(doc["profiles"]["llama"])
+    llama.setdefault("azure", {})["replicas"] = 2
+    doc["profiles"][REPLICAS] = llama
+    (project / "mithril.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     out = {}
-    for profile in AZURE_PROFILES:
-        platform = config.load(REPO / "mithril.yaml").profiles[profile].platform
+    for profile in (*AZURE_PROFILES, REPLICAS):
+        platform = config.load(project / "mithril.yaml").profiles[profile].platform
         folder = project / "out" / profile
         folder.mkdir(parents=True)
         for name in ("os_disk.raw", "application_disk.raw"):
@@ -79,7 +94,9 @@ def plans(tmp_path_factory) -> dict[str, dict]:
 def test_schemas_are_for_the_api_versions_the_sdk_calls():
     versions = {k: v["api_version"] for k, v in SCHEMAS["roots"].items()}
     assert versions == {"disk": "2026-03-02", "grant": "2026-03-02", "vm": "2026-04-01", "nsg": "2026-03-01",
-                        "vnet": "2026-03-01", "public_ip": "2026-03-01", "nic": "2026-03-01"}
+                        "vnet": "2026-03-01", "public_ip": "2026-03-01", "nic": "2026-03-01",
+                        "lb": "2026-03-01", "gallery": "2026-03-03", "gallery_image": "2026-03-03",
+                        "gallery_image_version": "2026-03-03"}
 
 
 def test_every_dry_run_body_validates(plans):
@@ -88,7 +105,9 @@ def test_every_dry_run_body_validates(plans):
         for where, kind, body in requests(plan):
             assert errors(kind, body) == [], f"{profile} {where}"
             seen.add(kind)
-    assert seen == {"disk", "vm", "nsg", "vnet", "public_ip", "nic"}
+    assert seen == {"disk", "vm", "nsg", "vnet", "public_ip", "nic", "lb", "gallery", "gallery_image",
+                    "gallery_image_version"}
+    assert plans[REPLICAS]["replicas"] == 2 and len(plans[REPLICAS]["vms"]) == 2
 
 
 def test_the_grant_body_validates():
@@ -122,8 +141,20 @@ def test_mutated_body_is_refused(plans, kind, path, value, expected):
     assert found and expected in found[0], found
 
 
+@pytest.mark.parametrize("kind,path,value,expected", [
+    ("lb", "properties/probes/0/properties/protocol", "Https2", "is not one of"),
+    ("lb", "sku/name", "Standard2", "is not one of"),
+    ("gallery_image_version", "properties/storageProfile/osDiskImage/hostCaching", "Sometimes", "is not one of"),
+])
+def test_mutated_replica_body_is_refused(plans, kind, path, value, expected):
+    body = next(b for _, k, b in requests(plans[REPLICAS]) if k == kind)
+    assert errors(kind, body) == []
+    found = errors(kind, _set(body, path, value))
+    assert found and expected in found[0], found
+
+
 def test_a_body_of_an_unknown_kind_fails():
-    assert "no schema for request kind 'lb'" in errors("lb", {})[0]
+    assert "no schema for request kind 'firewall'" in errors("firewall", {})[0]
 
 
 def test_schemas_match_the_installed_sdk():
