@@ -49,16 +49,14 @@ def tool_version(*argv: str) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
-PACKAGE = Path(__file__).resolve().parent
-
-
 @functools.cache
 def code_digest(stage_cls: type) -> str:
-    """sha256 over the stage's module and its declared `code` files (package-relative)."""
-    import inspect
+    """sha256 over the code a stage runs: its module and every module of ours it imports,
+    transitively (modules.closure), named by their module name so that it holds wherever the
+    packages are installed."""
+    from . import modules
 
-    own = Path(inspect.getfile(stage_cls)).resolve()
-    return digest({"module": sha256_file(own), "code": tree_digests(PACKAGE, *stage_cls.code)})
+    return digest({name: sha256_file(path) for name, path in modules.closure(stage_cls.__module__, modules.ROOT).items()})
 
 
 @dataclass(frozen=True)
@@ -93,9 +91,9 @@ class Stage:
     name: ClassVar[str]
     version: ClassVar[int] = 1
     deps: ClassVar[tuple[str, ...]] = ()
-    # Package files (besides the stage's own module) whose code shapes the result: a change to
-    # any of them, like a change to `version`, is a cache miss.
-    code: ClassVar[tuple[str, ...]] = ()
+    # Folders and files of the project (relative to its root) the stage reads: their digests are
+    # part of its key. Its code is found, not declared (code_digest).
+    data: ClassVar[tuple[str, ...]] = ()
 
     def enabled(self, ctx: Context) -> bool:
         return True
@@ -225,7 +223,7 @@ class Orchestrator:
 
     def key_fields(self, stage: Stage, deps: dict[str, StageResult], inputs: dict) -> dict:
         return {"stage": stage.name, "version": stage.version, "code": code_digest(type(stage)),
-                **inputs[stage.name], "deps": {n: r.outputs for n, r in sorted(deps.items())}}
+                "data": self.ctx.checkout_digests(*stage.data), **inputs[stage.name], "deps": {n: r.outputs for n, r in sorted(deps.items())}}
 
     def preflight(self, stages: list[Stage]) -> dict[str, dict]:
         """Every stage's inputs and lock entries, read and checked before anything is built or

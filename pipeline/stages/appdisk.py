@@ -43,13 +43,11 @@ class AppDisk(Stage):
     name = "appdisk"
     version = 3
     deps = ("model",)
-    code = ("archive.py", "oci.py", "oci_read.py", "images.py", "verity_disk.py", "measure/verity.py",
-            "measure/gpt.py")
+    data = (SOURCE,)
 
     def key_inputs(self, ctx: Context) -> dict:
         check_templates(ctx.root / SOURCE)
         return {
-            "files": ctx.checkout_digests(SOURCE),
             "config": {"appdisk": ctx.config.appdisk.model_dump(mode="json"), "app": ctx.profile.app,
                        "model": ctx.profile.model, "k3s": ctx.profile.os.k3s, "platform": ctx.profile.platform,
                        "seed": str(ctx.seed), "source_date_epoch": ctx.source_date_epoch},

@@ -48,7 +48,7 @@ class Measurements(Stage):
     name = "measurements"
     version = 1
     deps = ("os", "appdisk")
-    code = ("measure",)
+    data = (str(SCHEMA),)
 
     def lock_entries(self, ctx: Context) -> list[str]:
         return [f"files.{gpu.DRIVER_RIM_PIN}"] if ctx.profile.os.nvidia else []
@@ -58,7 +58,6 @@ class Measurements(Stage):
             "platform": ctx.profile.platform,
             "mode": ctx.profile.mode,
             "platform_file": ctx.checkout_digests(str(platform.path_for(Path("."), ctx.profile.platform))),
-            "schema": ctx.checkout_digests(str(SCHEMA)),
         }
 
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:

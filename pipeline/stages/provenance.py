@@ -91,7 +91,6 @@ class Provenance(Stage):
     version = 1
     # "model" is passed only when the profile has one (the graph skips disabled stages).
     deps = ("model", "os", "appdisk", "measurements")
-    code = ("provenance.py",)
 
     def key_inputs(self, ctx: Context) -> dict:
         source = git_source(ctx.root)

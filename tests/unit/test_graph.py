@@ -259,3 +259,89 @@ def test_clean_removes_only_this_profiles_results(tmp_path):
     assert lines == [f"removed {mine}"] and theirs.is_dir() and not mine.exists()
     orchestrate.clean(demo, everything=False, outputs=False, all_profiles=True)
     assert not theirs.exists()
+
+
+# ---------------------------------------------------------------- derived code fingerprints
+
+def _copy_packages(dest: Path) -> Path:
+    from pipeline.modules import OURS, ROOT
+
+    for package in OURS:
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _fingerprint(module: str, root: Path) -> str:
+    """graph.code_digest of `module`'s stage, with the packages at root (a comment appended to a
+    file leaves its imports as they were, so the cached closure still holds)."""
+    from pipeline.files import sha256_file
+    from pipeline.modules import closure
+
+    return digest({n: sha256_file(p) for n, p in closure(module, root).items()})
+
+
+def test_a_stage_fingerprint_covers_every_module_python_loads_for_it():
+    """Python's own import system is the reference: every module of ours that importing a stage
+    loads is in its closure (the closure may hold more: imports inside functions)."""
+    import subprocess
+    import sys
+
+    from pipeline.modules import OURS, ROOT, closure
+
+    for stage in ("appdisk", "os_image", "measurements", "model_engine", "provenance"):
+        name = f"pipeline.stages.{stage}"
+        loaded = subprocess.run(
+            [sys.executable, "-c", f"import sys, {name}; print(*sorted(sys.modules))"],
+            capture_output=True, text=True, check=True).stdout.split()
+        ours = {m for m in loaded if m.split(".")[0] in OURS}
+        assert ours <= set(closure(name, ROOT)), (stage, sorted(ours - set(closure(name, ROOT))))
+
+
+def test_editing_a_module_a_stage_imports_changes_its_key_and_others_do_not(tmp_path):
+    from pipeline.modules import closure
+
+    root = _copy_packages(tmp_path)
+    stage = "pipeline.stages.appdisk"
+    used = closure(stage, root)
+    # imported only inside functions, or only transitively: the cases a hand list forgot
+    assert {"pipeline.templates", "pipeline.run", "pipeline.debian", "pipeline.gpu",
+            "pipeline.platforms.qemu"} <= set(used)
+    before = _fingerprint(stage, root)
+    for name, path in used.items():
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# edited\n")
+        assert _fingerprint(stage, root) != before, name
+        path.write_bytes(original)
+    assert _fingerprint(stage, root) == before
+    for name in ("pipeline.noop", "pipeline.cli", "pipeline.stages.model_engine", "pipeline.stages.os_image"):
+        assert name not in used
+        path = root.joinpath(*name.split(".")).with_suffix(".py")
+        path.write_bytes(path.read_bytes() + b"\n# edited\n")
+        assert _fingerprint(stage, root) == before, name
+    # a new module under a package whose __init__ imports by name (the platform chooser) counts
+    (root / "pipeline/platforms/newplatform").mkdir()
+    (root / "pipeline/platforms/newplatform/__init__.py").write_text("X = 1\n")
+    closure.cache_clear()
+    assert _fingerprint(stage, root) != before
+
+
+def test_editing_an_imported_module_changes_the_stage_code_digest(monkeypatch, tmp_path):
+    """End to end through the orchestrator: the key of a real stage class moves with its code."""
+    from pipeline import graph, modules
+
+    root = _copy_packages(tmp_path / "pkgs")
+    monkeypatch.setattr(modules, "ROOT", root)
+
+    def key(cls):
+        graph.code_digest.cache_clear()
+        modules.closure.cache_clear()
+        return graph.code_digest(cls)
+
+    from pipeline.stages.provenance import Provenance
+
+    before = key(Provenance)
+    f = root / "pipeline/run.py"
+    f.write_text(f.read_text() + "\n# edited\n")
+    assert key(Provenance) != before
+    graph.code_digest.cache_clear()
+    modules.closure.cache_clear()
