@@ -42,7 +42,7 @@ def components(ctx: Context) -> list[str]:
 class AppDisk(Stage):
     name = "appdisk"
     version = 3
-    deps = ("model",)
+    after = ("model",)
     data = (SOURCE,)
 
     def key_inputs(self, ctx: Context) -> dict:

@@ -61,9 +61,6 @@ class Measurements(Stage):
         }
 
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
-        for dep in self.deps:
-            if dep not in deps:
-                raise BadInput("mithril.yaml", f"measurements need the {dep} stage, which is not enabled")
         os_dir, app_dir = deps["os"].dir, deps["appdisk"].dir
         plat = platform.load(ctx.root, ctx.profile.platform)
         os_record = read(os_dir, OsRecord)

@@ -9,7 +9,8 @@ import pytest
 from pipeline import config as cfg
 from pipeline import inputs
 from pipeline import lock as lk
-from pipeline.graph import Context, Orchestrator, Stage, digest, explain_diff
+from pipeline.errors import BadInput
+from pipeline.graph import Context, Orchestrator, Stage, _Stages, digest, explain_diff
 
 CONFIG = """
 seed: 5c8a2e4f-6d1b-4a7e-9b3c-2f0e1d4c5b6a
@@ -345,3 +346,99 @@ def test_editing_an_imported_module_changes_the_stage_code_digest(monkeypatch, t
     assert key(Provenance) != before
     graph.code_digest.cache_clear()
     modules.closure.cache_clear()
+
+
+# ---------------------------------------------------------------- build order and dependencies
+
+class Model(Stage):
+    name = "model"
+    on = True
+
+    def enabled(self, ctx):
+        return type(self).on
+
+    def key_inputs(self, ctx):
+        return {}
+
+    def build(self, ctx, out, deps):
+        (out / "model.txt").write_text("m")
+        return {}
+
+
+class Disk(Stage):
+    name, deps, after = "disk", ("source",), ("model",)
+    seen: list = []
+
+    def key_inputs(self, ctx):
+        return {}
+
+    def build(self, ctx, out, deps):
+        type(self).seen.append(sorted(deps))
+        (out / "disk.txt").write_text("d")
+        return {}
+
+
+def test_order_comes_from_the_dependencies_not_the_registry(project):
+    # registry order is the reverse of what the dependencies need
+    o = Orchestrator(project, {"disk": Disk, "upper": Upper, "model": Model, "source": Source})
+    Model.on = True
+    assert [s.name for s in o.selected(["disk", "upper"])] == ["model", "source", "disk", "upper"]
+    Disk.seen = []
+    o.run(["disk", "upper"])
+    assert Disk.seen == [["model", "source"]] and (project.out_dir / "upper.txt").read_text() == "HELLO WORLD"
+    # an optional (`after`) stage the profile disables is left out, not an error
+    Model.on = False
+    assert [s.name for s in o.selected(["disk"])] == ["source", "disk"]
+    Disk.seen = []
+    o.run(["disk"])
+    assert Disk.seen == [["source"]]
+    Model.on = True
+
+
+def test_a_needed_stage_that_is_disabled_is_bad_config_naming_both(project):
+    class NeedsModel(Upper):
+        name, deps = "upper", ("model",)
+
+    Model.on = False
+    o = Orchestrator(project, {"model": Model, "upper": NeedsModel})
+    for call in (lambda: o.selected(["upper"]), lambda: o.plan(["upper"]), lambda: o.run(["upper"])):
+        with pytest.raises(BadInput) as e:
+            call()
+        assert e.value.exit_code == 2
+        assert "'upper' needs stage 'model', which this profile disables" in str(e.value)
+        assert "profiles.demo" in str(e.value)
+    assert not project.out_dir.exists()
+    Model.on = True
+
+
+def test_a_dependency_that_is_no_stage_or_a_cycle_is_bad_config(project):
+    class Orphan(Upper):
+        name, deps = "upper", ("nosuch",)
+
+    with pytest.raises(BadInput, match="stage 'upper' depends on 'nosuch', which is no stage"):
+        Orchestrator(project, {"source": Source, "upper": Orphan}).selected(["upper"])
+
+    class A(Upper):
+        name, deps = "a", ("b",)
+
+    class B(Upper):
+        name, deps = "b", ("a",)
+
+    with pytest.raises(BadInput, match="cycle"):
+        Orchestrator(project, {"a": A, "b": B}).selected(["a"])
+
+
+def test_the_real_registry_orders_and_checks_every_stage():
+    from pipeline.stages import STAGES
+
+    class Ctx:
+        profile_name = "x"
+
+    o = Orchestrator.__new__(Orchestrator)
+    o.ctx, o.stages = Ctx(), _Stages(STAGES)
+    for stage in o.stages.values():  # every stage enabled (a profile with a model)
+        stage.enabled = lambda ctx: True
+    names = [s.name for s in o.selected(list(STAGES))]
+    for i, name in enumerate(names):
+        stage = o.stages[name]
+        assert set((*stage.deps, *stage.after)) <= set(names[:i]), name
