@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import gpu, log
+from .. import gpu, log, starter
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult
 from ..measure import gpt, platform, predict
@@ -16,11 +16,11 @@ from ..records import AppDiskRecord, OsRecord, read
 
 SCHEMA = Path("measurements") / "schema" / "measurements.v1.json"
 OUTPUTS = ("measurements.json", "eventlog.json")
-PACKAGED_SCHEMA = Path(__file__).resolve().parent.parent.parent / SCHEMA  # the checkout's copy
 
 
 def schema_path(root: Path) -> Path:
-    return root / SCHEMA if (root / SCHEMA).is_file() else PACKAGED_SCHEMA
+    """The project's copy of the schema, else mithril-build's own."""
+    return root / SCHEMA if (root / SCHEMA).is_file() else starter() / SCHEMA
 
 
 def validate(doc: dict, root: Path) -> None:
