@@ -84,3 +84,43 @@ def test_init_plan_render_and_appdisk_from_the_wheel(installed, tmp_path):
     assert res.returncode == 0, res.stderr
     stages = {s["stage"]: s for s in json.loads(res.stdout)["stages"]}
     assert stages["appdisk"]["cached"], stages["appdisk"]["reason"]
+
+
+def test_the_client_is_its_own_distribution_needing_cryptography_only(tmp_path):
+    """client/: the mithril-client sdist and wheel (the SDK alone), installed in a fresh venv; the
+    whole package imports with nothing but the standard library and cryptography."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=SKIP, symlinks=True)
+    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", tmp_path / "dist", src / "client"], cwd=tmp_path)
+    wheel, = (tmp_path / "dist").glob("mithril_client-*.whl")
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    requires = sorted(line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:"))
+    assert requires == ["cryptography>=42", 'pyyaml>=6; extra == "yaml"']
+    assert {n.split("/")[0] for n in names} == {"mithril_client", wheel.name.split("-py3")[0] + ".dist-info"}
+    # the package as the checkout has it, trust anchors included
+    ours = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "mithril_client").rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts)
+    assert sorted(n for n in names if n.startswith("mithril_client/")) == ours
+    _run([sys.executable, "-m", "venv", "--system-site-packages", tmp_path / "venv"], cwd=tmp_path)
+    _run([tmp_path / "venv/bin/python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], cwd=tmp_path)
+    code = """
+import importlib, pkgutil, sys
+before = set(sys.modules)  # what the interpreter loaded at start (site, .pth hooks)
+import mithril_client
+from mithril_client import AttestedSession, verify_evidence
+for m in pkgutil.walk_packages(mithril_client.__path__, "mithril_client."):
+    importlib.import_module(m.name)
+from mithril_client.gpu import check
+check.device_root()  # a trust anchor, read from the installed package data
+# cryptography and its own bindings (_openssl, cffi)
+allowed = set(sys.stdlib_module_names) | {"mithril_client", "cryptography", "_openssl", "cffi", "_cffi_backend"}
+print(mithril_client.__file__)
+print(*sorted({n.split(".")[0] for n in set(sys.modules) - before} - allowed))
+"""
+    where, extra = (_run([tmp_path / "venv/bin/python", "-c", code], cwd=tmp_path).stdout.splitlines() + [""])[:2]
+    assert Path(where).resolve().is_relative_to((tmp_path / "venv").resolve()), where
+    assert extra.split() == [], f"mithril_client imports more than cryptography: {extra}"
