@@ -321,7 +321,8 @@ def export_inputs(ctx, directory, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print measurements.json.")
 def measure_disk(os_disk, roothash, platform_name, mode, phases, project, output, as_json):
     """Predict the PCRs of an OS disk image (no root): measurements.json and eventlog.json."""
-    from .project import REPO, find_root
+    from . import starter
+    from .project import find_root
     from .stages.measurements import measure_disk as measure
 
     try:
@@ -329,7 +330,7 @@ def measure_disk(os_disk, roothash, platform_name, mode, phases, project, output
     except MithrilError:
         if project is not None:
             raise
-        root = REPO
+        root = starter()  # mithril-build's own platform files
     data = measure(os_disk, roothash, platform_name, mode, root, output, tuple(phases))
     emit(data, as_json, "\n".join(f"PCR {k:>2}  {v['policy']:<7} {' | '.join(v['expected'])}"
                                     for k, v in sorted(data["pcrs"].items(), key=lambda kv: int(kv[0]))))

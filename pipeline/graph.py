@@ -49,16 +49,14 @@ def tool_version(*argv: str) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
-PACKAGE = Path(__file__).resolve().parent
-
-
 @functools.cache
 def code_digest(stage_cls: type) -> str:
-    """sha256 over the stage's module and its declared `code` files (package-relative)."""
-    import inspect
+    """sha256 over the code a stage runs: its module and every module of ours it imports,
+    transitively (modules.closure), named by their module name so that it holds wherever the
+    packages are installed."""
+    from . import modules
 
-    own = Path(inspect.getfile(stage_cls)).resolve()
-    return digest({"module": sha256_file(own), "code": tree_digests(PACKAGE, *stage_cls.code)})
+    return digest({name: sha256_file(path) for name, path in modules.closure(stage_cls.__module__, modules.ROOT).items()})
 
 
 @dataclass(frozen=True)
@@ -92,10 +90,11 @@ class Context:
 class Stage:
     name: ClassVar[str]
     version: ClassVar[int] = 1
-    deps: ClassVar[tuple[str, ...]] = ()
-    # Package files (besides the stage's own module) whose code shapes the result: a change to
-    # any of them, like a change to `version`, is a cache miss.
-    code: ClassVar[tuple[str, ...]] = ()
+    deps: ClassVar[tuple[str, ...]] = ()  # stages it needs: one disabled or missing is bad config
+    after: ClassVar[tuple[str, ...]] = ()  # stages it reads when the profile enables them
+    # Folders and files of the project (relative to its root) the stage reads: their digests are
+    # part of its key. Its code is found, not declared (code_digest).
+    data: ClassVar[tuple[str, ...]] = ()
 
     def enabled(self, ctx: Context) -> bool:
         return True
@@ -205,27 +204,61 @@ class Orchestrator:
         self.cache = Cache(ctx.cache_dir)
         self.stages = _Stages(stages)
 
+    def deps_of(self, stage: Stage) -> list[str]:
+        """The stages whose results `stage` is given: its deps, and those of `after` enabled."""
+        return [d for d in (*stage.after, *stage.deps)
+                if d in stage.deps or d in self.stages and self.stages[d].enabled(self.ctx)]
+
     def selected(self, targets: list[str]) -> list[Stage]:
-        """The target stages and everything they depend on, in build order, enabled ones only."""
-        want: set[str] = set()
+        """The enabled target stages and everything they depend on, in build order: dependencies
+        first (graphlib), ties in registry order. An enabled stage whose dependency is missing
+        or disabled is bad configuration, named with both."""
+        from graphlib import CycleError, TopologicalSorter
+
+        want: dict[str, list[str]] = {}
 
         def add(name: str) -> None:
             if name in want:
                 return
-            want.add(name)
-            for dep in self.stages[name].deps:
-                if dep in self.stages:
-                    add(dep)
+            want[name] = []  # while its dependencies are added (a cycle is found below)
+            stage = self.stages[name]
+            for dep in (*stage.after, *stage.deps):
+                if dep not in self.stages:
+                    raise BadInput("pipeline/stages/__init__.py", f"stage {name!r} depends on {dep!r}, which is no stage",
+                                   "one of: " + ", ".join(self.stages))
+                if not self.stages[dep].enabled(self.ctx):
+                    if dep in stage.deps:
+                        raise BadInput(f"mithril.yaml: profiles.{self.ctx.profile_name}",
+                                       f"stage {name!r} needs stage {dep!r}, which this profile disables",
+                                       f"enable {dep!r} in the profile, or do not build {name!r}")
+                    continue
+                add(dep)
+            want[name] = self.deps_of(stage)
 
         for t in targets:
             if t not in self.stages:
                 raise BadInput("command line", f"unknown stage {t!r}", "one of: " + ", ".join(self.stages))
-            add(t)
-        return [self.stages[n] for n in self.stages if n in want and self.stages[n].enabled(self.ctx)]
+            if self.stages[t].enabled(self.ctx):
+                add(t)
+        order = list(self.stages)
+        sorter = TopologicalSorter({n: want[n] for n in order if n in want})
+        try:
+            sorter.prepare()
+        except CycleError as e:
+            raise BadInput("pipeline/stages/__init__.py", "stages depend on each other in a cycle: "
+                           + " -> ".join(e.args[1])) from None
+        out, ready = [], set()
+        while sorter.is_active():
+            ready |= set(sorter.get_ready())
+            name = min(ready, key=order.index)  # of the stages ready, the first in registry order
+            ready.remove(name)
+            out.append(self.stages[name])
+            sorter.done(name)
+        return out
 
     def key_fields(self, stage: Stage, deps: dict[str, StageResult], inputs: dict) -> dict:
         return {"stage": stage.name, "version": stage.version, "code": code_digest(type(stage)),
-                **inputs[stage.name], "deps": {n: r.outputs for n, r in sorted(deps.items())}}
+                "data": self.ctx.checkout_digests(*stage.data), **inputs[stage.name], "deps": {n: r.outputs for n, r in sorted(deps.items())}}
 
     def preflight(self, stages: list[Stage]) -> dict[str, dict]:
         """Every stage's inputs and lock entries, read and checked before anything is built or
@@ -246,9 +279,8 @@ class Orchestrator:
         inputs = self.preflight(stages)
         with self.cache.shared():
             for stage in stages:
-                deps = {d: done[d] for d in stage.deps if d in done}
-                missing = [d for d in stage.deps if d not in done and d in self.stages
-                           and self.stages[d].enabled(self.ctx)]
+                deps = {d: done[d] for d in self.deps_of(stage) if d in done}
+                missing = [d for d in self.deps_of(stage) if d not in done]
                 if missing:
                     plans.append(Plan(stage, None, None, f"after {', '.join(missing)} is built"))
                     continue
@@ -281,7 +313,7 @@ class Orchestrator:
         with self.cache.exclusive():
             remembered = {}
             for stage in stages:
-                deps = {d: results[d] for d in stage.deps if d in results}
+                deps = {d: results[d] for d in self.deps_of(stage)}
                 fields = self.key_fields(stage, deps, inputs)
                 key = digest(fields)
                 forced = force and stage.name in targets

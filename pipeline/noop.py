@@ -20,10 +20,10 @@ from pathlib import Path
 
 from .cache import Cache
 from .files import SKIP_DIRS, atomic_write, hashed, identity
+from .modules import OURS, ROOT
 
 VERSION = 1
 FOLDER = "noop"  # <cache>/noop/<key>.json
-PACKAGE = Path(__file__).resolve().parent
 
 Identities = dict[str, "list[int] | None"]
 
@@ -46,8 +46,9 @@ def checkout(root: Path, cache_dir: Path) -> Identities:
     folders such as .git and .mithril), and the pipeline's own code."""
     skip = {os.path.join(root, n) for n in os.listdir(root) if n.startswith(".") or n == "out"}
     files = tree(root, frozenset(skip | {os.path.abspath(cache_dir)}))
-    if not PACKAGE.is_relative_to(root):
-        files.update(tree(PACKAGE))
+    for package in OURS:  # what stage fingerprints cover (modules.closure)
+        if not (ROOT / package).is_relative_to(root):
+            files.update(tree(ROOT / package))
     return files
 
 

@@ -59,7 +59,7 @@ def headline(ctx: Context) -> str:
 
 def plan(ctx: Context, targets: list[str] | None) -> list[dict]:
     orch = _orchestrator(ctx)
-    return [{"stage": p.stage.name, "deps": [d for d in p.stage.deps if d in orch.stages and orch.stages[d].enabled(ctx)],
+    return [{"stage": p.stage.name, "deps": orch.deps_of(p.stage),
              "cached": p.hit is not None, "key": p.key, "reason": p.reason}
             for p in orch.plan(targets or list(orch.stages))]
 

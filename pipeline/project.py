@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from . import CONFIG_FILE
+from . import CONFIG_FILE, starter
 from .errors import BadInput
 
 if TYPE_CHECKING:
@@ -92,9 +92,10 @@ def init(directory: Path, force: bool, image: Path | None = None, port: int | No
     directory = directory.resolve()
     if directory == REPO:
         raise BadInput(str(directory), "this is mithril-build's own checkout", "choose another folder")
-    missing = [n for n in ("mithril.yaml", "mithril.lock", "appdisk") if not (REPO / n).exists()]
+    source = starter()
+    missing = [n for n in STARTER if not (source / n).exists()]
     if missing:
-        raise BadInput(str(REPO), f"starter files missing: {', '.join(missing)}", "reinstall mithril-build from a checkout")
+        raise BadInput(str(source), f"starter files missing: {', '.join(missing)}", "reinstall mithril-build")
     clash = [n for n in STARTER if (directory / n).exists()]
     if clash and not force:
         raise BadInput(str(directory), f"already has {', '.join(clash)}", "use --force to overwrite")
@@ -102,15 +103,13 @@ def init(directory: Path, force: bool, image: Path | None = None, port: int | No
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for n in STARTER:
-        src, dst = REPO / n, directory / n
-        if not src.exists():
-            continue
+        src, dst = source / n, directory / n
         if src.is_dir():
             shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
         written.append(str(dst))
-    config = yaml.safe_load((REPO / CONFIG_FILE).read_text())
+    config = yaml.safe_load((source / CONFIG_FILE).read_text())
     config.update(project=project_name(directory), seed=str(seed or uuid.uuid4()))
     if app is not None:
         archive, ref, app_port = app

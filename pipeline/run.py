@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import sh
-
 from . import log
 from .errors import ToolFailed
 
@@ -124,6 +122,8 @@ def run(
         kwargs["_in"] = input
     if stdout is not None:
         kwargs["_out"] = stdout
+    import sh  # here, not at the top: the warm no-op loads this module (secrets) but runs nothing
+
     try:
         proc = sh.Command(exe)(*args[1:], **kwargs)
     except sh.ErrorReturnCode as e:
@@ -194,6 +194,8 @@ class Background:
         self.argv = args
         self.output = output
         self._file = open(output, "wb")  # noqa: SIM115 -- lives until stop()
+        import sh
+
         self._proc = sh.Command(exe)(
             *args[1:], _bg=True, _bg_exc=False, _out=self._file, _err_to_out=True,
             _cwd=str(cwd) if cwd else None, _env=_env(None, extra_env), _ok_code=list(range(256)),
@@ -211,6 +213,8 @@ class Background:
         return None if self.alive() else self._proc.exit_code
 
     def wait(self, timeout: float | None = None) -> int | None:
+        import sh
+
         try:
             self._proc.wait(timeout=timeout)
         except sh.TimeoutException:

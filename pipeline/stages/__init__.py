@@ -1,4 +1,5 @@
-"""The stages, in build order: name -> "module:Class" (imported when a command needs it)."""
+"""The stages: name -> "module:Class" (imported when a command needs it). The build order comes
+from their `deps` and `after` (graph.Orchestrator.selected); this order only breaks ties."""
 
 STAGES: dict[str, str] = {
     "model": ".model_engine:ModelEngine",  # first: appdisk copies its model repository

@@ -44,14 +44,12 @@ def components(ctx: Context) -> list[str]:
 class AppDisk(Stage):
     name = "appdisk"
     version = 4
-    deps = ("model",)
-    code = ("archive.py", "oci.py", "oci_read.py", "sandbox.py", "images.py", "verity_disk.py", "measure/verity.py",
-            "measure/gpt.py")
+    after = ("model",)
+    data = (SOURCE,)
 
     def key_inputs(self, ctx: Context) -> dict:
         check_templates(ctx.root / SOURCE)
         return {
-            "files": ctx.checkout_digests(SOURCE),
             "config": {"appdisk": ctx.config.appdisk.model_dump(mode="json"), "app": ctx.profile.app,
                        "model": ctx.profile.model, "k3s": ctx.profile.os.k3s, "platform": ctx.profile.platform,
                        "seed": str(ctx.seed), "source_date_epoch": ctx.source_date_epoch},

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import gpu, log
+from .. import gpu, log, starter
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult
 from ..measure import gpt, platform, predict
@@ -16,11 +16,11 @@ from ..records import AppDiskRecord, OsRecord, read
 
 SCHEMA = Path("measurements") / "schema" / "measurements.v1.json"
 OUTPUTS = ("measurements.json", "eventlog.json")
-PACKAGED_SCHEMA = Path(__file__).resolve().parent.parent.parent / SCHEMA  # the checkout's copy
 
 
 def schema_path(root: Path) -> Path:
-    return root / SCHEMA if (root / SCHEMA).is_file() else PACKAGED_SCHEMA
+    """The project's copy of the schema, else mithril-build's own."""
+    return root / SCHEMA if (root / SCHEMA).is_file() else starter() / SCHEMA
 
 
 def validate(doc: dict, root: Path) -> None:
@@ -48,7 +48,7 @@ class Measurements(Stage):
     name = "measurements"
     version = 1
     deps = ("os", "appdisk")
-    code = ("measure",)
+    data = (str(SCHEMA),)
 
     def lock_entries(self, ctx: Context) -> list[str]:
         return [f"files.{gpu.DRIVER_RIM_PIN}"] if ctx.profile.os.nvidia else []
@@ -58,13 +58,9 @@ class Measurements(Stage):
             "platform": ctx.profile.platform,
             "mode": ctx.profile.mode,
             "platform_file": ctx.checkout_digests(str(platform.path_for(Path("."), ctx.profile.platform))),
-            "schema": ctx.checkout_digests(str(SCHEMA)),
         }
 
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
-        for dep in self.deps:
-            if dep not in deps:
-                raise BadInput("mithril.yaml", f"measurements need the {dep} stage, which is not enabled")
         os_dir, app_dir = deps["os"].dir, deps["appdisk"].dir
         plat = platform.load(ctx.root, ctx.profile.platform)
         os_record = read(os_dir, OsRecord)

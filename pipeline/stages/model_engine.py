@@ -235,7 +235,7 @@ def gpu_key() -> list[list[str]] | str:
 class ModelEngine(Stage):
     name = "model"
     version = 1
-    code = ("hf.py", "container.py", "records.py")
+    data = (SOURCE,)
 
     def enabled(self, ctx: Context) -> bool:
         return ctx.profile.model is not None
@@ -247,7 +247,7 @@ class ModelEngine(Stage):
     def key_inputs(self, ctx: Context) -> dict:
         name, m = model_config(ctx)
         key: dict = {"model": name, "config": m.model_dump(mode="json", exclude={"engine_dir"}),
-                     "source": ctx.checkout_digests(SOURCE), "app_port": ctx.config.appdisk.app_port}
+                     "app_port": ctx.config.appdisk.app_port}
         if m.backend == "tensorrt-engine":
             imported = engine_import_dir(ctx, m)
             if imported:

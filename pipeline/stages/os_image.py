@@ -261,7 +261,7 @@ class OsImage(Stage):
     name = "os"
     version = 3
     deps = ()
-    code = ("verity_disk.py", "measure/verity.py", "measure/gpt.py", "measure/pe.py")
+    # no `data`: the key holds mkosi/ as rendered for this profile (render_config) and repart.d/
 
     def lock_entries(self, ctx: Context) -> list[str]:
         return [f"debs.{OS_DEBS}"] + ([f"files.{n}" for n in K3S_PINS] if ctx.profile.os.k3s else [])

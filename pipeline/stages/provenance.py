@@ -89,9 +89,8 @@ def _version() -> str:
 class Provenance(Stage):
     name = "provenance"
     version = 1
-    # "model" is passed only when the profile has one (the graph skips disabled stages).
-    deps = ("model", "os", "appdisk", "measurements")
-    code = ("provenance.py",)
+    after = ("model",)  # when the profile has one
+    deps = ("os", "appdisk", "measurements")
 
     def key_inputs(self, ctx: Context) -> dict:
         source = git_source(ctx.root)
@@ -112,7 +111,7 @@ class Provenance(Stage):
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
         inputs = self.key_inputs(ctx)
         outputs: dict[str, str] = {}
-        for name in self.deps:
+        for name in (*self.after, *self.deps):
             if name in deps:
                 outputs.update(deps[name].outputs)
         stmt = prov.statement(prov.subjects_from_outputs(outputs), inputs["external"], inputs["internal"],

@@ -9,7 +9,8 @@ import pytest
 from pipeline import config as cfg
 from pipeline import inputs
 from pipeline import lock as lk
-from pipeline.graph import Context, Orchestrator, Stage, digest, explain_diff
+from pipeline.errors import BadInput
+from pipeline.graph import Context, Orchestrator, Stage, _Stages, digest, explain_diff
 
 CONFIG = """
 seed: 5c8a2e4f-6d1b-4a7e-9b3c-2f0e1d4c5b6a
@@ -259,3 +260,185 @@ def test_clean_removes_only_this_profiles_results(tmp_path):
     assert lines == [f"removed {mine}"] and theirs.is_dir() and not mine.exists()
     orchestrate.clean(demo, everything=False, outputs=False, all_profiles=True)
     assert not theirs.exists()
+
+
+# ---------------------------------------------------------------- derived code fingerprints
+
+def _copy_packages(dest: Path) -> Path:
+    from pipeline.modules import OURS, ROOT
+
+    for package in OURS:
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _fingerprint(module: str, root: Path) -> str:
+    """graph.code_digest of `module`'s stage, with the packages at root (a comment appended to a
+    file leaves its imports as they were, so the cached closure still holds)."""
+    from pipeline.files import sha256_file
+    from pipeline.modules import closure
+
+    return digest({n: sha256_file(p) for n, p in closure(module, root).items()})
+
+
+def test_a_stage_fingerprint_covers_every_module_python_loads_for_it():
+    """Python's own import system is the reference: every module of ours that importing a stage
+    loads is in its closure (the closure may hold more: imports inside functions)."""
+    import subprocess
+    import sys
+
+    from pipeline.modules import OURS, ROOT, closure
+
+    for stage in ("appdisk", "os_image", "measurements", "model_engine", "provenance"):
+        name = f"pipeline.stages.{stage}"
+        loaded = subprocess.run(
+            [sys.executable, "-c", f"import sys, {name}; print(*sorted(sys.modules))"],
+            capture_output=True, text=True, check=True).stdout.split()
+        ours = {m for m in loaded if m.split(".")[0] in OURS}
+        assert ours <= set(closure(name, ROOT)), (stage, sorted(ours - set(closure(name, ROOT))))
+
+
+def test_editing_a_module_a_stage_imports_changes_its_key_and_others_do_not(tmp_path):
+    from pipeline.modules import closure
+
+    root = _copy_packages(tmp_path)
+    stage = "pipeline.stages.appdisk"
+    used = closure(stage, root)
+    # imported only inside functions, or only transitively: the cases a hand list forgot
+    assert {"pipeline.templates", "pipeline.run", "pipeline.debian", "pipeline.gpu",
+            "pipeline.platforms.qemu"} <= set(used)
+    before = _fingerprint(stage, root)
+    for name, path in used.items():
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# edited\n")
+        assert _fingerprint(stage, root) != before, name
+        path.write_bytes(original)
+    assert _fingerprint(stage, root) == before
+    for name in ("pipeline.noop", "pipeline.cli", "pipeline.stages.model_engine", "pipeline.stages.os_image"):
+        assert name not in used
+        path = root.joinpath(*name.split(".")).with_suffix(".py")
+        path.write_bytes(path.read_bytes() + b"\n# edited\n")
+        assert _fingerprint(stage, root) == before, name
+    # a new module under a package whose __init__ imports by name (the platform chooser) counts
+    (root / "pipeline/platforms/newplatform").mkdir()
+    (root / "pipeline/platforms/newplatform/__init__.py").write_text("X = 1\n")
+    closure.cache_clear()
+    assert _fingerprint(stage, root) != before
+
+
+def test_editing_an_imported_module_changes_the_stage_code_digest(monkeypatch, tmp_path):
+    """End to end through the orchestrator: the key of a real stage class moves with its code."""
+    from pipeline import graph, modules
+
+    root = _copy_packages(tmp_path / "pkgs")
+    monkeypatch.setattr(modules, "ROOT", root)
+
+    def key(cls):
+        graph.code_digest.cache_clear()
+        modules.closure.cache_clear()
+        return graph.code_digest(cls)
+
+    from pipeline.stages.provenance import Provenance
+
+    before = key(Provenance)
+    f = root / "pipeline/run.py"
+    f.write_text(f.read_text() + "\n# edited\n")
+    assert key(Provenance) != before
+    graph.code_digest.cache_clear()
+    modules.closure.cache_clear()
+
+
+# ---------------------------------------------------------------- build order and dependencies
+
+class Model(Stage):
+    name = "model"
+    on = True
+
+    def enabled(self, ctx):
+        return type(self).on
+
+    def key_inputs(self, ctx):
+        return {}
+
+    def build(self, ctx, out, deps):
+        (out / "model.txt").write_text("m")
+        return {}
+
+
+class Disk(Stage):
+    name, deps, after = "disk", ("source",), ("model",)
+    seen: list = []
+
+    def key_inputs(self, ctx):
+        return {}
+
+    def build(self, ctx, out, deps):
+        type(self).seen.append(sorted(deps))
+        (out / "disk.txt").write_text("d")
+        return {}
+
+
+def test_order_comes_from_the_dependencies_not_the_registry(project):
+    # registry order is the reverse of what the dependencies need
+    o = Orchestrator(project, {"disk": Disk, "upper": Upper, "model": Model, "source": Source})
+    Model.on = True
+    assert [s.name for s in o.selected(["disk", "upper"])] == ["model", "source", "disk", "upper"]
+    Disk.seen = []
+    o.run(["disk", "upper"])
+    assert Disk.seen == [["model", "source"]] and (project.out_dir / "upper.txt").read_text() == "HELLO WORLD"
+    # an optional (`after`) stage the profile disables is left out, not an error
+    Model.on = False
+    assert [s.name for s in o.selected(["disk"])] == ["source", "disk"]
+    Disk.seen = []
+    o.run(["disk"])
+    assert Disk.seen == [["source"]]
+    Model.on = True
+
+
+def test_a_needed_stage_that_is_disabled_is_bad_config_naming_both(project):
+    class NeedsModel(Upper):
+        name, deps = "upper", ("model",)
+
+    Model.on = False
+    o = Orchestrator(project, {"model": Model, "upper": NeedsModel})
+    for call in (lambda: o.selected(["upper"]), lambda: o.plan(["upper"]), lambda: o.run(["upper"])):
+        with pytest.raises(BadInput) as e:
+            call()
+        assert e.value.exit_code == 2
+        assert "'upper' needs stage 'model', which this profile disables" in str(e.value)
+        assert "profiles.demo" in str(e.value)
+    assert not project.out_dir.exists()
+    Model.on = True
+
+
+def test_a_dependency_that_is_no_stage_or_a_cycle_is_bad_config(project):
+    class Orphan(Upper):
+        name, deps = "upper", ("nosuch",)
+
+    with pytest.raises(BadInput, match="stage 'upper' depends on 'nosuch', which is no stage"):
+        Orchestrator(project, {"source": Source, "upper": Orphan}).selected(["upper"])
+
+    class A(Upper):
+        name, deps = "a", ("b",)
+
+    class B(Upper):
+        name, deps = "b", ("a",)
+
+    with pytest.raises(BadInput, match="cycle"):
+        Orchestrator(project, {"a": A, "b": B}).selected(["a"])
+
+
+def test_the_real_registry_orders_and_checks_every_stage():
+    from pipeline.stages import STAGES
+
+    class Ctx:
+        profile_name = "x"
+
+    o = Orchestrator.__new__(Orchestrator)
+    o.ctx, o.stages = Ctx(), _Stages(STAGES)
+    for stage in o.stages.values():  # every stage enabled (a profile with a model)
+        stage.enabled = lambda ctx: True
+    names = [s.name for s in o.selected(list(STAGES))]
+    for i, name in enumerate(names):
+        stage = o.stages[name]
+        assert set((*stage.deps, *stage.after)) <= set(names[:i]), name

@@ -1,18 +1,58 @@
-"""No import cycle in pipeline/: every import counts, at the top of a module or inside a function
-(and under TYPE_CHECKING), relative or absolute."""
+"""The layers of README "Architecture: where things go", as data: a module imports only modules of
+its own layer and of those before it, and there is no import cycle. Every import counts, at the
+top of a module or inside a function (and under TYPE_CHECKING), relative or absolute."""
 
 import ast
+import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "pipeline"
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "pipeline"
+PACKAGES = ("mithril_client", "attestation_server", "pipeline")
+
+# README's table, lowest first. "x.*" is package x and everything below it; other names are one
+# module each. A module in no layer fails the test: place it, here and in the README.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("client", ("mithril_client.*",)),
+    ("server", ("attestation_server.*",)),
+    ("1", ("pipeline", "pipeline.errors", "pipeline.log", "pipeline.modules")),
+    ("2", ("pipeline.files", "pipeline.readers")),
+    ("3", ("pipeline.config", "pipeline.lock", "pipeline.run", "pipeline.measure.*", "pipeline.archive",
+           "pipeline.oci", "pipeline.oci_read", "pipeline.container", "pipeline.hf", "pipeline.swtpm",
+           "pipeline.templates", "pipeline.gpu", "pipeline.records", "pipeline.provenance", "pipeline.diff",
+           "pipeline.verify_disk")),
+    ("4", ("pipeline.inputs", "pipeline.cache", "pipeline.graph")),
+    ("5", ("pipeline.stages.*", "pipeline.verity_disk", "pipeline.images", "pipeline.debian",
+           "pipeline.platforms.*", "pipeline.project", "pipeline.noop")),
+    ("6", ("pipeline.orchestrate", "pipeline.render", "pipeline.attest", "pipeline.audit",
+           "pipeline.record_platform", "pipeline.cli", "pipeline.__main__")),
+]
+
+# Imports against the layers that exist today, each with why; the test fails when one is gone
+# too, so that this list only shrinks.
+KNOWN: dict[tuple[str, str], str] = {
+    ("pipeline.config", "pipeline.platforms"):
+        "mithril.yaml's platform: values come from the platform folders (issue 23: one registry of "
+        "platform names, in the client)",
+}
 
 
 def modules() -> dict[str, Path]:
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of the module's layer, or None if the table does not place it."""
+    for i, (_, names) in enumerate(LAYERS):
+        for name in names:
+            if module == name.removesuffix(".*") or name.endswith(".*") and module.startswith(name[:-1]):
+                return i
+    return None
 
 
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
@@ -70,6 +110,41 @@ def test_finds_imports_of_every_kind():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def test_every_module_has_a_layer_and_imports_no_higher_layer():
+    edges = graph()
+    unplaced = sorted(m for m in edges if layer_of(m) is None)
+    assert not unplaced, f"place these in a layer (tests/unit/test_imports.py LAYERS and the README): {unplaced}"
+    against = {(m, d) for m, deps in edges.items() for d in deps if layer_of(d) > layer_of(m)}
+    new = sorted(against - KNOWN.keys())
+    assert not new, "imports against the layers: " + "; ".join(
+        f"{m} (layer {LAYERS[layer_of(m)][0]}) imports {d} (layer {LAYERS[layer_of(d)][0]})" for m, d in new)
+    assert KNOWN.keys() <= against, f"no longer against the layers, remove from KNOWN: {sorted(KNOWN.keys() - against)}"
+
+
+def test_the_layer_check_refuses_an_upward_import():
+    edges = graph()
+    assert layer_of("pipeline.files") < layer_of("pipeline.cli")
+    edges["pipeline.files"].add("pipeline.cli")
+    assert any(layer_of(d) > layer_of(m) for m, deps in edges.items() for d in deps if (m, d) not in KNOWN)
+
+
+def test_the_readme_lists_the_same_layers():
+    """README "Architecture: where things go": layer N names exactly the pipeline modules of LAYERS."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Architecture: where things go"):]
+    section = section[:section.index("\n- **")]
+    readme = {}
+    for number, body in re.findall(r"^(\d)\. (.*?)(?=^\d\. |\Z)", section, re.S | re.M):
+        readme[number] = set(re.findall(r"`([a-z_]+/?)`", body))
+    for label, names in LAYERS:
+        if label.isdigit():
+            want = {n.removeprefix("pipeline.").removesuffix(".*") + ("/" if n.endswith(".*") else "")
+                    for n in names if n != "pipeline"}
+            assert readme.get(label) == want, (label, sorted(readme.get(label, set()) ^ want))
+    assert set(readme) == {label for label, _ in LAYERS if label.isdigit()}
+
+
 def test_no_import_cycle_in_pipeline():
-    cycle = find_cycle(graph())
+    edges = {m: {d for d in deps if d.startswith("pipeline")} for m, deps in graph().items() if m.startswith("pipeline")}
+    cycle = find_cycle(edges)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)

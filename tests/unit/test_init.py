@@ -62,3 +62,16 @@ def test_image_without_one_exposed_port_needs_port(tmp_path):
     (tmp_path / "x.tar").write_bytes(data)
     assert "--port" in one_line_exit_2(mb("init", tmp_path / "p", "--image", tmp_path / "x.tar"))
     assert mb("init", tmp_path / "p", "--image", tmp_path / "x.tar", "--port", "8080").returncode == 0
+
+
+def test_the_wheel_carries_what_init_copies():
+    """setup.py copies the starter files into the wheel (pipeline/_starter/); the same list as init's."""
+    import ast
+
+    from pipeline import project
+    from tests.conftest import REPO
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    value = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                 and any(getattr(t, "id", None) == "STARTER" for t in n.targets))
+    assert ast.literal_eval(value) == project.STARTER

@@ -68,3 +68,27 @@ def test_a_file_changed_while_the_run_read_it_leaves_no_memo(tmp_path, monkeypat
     monkeypatch.setitem(noop.hashed, str(root / "mithril.yaml"), None)  # files.sha256_file saw it change
     noop.remember(run, {}, root / "out", [], set(), ["line"])
     assert not (cache / noop.FOLDER).exists()
+
+
+def test_the_memo_rests_on_the_code_of_every_package_stage_keys_cover(tmp_path, monkeypatch):
+    """A stage's key covers modules of pipeline, mithril_client and attestation_server
+    (graph.code_digest): an edit to any of them must take the full run, so the memo watches them."""
+    import shutil
+
+    from pipeline import modules
+
+    code = tmp_path / "site"
+    for package in modules.OURS:
+        shutil.copytree(modules.ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(noop, "ROOT", code)
+    root, cache = tmp_path / "project", tmp_path / "cache"
+    root.mkdir()
+    (root / "mithril.yaml").write_text("project: x\n")
+    for rel in ("pipeline/templates.py", "mithril_client/tpm2.py", "attestation_server/__init__.py"):
+        run = noop.start(root, cache, {"profile": None}, full=False)
+        assert isinstance(run, noop.Pending)
+        noop.remember(run, {}, root / "out", [], set(), ["line"])
+        assert noop.start(root, cache, {"profile": None}, full=False) == ["line"]
+        with open(code / rel, "a") as f:
+            f.write("# edited\n")
+        assert isinstance(noop.start(root, cache, {"profile": None}, full=False), noop.Pending), rel
