@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("3", ("pipeline.config", "pipeline.lock", "pipeline.run", "pipeline.measure.*", "pipeline.archive",
            "pipeline.oci", "pipeline.oci_read", "pipeline.container", "pipeline.hf", "pipeline.swtpm",
            "pipeline.templates", "pipeline.gpu", "pipeline.records", "pipeline.provenance", "pipeline.diff",
-           "pipeline.verify_disk")),
+           "pipeline.verify_disk", "pipeline.sandbox")),
     ("4", ("pipeline.inputs", "pipeline.cache", "pipeline.graph")),
     ("5", ("pipeline.stages.*", "pipeline.verity_disk", "pipeline.images", "pipeline.debian",
            "pipeline.platforms.*", "pipeline.project", "pipeline.noop")),
