@@ -97,6 +97,16 @@ def which(program: str, path: str | None = None) -> str | None:
     return shutil.which(program, path=path or os.environ.get("PATH", "") + ":" + SYSTEM_PATH)
 
 
+def _program(args: list[str], mark: str, path: str | None = None) -> str:
+    """The executable of args[0] (found on `path`), the command line logged with -v."""
+    exe = which(args[0], path)
+    if exe is None:
+        raise ToolFailed(f"{args[0]}: program not found (run scripts/setup.sh to install the tools)")
+    if verbose:
+        log.info("$ " + cmdline(args) + mark)
+    return exe
+
+
 def run(
     argv: Sequence[str | os.PathLike],
     *,
@@ -111,11 +121,7 @@ def run(
     """Run argv[0] with arguments; return its output or raise ToolFailed."""
     args = [str(a) for a in argv]
     environ = _env(env, extra_env)
-    exe = args[0] if "/" in args[0] else which(args[0], environ.get("PATH"))
-    if exe is None:
-        raise ToolFailed(f"{args[0]}: program not found (run scripts/setup.sh to install the tools)")
-    if verbose:
-        log.info("$ " + cmdline(args))
+    exe = _program(args, "", environ.get("PATH"))
     kwargs = {"_cwd": str(cwd) if cwd else None, "_env": environ, "_ok_code": list(ok),
               "_timeout": timeout, "_return_cmd": True, "_tty_out": False}
     if input is not None:
@@ -142,11 +148,7 @@ def pipe(argv: Sequence[str | os.PathLike], source: IO[bytes], chunk: int = 1 <<
     comes: memory stays at a few chunks whatever the size (`sh` would collect the whole output).
     Read the output to its end: the program's failure then raises ToolFailed."""
     args = [str(a) for a in argv]
-    exe = which(args[0])
-    if exe is None:
-        raise ToolFailed(f"{args[0]}: program not found (run scripts/setup.sh to install the tools)")
-    if verbose:
-        log.info("$ " + cmdline(args) + " |")
+    exe = _program(args, " |")
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([exe, *args[1:]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                 env=_env(None, None))
@@ -186,11 +188,7 @@ class Background:
     def __init__(self, argv: Sequence[str | os.PathLike], output: Path, *, cwd=None,
                  extra_env: Mapping[str, str] | None = None):
         args = [str(a) for a in argv]
-        exe = which(args[0])
-        if exe is None:
-            raise ToolFailed(f"{args[0]}: program not found (run scripts/setup.sh to install the tools)")
-        if verbose:
-            log.info("$ " + cmdline(args) + " &")
+        exe = _program(args, " &")
         self.argv = args
         self.output = output
         self._file = open(output, "wb")  # noqa: SIM115 -- lives until stop()
