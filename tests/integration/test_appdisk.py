@@ -111,7 +111,7 @@ def test_networkpolicy_change_rebuilds_the_stage_and_explain_names_it(built, tmp
     policy.write_text(policy.read_text().replace("policyTypes: [Ingress, Egress]", "policyTypes: [Egress, Ingress]"))
     res = mb("plan", "--project", project, "--cache-dir", built / "cache", "--json", "appdisk")
     row = json.loads(res.stdout)["stages"][0]
-    assert not row["cached"] and "files.appdisk/networkpolicies/default-deny.yaml.j2: changed" in row["reason"]
+    assert not row["cached"] and "data.appdisk/networkpolicies/default-deny.yaml.j2: changed" in row["reason"]
     cache = tmp_path / "cache"
     shutil.copytree(built / "cache", cache)
     res = build(project, cache, "--explain")
