@@ -253,6 +253,19 @@ def test_a_root_app_reads_neither_key(sandboxed):
     assert "pid1 visible: yes" in page, page
 
 
+def test_an_init_image_project_is_the_wrapped_app(sandboxed):
+    """`init --image` made the project (what test_wrap_image booted on its own before): the app
+    port is the image's EXPOSE, its files and Caddy's are on the disk, the AK is tied."""
+    project, url, _, _ = sandboxed
+    config = yaml.safe_load((project / "mithril.yaml").read_text())
+    assert config["appdisk"]["app_port"] == 8000 and config["default_profile"] == "app"
+    files = {f["path"] for f in json.loads((project / "out/app/appdisk.json").read_text())["files"]}
+    assert "rootfs/app/probe.sh" in files and "rootfs/caddy/usr/bin/caddy" in files
+    res = _page_when_served(project, url + "/")
+    assert res.returncode == 0, res.stderr
+    assert next(x for x in res.stderr.splitlines() if x.startswith("ak ")).split()[-1] == "ok"
+
+
 def test_the_busybox_scratch_image_with_a_numeric_user_serves_its_page(sandboxed):
     project, url, _, refs = sandboxed
     res = _connect(project, url + "/numeric/")
