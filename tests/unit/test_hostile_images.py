@@ -23,6 +23,7 @@ import pytest
 from pipeline.errors import BadInput
 from pipeline.oci_read import check_archive, unpack
 from tests.conftest import REPO, SEED, mb
+from tests.unit.test_oci_read import docker_archive as oci_archive
 
 
 def layer(*members: tuple) -> bytes:
@@ -44,22 +45,7 @@ def layer(*members: tuple) -> bytes:
 
 
 def docker_archive(path: Path, layers: list[bytes], diff_ids: list[str] | None = None) -> Path:
-    """A docker-archive (as `docker save` writes it) of the layers; gzip layers get the diff_id of
-    their uncompressed bytes."""
-    def diff_id(x: bytes) -> str:
-        return "sha256:" + hashlib.sha256(gzip.decompress(x) if x[:2] == b"\x1f\x8b" else x).hexdigest()
-    config = {"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/x"], "ExposedPorts": {"80/tcp": {}}},
-              "rootfs": {"type": "layers", "diff_ids": diff_ids or [diff_id(x) for x in layers]}}
-    cfg = json.dumps(config).encode()
-    names = [f"{i}/layer.tar" for i in range(len(layers))]
-    manifest = [{"Config": hashlib.sha256(cfg).hexdigest() + ".json", "RepoTags": ["t:1"], "Layers": names}]
-    with tarfile.open(path, "w") as tf:
-        for name, data in [(manifest[0]["Config"], cfg), ("manifest.json", json.dumps(manifest).encode()),
-                           *zip(names, layers)]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
+    return oci_archive(path, layers, diff_ids, {"Entrypoint": ["/x"], "ExposedPorts": {"80/tcp": {}}})
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -32,10 +33,14 @@ def layer(*members: tuple) -> bytes:
     return buf.getvalue()
 
 
-def docker_archive(path: Path, layers: list[bytes], diff_ids: list[str] | None = None) -> Path:
-    config = {"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/x"]},
-              "rootfs": {"type": "layers",
-                         "diff_ids": diff_ids or ["sha256:" + hashlib.sha256(x).hexdigest() for x in layers]}}
+def docker_archive(path: Path, layers: list[bytes], diff_ids: list[str] | None = None,
+                   config: dict | None = None) -> Path:
+    """A docker-archive (as `docker save` writes it) of the layers; gzip layers get the diff_id of
+    their uncompressed bytes."""
+    def diff_id(x: bytes) -> str:
+        return "sha256:" + hashlib.sha256(gzip.decompress(x) if x[:2] == b"\x1f\x8b" else x).hexdigest()
+    config = {"architecture": "amd64", "os": "linux", "config": config or {"Entrypoint": ["/x"]},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids or [diff_id(x) for x in layers]}}
     cfg = json.dumps(config).encode()
     names = [f"{i}/layer.tar" for i in range(len(layers))]
     manifest = [{"Config": hashlib.sha256(cfg).hexdigest() + ".json", "RepoTags": ["t:1"], "Layers": names}]
