@@ -1,5 +1,6 @@
-"""`attest verify` and `connect`: read quotes, evidence documents and run records, and check them
-with the client SDK's library (mithril_client) — the one implementation of verification."""
+"""What mithril-build adds to the client's `verify` and `connect` (mithril_client.commands, the one
+implementation, re-exported here): run records and the project's default measurements for
+`connect`, PCRs from a quote for record-platform, `attest gpu`, and `run`'s probes."""
 
 from __future__ import annotations
 
@@ -11,82 +12,15 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from mithril_client.evidence import parse_evidence
-from mithril_client.measurements import Row, load_measurements
-from mithril_client.tpm2 import QuoteReport, parse_pcr_file, parse_quote, pcr_digest, verify_quote
-from mithril_client.verify import Report, Trust, verify_evidence
+from mithril_client.commands import (  # noqa: F401 -- the one implementation, shared with `mithril-client`
+    gpu_rims_for, load_snp_policy, online_arg, parse_nonce, read_file, read_rims, report_json, rows_json, split_url,
+    verify_evidence_file, verify_files)
+from mithril_client.measurements import Row
+from mithril_client.tpm2 import parse_pcr_file, parse_quote, pcr_digest
 
 from .errors import BadInput
 
 RUN_RECORDS = Path(".mithril") / "run"  # `mithril-build run` writes <profile>.json here
-
-
-def read_file(path: Path, option: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise BadInput(str(path), f"not found (given as {option})") from None
-    except OSError as e:
-        raise BadInput(str(path), f"cannot read ({option}): {e.strerror}") from None
-
-
-def parse_nonce(text: str) -> bytes:
-    try:
-        nonce = bytes.fromhex(text.strip().removeprefix("0x"))
-    except ValueError:
-        raise BadInput("--nonce", f"{text!r} is not a hex string") from None
-    if not 1 <= len(nonce) <= 64:
-        raise BadInput("--nonce", f"{len(nonce)} bytes; a TPM nonce has 1 to 64 bytes")
-    return nonce
-
-
-def verify_files(quote: Path, signature: Path, pcrs: Path, ak_pub: Path, nonce: str, measurements: Path,
-                 ca_pem: Path | None = None, allow_debug: bool = False) -> QuoteReport:
-    m = load_measurements(measurements)
-    nonce_bytes = parse_nonce(nonce)
-    where = {"quote": str(quote), "signature": str(signature), "pcrs": str(pcrs), "ak": str(ak_pub)}
-    return verify_quote(read_file(quote, "--quote"), read_file(signature, "--signature"),
-                        read_file(pcrs, "--pcrs"), read_file(ak_pub, "--ak-pub"), nonce_bytes, m,
-                        ca_pem=read_file(ca_pem, "--ca-pem") if ca_pem else None,
-                        allow_debug=allow_debug, where=where)
-
-
-def verify_evidence_file(evidence: Path, nonce: str, measurements: Path, ek_ca: Path | None = None,
-                         allow_debug: bool = False, snp_policy: Path | None = None, gpu_rims: Path | None = None,
-                         online=None) -> Report:
-    """An evidence document saved from GET /attestation. Offline, qemu's credential activation
-    cannot run, so a qemu AK stays unverified here: `connect` does the round trip."""
-    m = load_measurements(measurements)
-    doc = parse_evidence(read_file(evidence, "--evidence"), str(evidence))
-    trust = Trust(ek_roots=read_file(ek_ca, "--ek-ca") if ek_ca else None, allow_debug=allow_debug,
-                  snp_policy=load_snp_policy(snp_policy), gpu_rims=gpu_rims_for(measurements, gpu_rims),
-                  gpu_online=online)
-    return verify_evidence(doc, parse_nonce(nonce), m, trust, raise_on_failure=False)  # the CLI prints every row
-
-
-def load_snp_policy(path: Path | None):
-    """--snp-policy FILE (JSON), or None for the defaults."""
-    if path is None:
-        return None
-    from mithril_client.platforms.azure_cvm import SnpPolicy
-
-    try:
-        doc = json.loads(read_file(path, "--snp-policy"))
-    except (ValueError, RecursionError):
-        raise BadInput(str(path), "not valid JSON (given as --snp-policy)") from None
-    return SnpPolicy.from_json(doc, str(path))
-
-
-def rows_json(rows: list[Row], ok: bool) -> dict:
-    return {"ok": ok, "rows": [r.as_json() for r in rows]}
-
-
-def report_json(report: QuoteReport) -> dict:
-    q = report.quote
-    return {"ok": report.ok, "rows": [r.as_json() for r in report.rows],
-            "quote": {"nonce": q.extra_data.hex(), "clock": q.clock, "reset_count": q.reset_count,
-                      "restart_count": q.restart_count, "firmware_version": f"{q.firmware_version:016x}",
-                      "pcrs": {s.bank: list(s.pcrs) for s in q.selections}}}
 
 
 def pcrs_from_quote(quote: Path, pcrs: Path) -> dict[int, str]:
@@ -119,16 +53,8 @@ def resolve_target(url: str, measurements: Path | None, ek_ca: Path | None, proj
     """What `connect URL` talks to and trusts. Run in a project folder, a running `mithril-build run`
     is found by its URL (its run record names the profile's measurements and the swtpm EK CA);
     otherwise the default profile's out/<profile>/measurements.json."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port or 443
-    except ValueError as e:  # a bad port, an unclosed [IPv6 literal
-        raise BadInput("URL", f"{url!r}: {e}", "e.g. https://127.0.0.1:8443/") from None
-    if parts.scheme != "https" or not parts.hostname:
-        raise BadInput("URL", f"{url!r} is not an https:// URL", "e.g. https://127.0.0.1:8443/")
-    base = f"https://{parts.netloc}"
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    record = _run_record(project, parts.hostname, port)
+    base, path, host, port = split_url(url)
+    record = _run_record(project, host, port)
     root = _project_root(project)
     if measurements is None:
         if record is not None:
@@ -331,40 +257,6 @@ def parse_time(text: str | None, option: str = "--at"):
     except ValueError:
         raise BadInput(option, f"{text!r} is not an ISO 8601 time", "e.g. 2024-06-01 or 2024-06-01T12:00:00Z") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
-def read_rims(folder: Path | None, option: str = "--rims") -> list:
-    """Every RIM (*.swidtag, *.xml) in a folder, parsed; anything there that is not a RIM is bad input."""
-    from mithril_client.gpu.check import load_rims
-
-    if folder is None:
-        return []
-    if not Path(folder).is_dir():
-        raise BadInput(str(folder), f"not a folder (given as {option})")
-    files = {str(p): read_file(p, option) for p in sorted(Path(folder).iterdir())
-             if p.is_file() and p.suffix in (".swidtag", ".xml")}
-    return load_rims(files)
-
-
-def gpu_rims_for(measurements: Path, extra: Path | None) -> tuple:
-    """The RIMs a GPU profile is verified with: those the release ships next to its
-    measurements.json (gpu-rims/, the driver RIM it names) and those of --gpu-rims (VBIOS RIMs)."""
-    shipped = Path(measurements).parent / "gpu-rims"
-    return tuple(read_rims(shipped if shipped.is_dir() else None, "gpu-rims/") + read_rims(extra, "--gpu-rims"))
-
-
-def online_arg(enabled: bool, rim_service: str | None, ocsp_url: str | None):
-    """--online [--rim-service URL] [--ocsp-url URL]: a gpu.online.Online, or None (offline)."""
-    from mithril_client.gpu.online import OCSP_URL, RIM_SERVICE, Online
-
-    if not enabled:
-        if rim_service or ocsp_url:
-            raise BadInput("--rim-service" if rim_service else "--ocsp-url", "only with --online")
-        return None
-    for option, url in (("--rim-service", rim_service), ("--ocsp-url", ocsp_url)):
-        if url is not None and not url.startswith(("https://", "http://")):
-            raise BadInput(option, f"{url!r} is not an http(s) URL")
-    return Online(rim_service=rim_service or RIM_SERVICE, ocsp_url=ocsp_url or OCSP_URL)
 
 
 def verify_gpu_files(report: Path, cert_chain: Path, nonce: str, rims: Path | None, at: str | None,

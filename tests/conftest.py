@@ -28,6 +28,13 @@ def mb(*args, cwd: Path | None = None, env: dict | None = None, timeout: float =
                           capture_output=True, text=True, timeout=timeout)
 
 
+def mc(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the mithril-client CLI (python3 -m mithril_client) in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mithril_client", *map(str, args)], check=False, cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
 @dataclass(frozen=True)
 class CliResult:
     returncode: int

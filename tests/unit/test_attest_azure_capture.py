@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from mithril_client import tpm2
-from tests.conftest import mb
+from tests.conftest import mb, mc
 from tests.unit.test_azure_cvm import Capture
 
 pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number")
@@ -34,8 +34,9 @@ def tpm2b_public_rsa(key) -> bytes:
     return struct.pack(">H", len(body)) + body
 
 
-@pytest.fixture(scope="module")
-def capture(tmp_path_factory) -> tuple[Path, Path, str]:
+def write_capture(d: Path) -> str:
+    """evidence.json and measurements.json of the Milan capture into folder d; returns the nonce
+    (hex) the capture's quote holds. Also used by tests/integration/test_wheel.py."""
     cap = Capture("milan")
     raw = json.loads((Path(__file__).resolve().parent.parent / "fixtures/azure/cvm/trustee-evidence-v2-milan.json")
                      .read_text())["tpm_quote"]["pcrs"]
@@ -47,12 +48,17 @@ def capture(tmp_path_factory) -> tuple[Path, Path, str]:
            "pcrs": {"sha256": pcrs}, "ak_pub": ak_pem.decode(),
            "ak_public": base64.b64encode(tpm2b_public_rsa(cap.ak)).decode(), "tls_ca": CA,
            "hcl_report": base64.b64encode(cap.hcl).decode(), "vcek_chain": cap.chain().decode()}
-    d = tmp_path_factory.mktemp("capture")
     (d / "evidence.json").write_text(json.dumps(doc))
     (d / "measurements.json").write_text(json.dumps({
         "version": 1, "platform": "azure-cvm", "mode": "production",
         "pcrs": {str(i): {"expected": [pcrs[str(i)]], "policy": "enforce"} for i in range(15)}}))
-    return d, quote.extra_data.hex()
+    return quote.extra_data.hex()
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory) -> tuple[Path, str]:
+    d = tmp_path_factory.mktemp("capture")
+    return d, write_capture(d)
 
 
 def verify(d: Path, nonce: str, *extra, evidence: Path | None = None):
@@ -93,3 +99,19 @@ def test_other_nonce_and_changed_pcr_are_refused(capture, tmp_path):
     bad.write_text(json.dumps(doc))
     res, rows = verify(d, nonce, evidence=bad)
     assert res.returncode == 1 and rows["pcr digest"] == "MISMATCH" and rows["PCR 4"] == "missing"
+
+
+def test_mithril_client_verify_prints_what_attest_verify_prints(capture):
+    """`mithril-client verify` (its own CLI, the client distribution's) and `mithril-build attest
+    verify` run the same code: the same rows, text and exit status on the real capture."""
+    d, nonce = capture
+    for extra in (["--json"], []):
+        args = ["--evidence", d / "evidence.json", "--nonce", nonce, "--measurements", d / "measurements.json", *extra]
+        build, client = mb("attest", "verify", *args), mc("verify", *args)
+        assert (client.returncode, client.stdout, client.stderr) == (build.returncode, build.stdout, build.stderr)
+        assert client.returncode == 1 and client.stdout
+    rows = {r["check"]: r["result"] for r in json.loads(mc("verify", *args, "--json").stdout)["rows"]}
+    assert rows["ak"] == "ok" and rows["snp vcek chain"] == "ok" and rows["tls binding"] == "MISMATCH"
+    replay = mc("verify", "--evidence", d / "evidence.json", "--nonce", "ab" * 32, "--measurements",
+                d / "measurements.json", "--json")
+    assert replay.returncode == 1 and {r["check"]: r["result"] for r in json.loads(replay.stdout)["rows"]}["nonce"] == "MISMATCH"
