@@ -9,14 +9,17 @@ replayed evidence document.
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from mithril_client import AttestationFailed, AttestedSession
-from tests.conftest import mb
+from tests.conftest import REPO, mb, mc
 from tests.stack import PAGE, Stack, TlsProxy, free_port, need_stack
 
 
@@ -237,3 +240,48 @@ def test_a_relay_serving_its_own_ca_is_refused_even_without_pcr15_in_the_file(st
         assert not out["attested"] and "body" not in out
         assert r["tls binding"] == "MISMATCH" and r["tls certificate"] == "ok", (name, r)  # the relay's CA, presented
         assert r["ak"] == "ok" and r["ak activation"] == "ok", (name, r)  # the genuine TPM answered through it
+
+
+def readme_snippet() -> str:
+    """The Python block of README "Verify a server before you send it anything", as printed."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Verify a server before you send it anything"):]
+    assert section.index("pip install mithril-client") < section.index("```python")
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
+
+
+def test_the_readme_first_lines_attest_and_query_the_server(stack, tmp_path):
+    """The README's first lines, run as a user's script (in a folder holding measurements.json),
+    against the serving stack. Two changes only, both said in the README: this server's address,
+    and ek_ca= (a local qemu TPM's per-boot EK CA; Azure's roots ship with the client)."""
+    snippet = readme_snippet()
+    assert len(snippet.splitlines()) == 5
+    url, call = '"https://203.0.113.7"', 'measurements="measurements.json")'
+    assert url in snippet and call in snippet
+    script = snippet.replace(url, repr(stack.url)).replace(call, call[:-1] + ', ek_ca="ek-ca.pem")')
+    (tmp_path / "ek-ca.pem").write_bytes(stack.ek_ca)
+    shutil.copy(stack.measurements, tmp_path / "measurements.json")
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert res.returncode == 0 and res.stdout == "echo: What is remote attestation?\n", res.stderr
+    # other measurements: refused before the prompt is sent
+    stack.write_measurements(tmp_path / "measurements.json", stack.pcrs, pcr15="ab" * 32)
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert res.returncode == 1 and res.stdout == "" and "AttestationFailed" in res.stderr and "PCR 15" in res.stderr
+
+
+def test_mithril_client_connect_gives_the_rows_of_mithril_build_connect(stack, tmp_path):
+    args = [stack.url + "/", "--measurements", stack.measurements, "--ek-ca", stack.work / "ek-ca.pem"]
+    client, build = mc("connect", *args, "--json", timeout=300), mb("connect", *args, "--json", timeout=300)
+    assert client.returncode == build.returncode == 0, client.stderr
+    c, b = json.loads(client.stdout), json.loads(build.stdout)
+    assert c["body"].encode() == PAGE and c["attested"] and c["status"] == 200
+    assert [(r["check"], r["result"]) for r in c["rows"]] == [(r["check"], r["result"]) for r in b["rows"]]
+    res = mc("connect", *args, timeout=300)  # the table on stderr, the page on stdout
+    assert res.returncode == 0 and res.stdout.encode() == PAGE and rows(res.stderr)["tls certificate"] == "ok"
+    other = stack.write_measurements(tmp_path / "m.json", stack.pcrs, pcr15="ab" * 32)
+    res = mc("connect", stack.url + "/", "--measurements", other, "--ek-ca", stack.work / "ek-ca.pem", timeout=300)
+    assert res.returncode == 1 and res.stdout == "" and rows(res.stderr)["PCR 15"] == "MISMATCH"
+    res = mc("connect", *args, "--data", "{}", timeout=300)  # the app answers 400: attested, exit 22
+    assert res.returncode == 22 and "HTTP 400" in res.stderr
