@@ -672,28 +672,15 @@ def attest_verify(evidence, quote, signature, pcrs, ak_pub, nonce, measurements,
     activation needs the live server: use `connect`).
 
     Exit 0 when every enforced check passes, 1 when one fails, 2 on bad input."""
-    from mithril_client.measurements import format_table
+    from mithril_client.commands import verify
 
-    from .attest import online_arg, report_json, rows_json, verify_evidence_file, verify_files
-    from .errors import BadInput
+    from .attest import online_arg
 
-    files = {"--quote": quote, "--signature": signature, "--pcrs": pcrs, "--ak-pub": ak_pub}
-    if evidence is not None:
-        if any(files.values()) or ca_pem:
-            raise BadInput("--evidence", "give either --evidence or the quote files, not both")
-        report = verify_evidence_file(evidence, nonce, measurements, ek_ca, allow_debug, snp_policy, gpu_rims,
-                                      online_arg(online, rim_service, ocsp_url))
-        rows, ok, data = report.rows, report.ok, rows_json(report.rows, report.ok)
-    else:
-        if missing := [k for k, v in files.items() if v is None]:
-            raise BadInput(", ".join(missing), "missing", "give --evidence, or all of --quote --signature --pcrs --ak-pub")
-        if ek_ca or snp_policy or gpu_rims or online:
-            raise BadInput("--ek-ca" if ek_ca else "--snp-policy" if snp_policy else "--gpu-rims/--online",
-                           "only with --evidence")
-        report = verify_files(quote, signature, pcrs, ak_pub, nonce, measurements, ca_pem, allow_debug)
-        rows, ok, data = report.rows, report.ok, report_json(report)
-    emit(data, as_json, format_table(rows) + "\n" + ("QUOTE VERIFIED" if ok else "QUOTE VERIFICATION FAILED"))
-    if not ok:
+    verdict = verify(evidence, nonce, measurements, quote=quote, signature=signature, pcrs=pcrs, ak_pub=ak_pub,
+                     ca_pem=ca_pem, ek_ca=ek_ca, snp_policy=snp_policy, allow_debug=allow_debug, gpu_rims=gpu_rims,
+                     online=online_arg(online, rim_service, ocsp_url))
+    emit(verdict.data, as_json, verdict.text)
+    if not verdict.ok:
         sys.exit(1)
 
 
@@ -761,64 +748,26 @@ def connect(url, measurements, ek_ca, method, data, headers, snp_policy, allow_d
     Exit 0 attested and HTTP status below 400, 22 attested but the server answered with an HTTP
     error (400 or above; the rows and the body are still printed; curl --fail's code), 1
     verification failed, 2 bad input, 3 unreachable."""
-    from mithril_client.measurements import format_table
-    from mithril_client.session import AttestationFailed, AttestedSession
+    from mithril_client.commands import connect as attested_request
+    from mithril_client.commands import parse_headers, request_body
     from mithril_client.verify import Trust
 
-    from .attest import gpu_rims_for, load_snp_policy, online_arg, resolve_target, rows_json
-    from .errors import BadInput
+    from .attest import gpu_rims_for, load_snp_policy, online_arg, resolve_target
 
     target = resolve_target(url, measurements, ek_ca, project)
-    policy = load_snp_policy(snp_policy)
-    body = None
-    if data is not None:
-        if data.startswith("@"):
-            body = sys.stdin.buffer.read() if data == "@-" else _read_arg_file(data[1:])
-        else:
-            body = data.encode()
-    hdrs = {}
-    for h in headers:
-        name, sep, value = h.partition(":")
-        if not sep or not name.strip():
-            raise BadInput("--header", f"{h!r} is not NAME: VALUE")
-        hdrs[name.strip()] = value.strip()
-    session = AttestedSession(target.base_url, target.measurements,
-                              trust=Trust(ek_roots=target.ek_ca, allow_debug=allow_debug, snp_policy=policy,
-                                          gpu_rims=gpu_rims_for(target.measurements, gpu_rims),
-                                          gpu_online=online_arg(online, rim_service, ocsp_url)))
-    try:
-        resp = session.request(method or ("POST" if body is not None else "GET"), target.path, body=body, headers=hdrs)
-    except AttestationFailed as e:
-        rows = e.report.all_rows
-        if as_json:
-            emit({**rows_json(rows, False), "attested": False}, True)
-        else:
-            click.echo(format_table(rows) + "\nATTESTATION FAILED: " + str(e), err=True)
-        sys.exit(1)
-    finally:
-        session.close()
-    rows = session.report.all_rows
+    trust = Trust(ek_roots=target.ek_ca, allow_debug=allow_debug, snp_policy=load_snp_policy(snp_policy),
+                  gpu_rims=gpu_rims_for(target.measurements, gpu_rims),
+                  gpu_online=online_arg(online, rim_service, ocsp_url))
+    out = attested_request(target.base_url, target.path, target.measurements, trust, method, request_body(data),
+                           parse_headers(headers))
     if as_json:
-        emit({**rows_json(rows, True), "attested": True, "replica": resp.replica, "status": resp.status,
-              "body": resp.body.decode("utf-8", errors="replace")}, True)
+        emit(out.data, True)
     else:
-        click.echo(format_table(rows) + f"\nATTESTED: {target.base_url} runs the measured image "
-                   f"({target.measurements}); replica {resp.replica}; HTTP {resp.status}", err=True)
-        sys.stdout.buffer.write(resp.body)
+        click.echo(out.table, err=True)
+        sys.stdout.buffer.write(out.body)
         sys.stdout.flush()
-    if resp.status >= 400:
-        if not as_json:
-            click.echo(f"error: the attested server answered HTTP {resp.status} (exit {HTTP_ERROR})", err=True)
-        sys.exit(HTTP_ERROR)
-
-
-HTTP_ERROR = 22  # `connect`: attested, but an HTTP error status (curl --fail uses 22 too)
-
-
-def _read_arg_file(path: str) -> bytes:
-    from .attest import read_file
-
-    return read_file(Path(path), "--data @FILE")
+    if out.exit_code:
+        sys.exit(out.exit_code)
 
 
 @cli.group("azure")
