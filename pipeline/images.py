@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import posixpath
@@ -23,14 +24,15 @@ from pathlib import Path
 
 from . import gpu, log
 from .archive import Entry, deb_data, tar_entries
-from .errors import BadInput
+from .errors import BadInput, ToolFailed
 from .files import SKIP_DIRS, atomic_write, tree_digests
 from .graph import Context
 from .lock import LOCK_FILE, DebPin
 from .oci import image_archive
 
-REPO = Path(__file__).resolve().parent.parent  # our own source trees ship from this checkout
 SOURCE_DIR = "opt/mithril"
+# Our packages an image carries, and the distribution that installs each (client/, server/).
+DISTRIBUTIONS = {"mithril_client": "mithril-client", "attestation_server": "mithril-attestation-server"}
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -43,7 +45,7 @@ class Recipe:
     user: str = "0:0"
     env: tuple[str, ...] = (PATH,)
     ports: tuple[str, ...] = ()  # appdisk settings holding the exposed (tcp) ports
-    trees: tuple[str, ...] = ()  # top-level folders of this repository, copied under /opt/mithril
+    trees: tuple[str, ...] = ()  # our packages (DISTRIBUTIONS), copied under /opt/mithril
 
     @property
     def ref(self) -> str:
@@ -75,9 +77,23 @@ def accounts() -> list[Entry]:
     return [Entry("etc", 0o755), Entry("etc/passwd", 0o644, PASSWD), Entry("etc/group", 0o644, GROUP)]
 
 
-def source_trees(recipe: Recipe) -> list[str]:
-    """The recipe's source folders present in this checkout (attestation_server/ may not be yet)."""
-    return [t for t in recipe.trees if (REPO / t).is_dir()]
+def package_dir(name: str) -> Path | None:
+    """The folder Python imports our package `name` from: the checkout (editable installs), or the
+    site-packages its distribution's wheel went to, wherever that is; None if it is not installed."""
+    spec = importlib.util.find_spec(name)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
+def source_trees(recipe: Recipe) -> dict[str, Path]:
+    """{package: folder} of the recipe's packages. One that is missing stops the build: an image
+    without it would fail only when it runs."""
+    out = {}
+    for tree in recipe.trees:
+        if (top := package_dir(tree)) is None:
+            raise ToolFailed(f"image {recipe.name}: Python package {tree} not found "
+                             f"(pip install {DISTRIBUTIONS.get(tree, tree)})")
+        out[tree] = top
+    return out
 
 
 def app_lock_image(ctx: Context) -> str | None:
@@ -95,8 +111,15 @@ def lock_images(ctx: Context) -> list[str]:
 
 def key_inputs(ctx: Context) -> dict:
     """What the images depend on besides code: the pins, and the digests of the source trees."""
-    return {name: {"debs": pins(ctx, r), "sources": tree_digests(REPO, *source_trees(r))}
-            for name, r in RECIPES.items()}
+    return {name: {"debs": pins(ctx, r), "sources": _sources(r)} for name, r in RECIPES.items()}
+
+
+def _sources(recipe: Recipe) -> dict[str, str]:
+    """{package/relpath: sha256} of the recipe's packages, wherever each is installed."""
+    out: dict[str, str] = {}
+    for tree, top in source_trees(recipe).items():
+        out |= tree_digests(top.parent, tree)  # a package's folder bears its name
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,8 +189,8 @@ def assemble(recipe: Recipe, debs: Mapping[str, Path], mtime: int, ports: Iterab
                 rootfs.add(e, name)
     for e in [*accounts(), Entry("tmp", 0o1777)]:
         rootfs.add(e, "mithril")
-    for tree in source_trees(recipe):
-        for e in _tree_entries(REPO / tree, f"{SOURCE_DIR}/{tree}"):
+    for tree, top in source_trees(recipe).items():
+        for e in _tree_entries(top, f"{SOURCE_DIR}/{tree}"):
             rootfs.add(e, tree + "/")
     return image_archive(recipe.ref.rsplit(":", 1)[0], recipe.ref.rsplit(":", 1)[1], rootfs.entries(),
                          entrypoint=recipe.entrypoint, mtime=mtime, exposed_ports=sorted(ports),
@@ -190,7 +213,7 @@ def _tree_entries(top: Path, dest: str) -> list[Entry]:
             continue
         path = f"{dest}/{rel.as_posix()}"
         if p.is_symlink():
-            raise BadInput(str(p.relative_to(REPO)), "is a symlink; image source trees hold plain files only")
+            raise BadInput(f"{top.name}/{rel.as_posix()}", "is a symlink; image source trees hold plain files only")
         if p.is_dir():
             out.append(Entry(path, 0o755))
         elif p.is_file():

@@ -110,6 +110,11 @@ def test_init_plan_render_and_appdisk_from_the_wheel(installed, tmp_path):
     assert res.returncode == 0, res.stderr
     stages = {s["stage"]: s for s in json.loads(res.stdout)["stages"]}
     assert stages["appdisk"]["cached"], stages["appdisk"]["reason"]
+    # the attestation-server image takes mithril_client and attestation_server from where the
+    # venv's wheels installed them: the checkout's image, byte for byte
+    _run([exe, "image", "attestation-server", "--project", project, "-o", work / "as.tar"], cwd=work)
+    assert mb("image", "attestation-server", "--project", project, "-o", tmp_path / "as.tar").returncode == 0
+    assert (work / "as.tar").read_bytes() == (tmp_path / "as.tar").read_bytes()
 
 
 def test_each_distribution_holds_its_own_package_and_names_the_others(dist):

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import images, project
 from pipeline.archive import deb_data, tar_entries
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, ToolFailed
 from pipeline.images import Recipe, assemble
 from pipeline.run import SYSTEM_PATH, run
 from tests.conftest import need, new_project
@@ -138,15 +138,27 @@ def test_source_trees(tmp_path, monkeypatch):
     (src / "pkg/__pycache__/__init__.cpython-311.pyc").write_bytes(b"pyc")
     (src / "pkg/run.sh").write_text("#!/bin/sh\n")
     os.chmod(src / "pkg/run.sh", 0o700)
-    monkeypatch.setattr(images, "REPO", src)
-    recipe = Recipe("t", packages=("a",), excludes=(), entrypoint=("/x",), trees=("pkg", "absent"))
-    assert images.source_trees(recipe) == ["pkg"]
+    monkeypatch.setattr(images, "package_dir", lambda name: src / name if (src / name).is_dir() else None)
+    recipe = Recipe("t", packages=("a",), excludes=(), entrypoint=("/x",), trees=("pkg",))
+    assert images.source_trees(recipe) == {"pkg": src / "pkg"}
     members = {m.name: m for m in layer(assemble(recipe, {}, MTIME)[0])}
     assert members["opt/mithril/pkg/__init__.py"].mode == 0o644 and members["opt/mithril/pkg/run.sh"].mode == 0o755
     assert not [n for n in members if "__pycache__" in n or n.endswith(".pyc")]
     (src / "pkg/link").symlink_to("/etc/passwd")
     with pytest.raises(BadInput, match="pkg/link: is a symlink"):
         assemble(recipe, {}, MTIME)
+    # a package that is not installed stops the build, naming its distribution: never a smaller image
+    with pytest.raises(ToolFailed, match=r"image t: Python package mithril_client not found \(pip install mithril-client\)"):
+        images.source_trees(Recipe("t", packages=("a",), excludes=(), entrypoint=("/x",), trees=("mithril_client",)))
+
+
+def test_the_packages_are_found_where_python_imports_them():
+    import attestation_server
+    import mithril_client
+
+    assert images.package_dir("mithril_client") == Path(mithril_client.__file__).parent
+    assert images.package_dir("attestation_server") == Path(attestation_server.__file__).parent
+    assert images.package_dir("no_such_package_here") is None
 
 
 @pytest.fixture
@@ -159,7 +171,8 @@ def test_cache_key_follows_pins_and_sources(ctx, tmp_path, monkeypatch):
     src = tmp_path / "repo"
     (src / "mithril_client").mkdir(parents=True)
     (src / "mithril_client/__init__.py").write_text("A = 1\n")
-    monkeypatch.setattr(images, "REPO", src)
+    real = images.package_dir
+    monkeypatch.setattr(images, "package_dir", lambda name: src / name if name == "mithril_client" else real(name))
     before = images.key_inputs(ctx())
     assert before["caddy"]["debs"]["caddy"]["version"].startswith("2.6.2")
     (src / "mithril_client/__init__.py").write_text("A = 2\n")
