@@ -32,19 +32,35 @@ def _run(argv: list, cwd: Path, timeout: float = 600, check: bool = True, **env)
     return res
 
 
+EPOCH = "1700000000"  # SOURCE_DATE_EPOCH: the wheels' member times (the release's would be its commit's)
+
+
+def build_all(src: Path, out: Path) -> Path:
+    for folder in DISTS:
+        # --no-isolation: the installed setuptools, no download; the wheel is built from the sdist
+        _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, src / folder], cwd=src.parent,
+             SOURCE_DATE_EPOCH=EPOCH)
+    for name in DISTS.values():
+        assert len(list(out.glob(f"{name}-*.whl"))) == 1, name
+        assert len(list(out.glob(f"{name}-*.tar.gz"))) == 1, name
+    return out
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
     """A folder with the sdist and the wheel of each of the three distributions."""
     top = tmp_path_factory.mktemp("dists")
-    src = top / "src"
-    shutil.copytree(REPO, src, ignore=SKIP, symlinks=True)
-    for folder in DISTS:
-        # --no-isolation: the installed setuptools, no download; the wheel is built from the sdist
-        _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", top / "dist", src / folder], cwd=top)
+    shutil.copytree(REPO, top / "src", ignore=SKIP, symlinks=True)
+    return build_all(top / "src", top / "dist")
+
+
+def test_the_wheels_build_byte_identical_twice(dist, tmp_path):
+    """Another copy of the checkout, its files with other mtimes (shutil.copy), built again: the same
+    wheels, byte for byte (the sdists are not: their tar members carry the files' mtimes)."""
+    shutil.copytree(REPO, tmp_path / "src", ignore=SKIP, symlinks=True, copy_function=shutil.copy)
+    again = build_all(tmp_path / "src", tmp_path / "dist")
     for name in DISTS.values():
-        assert len(list((top / "dist").glob(f"{name}-*.whl"))) == 1, name
-        assert len(list((top / "dist").glob(f"{name}-*.tar.gz"))) == 1, name
-    return top / "dist"
+        assert wheel(again, name).read_bytes() == wheel(dist, name).read_bytes(), name
 
 
 def wheel(dist: Path, name: str) -> Path:
