@@ -1,6 +1,8 @@
-"""What every platform package (pipeline/platforms/<name>/) provides, as its PLATFORM."""
+"""What every platform package (pipeline/platforms/<module>/) provides, as its PLATFORM."""
 
 from __future__ import annotations
+
+from mithril_client.platforms import PLATFORMS
 
 
 class Platform:
@@ -8,9 +10,11 @@ class Platform:
     platform. The defaults fit a platform with no cloud around it."""
 
     azure = False  # the image talks to Azure's resolver and metadata service (firewall rules)
+    boots_here = False  # `boot` and `record-platform` can start it on this machine
 
     def __init__(self, module: str):
-        self.name = module.rpartition(".")[2].replace("_", "-")
+        folder = module.rpartition(".")[2]
+        self.name = next(name for name, m in PLATFORMS.items() if m == folder)  # the registry's row
 
     def template_vars(self) -> dict:
         """What the OS image's templates (mkosi/, the firewall rules) know of the platform."""

@@ -1,0 +1,161 @@
+"""One list of platform names (mithril_client/platforms/__init__.py, PLATFORMS) and one module or
+folder per platform on each side, found through it; nothing else branches on a platform name.
+Adding a platform is a registry row plus one module or folder per side (README "A platform")."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from mithril_client import evidence as client_evidence
+from mithril_client import platforms as registry
+from pipeline.project import REPO
+
+# Each side: its platforms package, what a platform's module must define, and the files in that
+# package that are not platforms (base classes, shared code, data models).
+SIDES = {
+    "build": ("pipeline/platforms", "PLATFORM"),
+    "server": ("attestation_server/platforms", "ISSUER"),
+    "client": ("mithril_client/platforms", "validate"),
+}
+PACKAGES = ("pipeline", "attestation_server", "mithril_client")
+LITERALS = set(registry.PLATFORMS) | set(registry.PLATFORMS.values())
+
+
+def entries(folder: Path) -> dict[str, Path]:
+    """Module name -> file of every module (x.py) and package (x/__init__.py) in a platforms folder."""
+    out = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".py" and path.name != "__init__.py":
+            out[path.stem] = path
+        elif (path / "__init__.py").is_file():
+            out[path.name] = path / "__init__.py"
+    return out
+
+
+def defines(path: Path, name: str) -> bool:
+    """Does the module define `name` at its top level (assignment, def or class)?"""
+    for node in ast.parse(path.read_text()).body:
+        targets = (node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign)
+                   else [])
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+    return False
+
+
+def test_rows_are_names_and_module_names():
+    assert registry.NAMES == tuple(registry.PLATFORMS)
+    for name, module in registry.PLATFORMS.items():
+        assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", name), name
+        assert module == name.replace("-", "_") and module.isidentifier(), (name, module)
+
+
+def problems(folder: Path, entry: str) -> list[str]:
+    """What is wrong with one side's platforms folder: a row without its module (or without the
+    entry point in it), or a module that is no row but defines the entry point (a platform
+    nobody can choose). A module that is no row and defines no entry point is shared code."""
+    found = entries(folder)
+    out = [f"no module or folder for row {m!r}" for m in registry.PLATFORMS.values() if m not in found]
+    out += [f"{m}: does not define {entry}" for m in registry.PLATFORMS.values() if m in found
+            and not defines(found[m], entry)]
+    out += [f"{m}: defines {entry} but is no row of mithril_client.platforms.PLATFORMS" for m, path in found.items()
+            if m not in registry.PLATFORMS.values() and defines(path, entry)]
+    return out
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_every_row_has_its_module_on_each_side_and_every_platform_module_a_row(side):
+    folder, entry = SIDES[side]
+    assert problems(REPO / folder, entry) == []
+
+
+def test_a_missing_or_unlisted_platform_module_is_found(tmp_path):
+    for module in registry.PLATFORMS.values():
+        (tmp_path / f"{module}.py").write_text("ISSUER = object\n")
+    (tmp_path / "base.py").write_text("class Issuer: pass\n")  # shared code: fine
+    assert problems(tmp_path, "ISSUER") == []
+    (tmp_path / "gcp").mkdir()
+    (tmp_path / "gcp" / "__init__.py").write_text("ISSUER = object\n")
+    first = next(iter(registry.PLATFORMS.values()))
+    (tmp_path / f"{first}.py").write_text("def issuer(): pass\n")
+    last = list(registry.PLATFORMS.values())[-1]
+    (tmp_path / f"{last}.py").unlink()
+    assert problems(tmp_path, "ISSUER") == [f"no module or folder for row {last!r}", f"{first}: does not define ISSUER",
+                                            "gcp: defines ISSUER but is no row of mithril_client.platforms.PLATFORMS"]
+
+
+def test_each_side_finds_its_platform_through_the_registry():
+    from attestation_server import platforms as server
+    from attestation_server.platforms.base import Issuer
+    from pipeline import platforms as build
+    from pipeline.platforms import firmware
+
+    assert build.names() == tuple(sorted(registry.NAMES))
+    for name in registry.NAMES:
+        assert build.get(name).name == name
+        assert issubclass(server.issuer(name), Issuer)
+        assert callable(registry.validator(name).validate)
+        assert firmware.load(REPO, name).name == name  # measurements/platforms/<name>.yaml
+
+
+def test_the_names_everywhere_are_the_registry():
+    from attestation_server.__main__ import main
+    from pipeline import config
+
+    assert client_evidence.PLATFORMS == registry.NAMES
+    assert config.PlatformName.__args__ == tuple(sorted(registry.NAMES))
+    with pytest.raises(SystemExit):  # argparse refuses a name that is no row
+        main(["--listen", "127.0.0.1:0", "--platform", "gcp", "--tpm", "x", "--tls-dir", "x", "--state-dir", "x"])
+    with pytest.raises(client_evidence.BadInput, match="platform: 'gcp' is not one of qemu, azure-trusted-launch"):
+        client_evidence.parse_evidence(b'{"version": 1, "platform": "gcp"}')
+
+
+def branches(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, literal) of every comparison, match case or dict key against a platform name."""
+    def literals(node) -> list[str]:
+        if isinstance(node, ast.Constant) and node.value in LITERALS:
+            return [node.value]
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [v for e in node.elts for v in literals(e)]
+        return []
+
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            out += [(node.lineno, v) for operand in (node.left, *node.comparators) for v in literals(operand)]
+        elif isinstance(node, ast.MatchValue):
+            out += [(node.lineno, v) for v in literals(node.value)]
+        elif isinstance(node, ast.Dict):
+            out += [(node.lineno, v) for key in node.keys if key is not None for v in literals(key)]
+    return out
+
+
+def test_nothing_outside_the_registries_branches_on_a_platform_name():
+    inside = tuple(REPO / folder for folder, _ in SIDES.values())
+    found = []
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path.is_relative_to(inside[0]) or path.is_relative_to(inside[1]) or path.is_relative_to(inside[2]):
+                continue
+            found += [f"{path.relative_to(REPO)}:{line}: {value!r}" for line, value in
+                      branches(ast.parse(path.read_text(), str(path)))]
+    assert not found, "branches on a platform name outside the platform folders:\n" + "\n".join(found)
+
+
+def test_the_scan_finds_every_kind_of_branch():
+    code = '''
+if cfg.platform == "qemu": pass
+if "azure-cvm" != p: pass
+if p in ("azure-trusted-launch", "other"): pass
+x = {"azure_cvm": 1}.get(p)
+match p:
+    case "qemu": pass
+if p == "qemux" or p == other: pass
+'''
+    assert sorted(branches(ast.parse(code))) == [(2, "qemu"), (3, "azure-cvm"), (4, "azure-trusted-launch"),
+                                                 (5, "azure_cvm"), (7, "qemu")]
