@@ -55,16 +55,15 @@ def test_rows_are_names_and_module_names():
         assert module == name.replace("-", "_") and module.isidentifier(), (name, module)
 
 
-def problems(folder: Path, entry: str) -> list[str]:
+def problems(folder: Path, entry: str, rows: tuple[str, ...] = tuple(registry.PLATFORMS.values())) -> list[str]:
     """What is wrong with one side's platforms folder: a row without its module (or without the
     entry point in it), or a module that is no row but defines the entry point (a platform
     nobody can choose). A module that is no row and defines no entry point is shared code."""
     found = entries(folder)
-    out = [f"no module or folder for row {m!r}" for m in registry.PLATFORMS.values() if m not in found]
-    out += [f"{m}: does not define {entry}" for m in registry.PLATFORMS.values() if m in found
-            and not defines(found[m], entry)]
+    out = [f"no module or folder for row {m!r}" for m in rows if m not in found]
+    out += [f"{m}: does not define {entry}" for m in rows if m in found and not defines(found[m], entry)]
     out += [f"{m}: defines {entry} but is no row of mithril_client.platforms.PLATFORMS" for m, path in found.items()
-            if m not in registry.PLATFORMS.values() and defines(path, entry)]
+            if m not in rows and defines(path, entry)]
     return out
 
 
@@ -159,3 +158,55 @@ if p == "qemux" or p == other: pass
 '''
     assert sorted(branches(ast.parse(code))) == [(2, "qemu"), (3, "azure-cvm"), (4, "azure-trusted-launch"),
                                                  (5, "azure_cvm"), (7, "qemu")]
+
+
+def test_adding_a_platform_is_a_row_and_one_module_per_side(tmp_path):
+    """A copy of the three packages gets a row "lab-cloud" and one module or folder per side, and
+    nothing else: every side then knows it (mithril.yaml, the evidence parser, the server's
+    --platform and issuer, the client's AK check, `boot`'s choices stay as they were)."""
+    import shutil
+    import subprocess
+    import sys
+
+    for package in PACKAGES:
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    registry_file = tmp_path / "mithril_client/platforms/__init__.py"
+    text = registry_file.read_text()
+    registry_file.write_text(text.replace('    "azure-cvm": "azure_cvm",\n',
+                                          '    "azure-cvm": "azure_cvm",\n    "lab-cloud": "lab_cloud",\n'))
+    (tmp_path / "pipeline/platforms/lab_cloud").mkdir()
+    (tmp_path / "pipeline/platforms/lab_cloud/__init__.py").write_text(
+        "from ..base import Platform\n\nPLATFORM = Platform(__name__)\n")
+    (tmp_path / "attestation_server/platforms/lab_cloud.py").write_text(
+        "from .azure_trusted_launch import AzureTrustedLaunch\n\nISSUER = AzureTrustedLaunch\n")
+    (tmp_path / "mithril_client/platforms/lab_cloud.py").write_text(
+        "from ..measurements import Row\n\n\ndef validate(evidence, ak, inputs):\n"
+        "    return [Row('ak', 'lab', 'lab-cloud validator', 'enforce', 'MISMATCH')]\n")
+    for folder, entry in SIDES.values():
+        assert problems(tmp_path / folder, entry, (*registry.PLATFORMS.values(), "lab_cloud")) == [], folder
+    probe = r'''
+import json
+from attestation_server import platforms as server
+from attestation_server.__main__ import main
+from mithril_client import evidence, platforms as client
+from pipeline import config, platforms as build
+doc = {"version": 1, "platform": "lab-cloud"}
+try:
+    evidence.parse_evidence(json.dumps(doc).encode())
+except evidence.BadInput as e:
+    parsed = str(e)
+rows = client.check_ak(evidence.Evidence("lab-cloud", b"", b"", b"", {}, b"", b"", b""), ak=None)
+print(json.dumps({"build": build.names(), "config": list(config.PlatformName.__args__), "bootable": build.bootable(),
+                  "server": server.issuer("lab-cloud").__name__, "client": rows[0].actual, "parsed": parsed,
+                  "template": build.get("lab-cloud").template_vars()}))
+'''
+    import json
+
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
+                         capture_output=True, text=True, check=True).stdout
+    seen = json.loads(out)
+    assert seen["build"] == seen["config"] == ["azure-cvm", "azure-trusted-launch", "lab-cloud", "qemu"]
+    assert seen["bootable"] == ["qemu"]
+    assert seen["server"] == "AzureTrustedLaunch" and seen["client"] == "lab-cloud validator"
+    assert "platform" not in seen["parsed"]  # accepted as a platform; the parser stops at the next field
+    assert seen["template"] == {"platform": "lab-cloud", "azure": False}
