@@ -496,7 +496,7 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy
 
 
 def validate(evidence, ak, inputs) -> list[Row]:
-    """The registry's entry (platforms.check_ak): `ak` a TpmPublic, `inputs` a platforms.AkInputs."""
+    """The registry's entry (choose.check_ak): `ak` a TpmPublic, `inputs` a choose.AkInputs."""
     return check_ak(evidence, ak.key, now=inputs.now, policy=inputs.snp_policy)
 
 

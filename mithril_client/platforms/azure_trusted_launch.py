@@ -226,6 +226,6 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, fetch: Fetch | No
 
 
 def validate(evidence, ak, inputs) -> list[Row]:
-    """The registry's entry (platforms.check_ak): `ak` a TpmPublic, `inputs` a platforms.AkInputs."""
+    """The registry's entry (choose.check_ak): `ak` a TpmPublic, `inputs` a choose.AkInputs."""
     budget = FETCH_BUDGET if inputs.fetch_budget is None else inputs.fetch_budget
     return check_ak(evidence, ak.key, now=inputs.now, fetch=inputs.fetch, fetch_budget=budget)

@@ -66,5 +66,5 @@ def attribute_row(ak: TpmPublic) -> Row:
 
 
 def validate(evidence: Evidence, ak: TpmPublic, inputs) -> list[Row]:
-    """The registry's entry (platforms.check_ak); `inputs` is a platforms.AkInputs."""
+    """The registry's entry (choose.check_ak); `inputs` is a choose.AkInputs."""
     return check_ak(evidence, ak, ek_roots=inputs.ek_roots, activate=inputs.activate, now=inputs.now)

@@ -12,6 +12,7 @@ import pytest
 
 from mithril_client import evidence as client_evidence
 from mithril_client import platforms as registry
+from mithril_client.platforms import choose
 from pipeline.project import REPO
 
 # Each side: its platforms package, what a platform's module must define, and the files in that
@@ -98,7 +99,7 @@ def test_each_side_finds_its_platform_through_the_registry():
     for name in registry.NAMES:
         assert build.get(name).name == name
         assert issubclass(server.issuer(name), Issuer)
-        assert callable(registry.validator(name).validate)
+        assert callable(choose.validator(name).validate)
         assert firmware.load(REPO, name).name == name  # measurements/platforms/<name>.yaml
 
 
@@ -188,14 +189,15 @@ def test_adding_a_platform_is_a_row_and_one_module_per_side(tmp_path):
 import json
 from attestation_server import platforms as server
 from attestation_server.__main__ import main
-from mithril_client import evidence, platforms as client
+from mithril_client import evidence
+from mithril_client.platforms import choose
 from pipeline import config, platforms as build
 doc = {"version": 1, "platform": "lab-cloud"}
 try:
     evidence.parse_evidence(json.dumps(doc).encode())
 except evidence.BadInput as e:
     parsed = str(e)
-rows = client.check_ak(evidence.Evidence("lab-cloud", b"", b"", b"", {}, b"", b"", b""), ak=None)
+rows = choose.check_ak(evidence.Evidence("lab-cloud", b"", b"", b"", {}, b"", b"", b""), ak=None)
 print(json.dumps({"build": build.names(), "config": list(config.PlatformName.__args__), "bootable": build.bootable(),
                   "server": server.issuer("lab-cloud").__name__, "client": rows[0].actual, "parsed": parsed,
                   "template": build.get("lab-cloud").template_vars()}))
