@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mithril_client.evidence import PLATFORMS
+from mithril_client.platforms import NAMES as PLATFORMS
 
 from . import imds
 from .server import Config, StartError, log, serve

@@ -1,6 +1,7 @@
 """The attestation server (docs/evidence.md): at start, the TLS CA measured into PCR 15 and the
 ingress's certificate; then `GET /attestation?nonce=HEX` (quote + AK-trust evidence) and
-`POST /attestation/activate` (credential activation, qemu).
+`POST /attestation/activate` (credential activation, where the platform serves it). What differs
+per platform is its Issuer (platforms/<module>.py).
 
 Runs on Debian bookworm's python3 with python3-cryptography 38 and nothing else.
 """
@@ -13,6 +14,7 @@ import hashlib
 import json
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,20 +25,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from mithril_client import tpm2
 from mithril_client.errors import BadInput
-from mithril_client.evidence import PLATFORMS, VERSION, parse_nonce
+from mithril_client.evidence import VERSION, parse_nonce
 from mithril_client.gpu.binding import binding, derive_gpu_nonce
+from mithril_client.platforms import NAMES as PLATFORMS
 
-from . import imds, nvml, tls
-from .tpm import AK_TEMPLATE, ALG_SHA256, EK_TEMPLATE, RC_HANDLE, RH_ENDORSEMENT, Key, Tpm, TpmError
+from . import imds, nvml, platforms, tls
+from .platforms.base import b64 as _b64
+from .tpm import ALG_SHA256, Key, Tpm, TpmError
 
 QUOTED_PCRS = range(16)
 QUOTE_ATTEMPTS = 3  # a PCR may move between TPM2_Quote and TPM2_PCR_Read: then quote again
-EK_HANDLE = 0x81010001  # TCG: the RSA 2048 EK's persistent handle (swtpm_setup puts it there)
-NV_EK_CERT = 0x01C00002  # TCG EK Credential Profile: RSA 2048 EK certificate
-AZURE_AK_HANDLE = 0x81000003
-NV_AZURE_AK_CERT = 0x01C101D0
-NV_AZURE_HCL_REPORT = 0x01400001  # read as the HCL wrote it at boot: docs/evidence.md, "HCL report"
-HCL_REPORTED_TCB = slice(32 + 0x180, 32 + 0x188)  # REPORTED_TCB of the SNP report after the 32-byte HCL header
 MAX_BODY = 1 << 16  # an activation body is about 1 KiB
 REQUEST_TIMEOUT = 30.0  # seconds a client may take to send its request
 
@@ -122,30 +120,6 @@ def start(cfg: Config) -> bytes:
 
 # ---------------------------------------------------------------------------- requests
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _der_prefix(data: bytes) -> bytes:
-    """The DER element at the start of `data`: a certificate index may be larger than the
-    certificate (Azure's AK certificate index is 4096 bytes, zero-padded)."""
-    if len(data) < 2 or data[0] != 0x30:
-        return data
-    if data[1] < 0x80:
-        return data[:2 + data[1]]
-    n = data[1] & 0x7F
-    return data[:2 + n + int.from_bytes(data[2:2 + n], "big")]
-
-
-def _nv_cert_pem(tpm: Tpm, index: int) -> str:
-    der = _der_prefix(tpm.nv_read(index))
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError as e:
-        raise TpmError("NV_Read", detail=f"NV 0x{index:08x} does not hold a DER certificate: {e}") from None
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def _body_tpm2b(doc: dict, key: str) -> bytes:
     """A base64 TPM2B from the activation body; returns its contents."""
     value = doc.get(key)
@@ -167,7 +141,13 @@ class Attestor:
         self.cfg, self.tls_ca = cfg, tls_ca
         self._lock = threading.Lock()
         self._nvml: nvml.Nvml | None = None
-        self.vcek = imds.VcekCache(cfg.thim_url, log=log)
+        self.issuer = platforms.issuer(cfg.platform)(cfg, log)
+
+    @contextmanager
+    def _tpm(self):
+        """The TPM for one request at a time."""
+        with self._lock, Tpm(self.cfg.tpm) as tpm:
+            yield tpm
 
     def _gpus(self, nonce: bytes) -> list[nvml.Collected]:
         """Every GPU's report on the nonce derived from the client's, and its certificate chain."""
@@ -176,21 +156,8 @@ class Attestor:
         return self._nvml.collect(derive_gpu_nonce(nonce))
 
     def warm(self) -> None:
-        """azure-cvm: fetch the VCEK chain before the first client asks (a failure is logged; the
-        first request tries again)."""
-        if self.cfg.platform != "azure-cvm":
-            return
-        try:
-            with self._lock, Tpm(self.cfg.tpm) as tpm:
-                hcl = tpm.nv_read(NV_AZURE_HCL_REPORT)
-            self.vcek.get(hcl[HCL_REPORTED_TCB])
-        except (TpmError, imds.ImdsError) as e:
-            log(f"fetching the VCEK chain at start: {e}")
-
-    def _ak(self, tpm: Tpm) -> Key:
-        if self.cfg.platform == "qemu":
-            return tpm.create_primary(RH_ENDORSEMENT, AK_TEMPLATE)
-        return tpm.read_public(AZURE_AK_HANDLE)
+        """The platform's work before the first client asks (azure-cvm: the VCEK chain)."""
+        self.issuer.warm(self._tpm)
 
     def _quote(self, tpm: Tpm, ak: Key, nonce: bytes) -> tuple[bytes, bytes, dict[int, bytes]]:
         for _ in range(QUOTE_ATTEMPTS):
@@ -202,47 +169,25 @@ class Attestor:
         raise TpmError("Quote", detail=f"the PCRs changed between TPM2_Quote and TPM2_PCR_Read {QUOTE_ATTEMPTS} times")
 
     def evidence(self, nonce: bytes) -> dict:
-        platform = self.cfg.platform
-        trust: dict[str, object] = {}  # the platform's evidence that the AK is a real TPM's
         gpus = self._gpus(nonce) if self.cfg.nvml else []  # before the quote, which covers them (evidence v2)
-        with self._lock, Tpm(self.cfg.tpm) as tpm:
-            ak = self._ak(tpm)
+        with self._tpm() as tpm:
+            ak = self.issuer.ak(tpm)
             attest, signature, values = self._quote(tpm, ak, binding(nonce, gpus) if self.cfg.nvml else nonce)
-            if platform == "qemu":
-                try:
-                    trust["ek_cert"] = _nv_cert_pem(tpm, NV_EK_CERT)
-                except TpmError as e:
-                    if e.base != RC_HANDLE:  # a TPM without an EK certificate: the client decides
-                        raise
-            else:
-                trust["ak_cert"] = _nv_cert_pem(tpm, NV_AZURE_AK_CERT)
-            if platform == "azure-cvm":
-                hcl = tpm.nv_read(NV_AZURE_HCL_REPORT)
-                trust["hcl_report"] = _b64(hcl)
-        if platform == "azure-cvm":  # outside the TPM lock; cached per TCB, so IMDS is rarely asked
-            trust["vcek_chain"] = self.vcek.get(hcl[HCL_REPORTED_TCB]).decode()
+            held = self.issuer.read(tpm)
+        trust: dict[str, object] = dict(self.issuer.fields(held))  # what ties the AK to hardware, in order
         ak_pub = tpm2.load_ak(ak.public, "ak_public").public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         if self.cfg.nvml:
             trust["gpus"] = [{"report": _b64(g.report), "cert_chain": g.cert_chain.decode()} for g in gpus]
-        return {"version": 2 if self.cfg.nvml else VERSION, "platform": platform, "nonce": nonce.hex(),
+        return {"version": 2 if self.cfg.nvml else VERSION, "platform": self.cfg.platform, "nonce": nonce.hex(),
                 "quote": _b64(attest), "signature": _b64(signature),
                 "pcrs": {"sha256": {str(i): values[i].hex() for i in QUOTED_PCRS}},
                 "ak_pub": ak_pub.decode(), "ak_public": _b64(ak.public), "tls_ca": self.tls_ca.decode(), **trust}
 
     def activate(self, credential_blob: bytes, secret: bytes) -> bytes:
-        """TPM2_ActivateCredential: the AK (password) certified by the EK (PolicySecret(endorsement))."""
-        with self._lock, Tpm(self.cfg.tpm) as tpm:
-            ak = self._ak(tpm)
-            try:
-                ek = tpm.read_public(EK_HANDLE)
-            except TpmError as e:
-                if e.base != RC_HANDLE:
-                    raise
-                ek = tpm.create_primary(RH_ENDORSEMENT, EK_TEMPLATE)  # the same key, made again
-            session = tpm.start_policy_session()
-            tpm.policy_secret(RH_ENDORSEMENT, session)
-            return tpm.activate_credential(ak.handle, ek.handle, session, credential_blob, secret)
+        """Credential activation (platforms whose issuer serves it)."""
+        with self._tpm() as tpm:
+            return self.issuer.activate(tpm, self.issuer.ak(tpm), credential_blob, secret)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -288,9 +233,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.NOT_FOUND, f"no such path: {url.path}")
         if self.command != allowed:
             return self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{url.path} takes {allowed}", {"Allow": allowed})
-        platform = self.attestor.cfg.platform
-        if url.path == "/attestation/activate" and platform != "qemu":
-            return self._error(HTTPStatus.NOT_FOUND, f"credential activation is served on qemu, not {platform}")
+        if url.path == "/attestation/activate" and not self.attestor.issuer.activation:
+            served = ", ".join(n for n in PLATFORMS if platforms.issuer(n).activation)
+            return self._error(HTTPStatus.NOT_FOUND, f"credential activation is served on {served}, "
+                                                     f"not {self.attestor.cfg.platform}")
         try:  # the request's input: a fault here is the client's
             if url.path == "/attestation":
                 nonces = parse_qs(url.query).get("nonce", [])

@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.errors import ToolFailed
-from pipeline.measure import gpt, pcr11, platform, predict
+from pipeline.measure import gpt, pcr11, predict
+from pipeline.platforms import firmware
 from pipeline.measure.pcr import Simulator
 from pipeline.project import REPO
 from pipeline.run import SYSTEM_PATH, run
@@ -51,7 +52,7 @@ def make_image(work: Path) -> Path:
 def ours(disk: Path, digests: dict | None) -> dict:
     """As the stage runs it when `digests` (from the OS stage's cache record) are given: the
     separate uki.efi is compared byte for byte instead of hashed again."""
-    plat = platform.load(REPO, "qemu")
+    plat = firmware.load(REPO, "qemu")
     uki_copy = disk.parent / "uki.efi" if digests else None
     return predict.predict(disk, ROOTHASH, plat, "production", digests=digests, uki_copy=uki_copy).measurements
 

@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass
 
 from .errors import BadInput
+from .platforms import NAMES as PLATFORMS
 
 VERSION = 1
 VERSIONS = (1, 2)  # 2: with GPU evidence (mithril_client.gpu.evidence)
-PLATFORMS = ("qemu", "azure-trusted-launch", "azure-cvm")
 MAX_DOCUMENT = 1 << 20  # 1 MiB: real evidence is a few KiB
 NONCE_MIN, NONCE_MAX = 16, 64  # bytes; a TPM2B_DATA holds at most 64
 _HEX = re.compile(r"[0-9a-fA-F]*")  # always with fullmatch: `$` also matches before a final newline

@@ -15,7 +15,7 @@ from .errors import VerificationFailed
 from .evidence import Evidence
 from .gpu.evidence import gpu_rows, quote_nonce, rename_binding_row
 from .measurements import Measurements, Row
-from .platforms import check_ak
+from .platforms.choose import check_ak
 from .tpm2 import load_ak, parse_public, parse_quote, parse_signature, quote_rows
 
 

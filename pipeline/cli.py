@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from . import platforms
 from .errors import MithrilError, ToolFailed
 
 STAGE_HELP = {
@@ -459,7 +460,7 @@ def audit(against, repo, cache_dir, keep, inputs, as_json):
 
 
 @cli.command("boot")
-@click.option("--platform", type=click.Choice(["qemu"]), default="qemu", show_default=True,
+@click.option("--platform", type=click.Choice(platforms.bootable()), default="qemu", show_default=True,
               help="Where to boot (only QEMU + OVMF + swtpm on this machine).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds to wait for the guest's PCR print.")
@@ -612,8 +613,9 @@ def record_platform(ctx, platform_name, from_serial, from_quote, from_evidence, 
         observed = rp.from_quote(from_quote, pcrs, signature, ak_pub)
         default_source = f"quote {Path(from_quote).name}" + (" (signature checked)" if signature else "")
     else:
-        if platform_name != "qemu":
-            raise BadInput("--platform", f"only 'qemu' can be booted here, not {platform_name!r}",
+        if platform_name not in platforms.bootable():
+            bootable = ", ".join(repr(n) for n in platforms.bootable())
+            raise BadInput("--platform", f"only {bootable} can be booted here, not {platform_name!r}",
                            "pass --from-serial or --from-quote with values from that platform")
         observed, default_source = rp.from_boot(ctx.out_dir, timeout, accel)
     result = rp.record(ctx.root, platform_name, observed, source or default_source, id_key_digest=id_key)

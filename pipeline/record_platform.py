@@ -11,8 +11,9 @@ from pathlib import Path
 from . import run as runner
 from .attest import pcrs_from_quote, read_file
 from .errors import BadInput, ToolFailed, VerificationFailed
-from .measure import platform as plat
+from .platforms import firmware as plat
 from .platforms.qemu.boot import boot_disks
+from mithril_client.platforms.choose import validator
 from mithril_client.evidence import parse_evidence
 from mithril_client.tpm2 import load_ak, parse_public, parse_quote, parse_signature, pcr_digest, signature_valid
 
@@ -68,14 +69,8 @@ def from_evidence(path: Path, platform: str) -> tuple[dict[int, str], str | None
         raise VerificationFailed(f"{path}: the PCR values do not match the quote's pcrDigest; nothing recorded")
     quoted = {i for s in quote.selections if s.bank == "sha256" for i in s.pcrs}
     values = {i: v.hex() for i, v in doc.pcrs.get("sha256", {}).items() if i in quoted}
-    if platform != "azure-cvm":
-        return values, None
-    from mithril_client.platforms import azure_cvm as cvm
-
-    rows = cvm.check_ak(doc, ak.key, policy=cvm.SnpPolicy(id_key_policy="warn"))
-    if failed := [r.check for r in rows if r.failed]:
-        raise VerificationFailed(f"{path}: the SNP report does not verify ({', '.join(failed)}); nothing recorded")
-    return values, cvm.parse_hcl_report(doc.hcl_report).report.id_key_digest.hex()
+    id_key = getattr(validator(platform), "id_key_to_record", None)
+    return values, (id_key(doc, ak.key, str(path)) if id_key else None)
 
 
 def record(root: Path, name: str, observed: dict[int, str], source: str,
@@ -106,9 +101,8 @@ def record(root: Path, name: str, observed: dict[int, str], source: str,
                      "policy": updated.firmware_pcrs[i].policy})
     result = {"platform": name, "file": str(path), "source": source, "date": date.isoformat(), "pcrs": rows}
     if id_key_digest is not None:
-        from mithril_client.platforms.azure_cvm import AZURE_ID_KEY_DIGESTS
-
+        shipped = validator(name).AZURE_ID_KEY_DIGESTS
         known = any(v.value == id_key_digest for v in current.snp_id_key_digests)
         result["snp_id_key_digest"] = {"value": id_key_digest, "state": "already known" if known else "added",
-                                       "shipped": id_key_digest in AZURE_ID_KEY_DIGESTS}
+                                       "shipped": id_key_digest in shipped}
     return result

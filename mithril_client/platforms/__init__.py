@@ -1,37 +1,27 @@
-"""AK trust per platform: does the AK that signed the quote belong to a genuine (virtual) TPM?
+"""The one list of platform names: what every side looks its per-platform code up in.
 
-One module per platform, each with a `check_ak(...) -> list[Row]` whose row named `ak` is the
-verdict; `check_ak` here picks the module from `evidence.platform`.
+A row of PLATFORMS is a platform: its name (the `platform:` of mithril.yaml, measurements.json
+and the evidence) and the module name under which each side keeps that platform's code:
+
+  mithril_client/platforms/<module>.py      the validator: does the AK belong to a genuine TPM?
+  attestation_server/platforms/<module>.py  the issuer: the AK, and what ties it to hardware
+  pipeline/platforms/<module>/              the build: checks of mithril.yaml, template variables,
+                                            deployment (and measurements/platforms/<name>.yaml)
+
+Each side finds its code with `importlib.import_module(f"{package}.{PLATFORMS[name]}")`: the
+build and the server in their platforms/__init__.py (which is also how pipeline/modules.py sees
+that a stage uses the whole folder), the client in choose.py (`validator`, and `check_ak` by the
+evidence's platform). Nothing else branches on a platform name. Adding a platform is one row
+here and one module or folder per side (tests/unit/test_platform_registry.py checks both ways).
+
+This module imports nothing: the attestation server and evidence.py read the names from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
-
-from ..certs import evidence_arg
-from ..measurements import Row
-from ..tpm2 import TpmPublic
-
-
-def check_ak(evidence, ak: TpmPublic, *, ek_roots: bytes | None = None, now: datetime | None = None,
-             snp_policy=None, fetch: Callable[[str], bytes] | None = None, fetch_budget: float | None = None,
-             activate: Callable[[bytes, bytes], bytes] | None = None) -> list[Row]:
-    """`ek_roots`, `activate`: qemu (the per-boot swtpm EK CA; the credential activation round
-    trip). `fetch`: Azure Trusted Launch AIA issuers. `snp_policy`: Azure CVM (azure_cvm.SnpPolicy)."""
-    evidence = evidence_arg(evidence)
-    if evidence.platform == "qemu":
-        from . import qemu
-
-        return qemu.check_ak(evidence, ak, ek_roots=ek_roots, activate=activate, now=now)
-    if evidence.platform == "azure-trusted-launch":
-        from . import azure_trusted_launch
-
-        budget = azure_trusted_launch.FETCH_BUDGET if fetch_budget is None else fetch_budget
-        return azure_trusted_launch.check_ak(evidence, ak.key, now=now, fetch=fetch, fetch_budget=budget)
-    if evidence.platform == "azure-cvm":
-        from . import azure_cvm
-
-        return azure_cvm.check_ak(evidence, ak.key, now=now, policy=snp_policy)
-    return [Row("ak", "AK tied to a genuine TPM", f"no AK check for platform {evidence.platform!r}", "enforce",
-                "MISMATCH")]
+PLATFORMS: dict[str, str] = {  # name -> module (folder) name on every side
+    "qemu": "qemu",
+    "azure-trusted-launch": "azure_trusted_launch",
+    "azure-cvm": "azure_cvm",
+}
+NAMES = tuple(PLATFORMS)

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from ..errors import BadInput
+from ..errors import BadInput, VerificationFailed
 from ..measurements import Row
 from .. import certs
 
@@ -493,3 +493,18 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, policy: SnpPolicy
     actual = (f"HCLAkPub of the paravisor with ID key {report.id_key_digest.hex()[:16]}… on a {product.name} "
               f"SEV-SNP host, VMPL {report.vmpl}, TCB {report.reported_tcb}")
     return [Row("ak", verdict, actual, "enforce", "ok"), *rows]
+
+
+def validate(evidence, ak, inputs) -> list[Row]:
+    """The registry's entry (choose.check_ak): `ak` a TpmPublic, `inputs` a choose.AkInputs."""
+    return check_ak(evidence, ak.key, now=inputs.now, policy=inputs.snp_policy)
+
+
+def id_key_to_record(evidence, ak_key, where: str) -> str:
+    """`record-platform --from-evidence`: the SNP report's ID key digest, once the report passed
+    every check but the ID key itself (AMD's chain, signature, HCLAkPub = the quote's AK,
+    report_data, policy, TCB): what is recorded was said by a genuine chip about this AK."""
+    rows = check_ak(evidence, ak_key, policy=SnpPolicy(id_key_policy="warn"))
+    if failed := [r.check for r in rows if r.failed]:
+        raise VerificationFailed(f"{where}: the SNP report does not verify ({', '.join(failed)}); nothing recorded")
+    return parse_hcl_report(evidence.hcl_report).report.id_key_digest.hex()

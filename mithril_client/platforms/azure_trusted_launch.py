@@ -223,3 +223,9 @@ def check_ak(evidence, ak_key, *, now: datetime | None = None, fetch: Fetch | No
         return [Row("ak", verdict, actual, "enforce", "ok"), *rows]
     failed = ", ".join(r.check for r in rows if r.failed)
     return [Row("ak", verdict, f"not certified ({failed} failed)", "enforce", "MISMATCH"), *rows]
+
+
+def validate(evidence, ak, inputs) -> list[Row]:
+    """The registry's entry (choose.check_ak): `ak` a TpmPublic, `inputs` a choose.AkInputs."""
+    budget = FETCH_BUDGET if inputs.fetch_budget is None else inputs.fetch_budget
+    return check_ak(evidence, ak.key, now=inputs.now, fetch=inputs.fetch, fetch_budget=budget)

@@ -63,3 +63,8 @@ def attribute_row(ak: TpmPublic) -> Row:
     missing = [n for n, bit in AK_ATTRIBUTES.items() if not ak.attributes & bit]
     return Row("ak attributes", " ".join(AK_ATTRIBUTES), "missing " + ", ".join(missing) if missing else "all set",
                "enforce", "MISMATCH" if missing else "ok")
+
+
+def validate(evidence: Evidence, ak: TpmPublic, inputs) -> list[Row]:
+    """The registry's entry (choose.check_ak); `inputs` is a choose.AkInputs."""
+    return check_ak(evidence, ak, ek_roots=inputs.ek_roots, activate=inputs.activate, now=inputs.now)

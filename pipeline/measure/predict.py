@@ -17,7 +17,7 @@ from . import pcr04, pcr09, pcr11, pcr12_13, pcr15
 from .fat import open_esp
 from .pcr import Event, Simulator, replay
 from .pe import PeImage, kernel, stub_version
-from .platform import Platform
+from ..platforms.firmware import Firmware
 
 VERSION = 1
 
@@ -29,7 +29,7 @@ class Prediction:
     uki: bytes = field(repr=False)
 
 
-def predict(os_disk: Path, roothash: str, platform: Platform, mode: str, *, phases: tuple[str, ...] = (),
+def predict(os_disk: Path, roothash: str, platform: Firmware, mode: str, *, phases: tuple[str, ...] = (),
             platform_file: bytes = b"", digests: dict[str, str] | None = None,
             uki_copy: Path | None = None) -> Prediction:
     """measurements.json and eventlog.json for booting `os_disk` on `platform`.

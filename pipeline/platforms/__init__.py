@@ -1,31 +1,26 @@
 """Where an image runs: one package per platform, chosen by a profile's `platform:` (`get`).
 
-A platform's name is its folder's, with "-" for "_" (azure_cvm/ is `platform: azure-cvm`); the
-folder's __init__.py defines PLATFORM, a `base.Platform`. Folders without PLATFORM hold code several
-platforms share (azure/). Adding a platform is adding a folder here, plus its firmware facts in
-the project's measurements/platforms/<name>.yaml (project data: `init` copies it, `record-platform`
-adds observed values to it, measurements.json names it).
+The names are the client's registry (mithril_client.platforms.PLATFORMS), which also names the
+folder here: azure_cvm/ is `platform: azure-cvm`. The folder's __init__.py defines PLATFORM, a
+`base.Platform`; folders in no registry row hold code several platforms share (azure/). A
+platform's firmware facts are project data, measurements/platforms/<name>.yaml (`firmware.py`:
+`init` copies them, `record-platform` adds observed values, measurements.json names the file).
+Adding a platform: README "Architecture: where things go".
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from functools import cache
+
+from mithril_client.platforms import PLATFORMS
 
 from .base import Platform
 
 
 @cache
 def _platforms() -> dict[str, Platform]:
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        if not info.ispkg:
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if hasattr(module, "PLATFORM"):
-            found[module.PLATFORM.name] = module.PLATFORM
-    return found
+    return {name: importlib.import_module(f"{__name__}.{module}").PLATFORM for name, module in PLATFORMS.items()}
 
 
 def names() -> tuple[str, ...]:
@@ -36,3 +31,8 @@ def names() -> tuple[str, ...]:
 def get(name: str) -> Platform:
     """The platform named by a profile (mithril.yaml's check has allowed only `names()`)."""
     return _platforms()[name]
+
+
+def bootable() -> tuple[str, ...]:
+    """The platforms `boot` and `record-platform` can start on this machine, sorted."""
+    return tuple(n for n in names() if get(n).boots_here)

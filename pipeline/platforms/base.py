@@ -1,16 +1,24 @@
-"""What every platform package (pipeline/platforms/<name>/) provides, as its PLATFORM."""
+"""What every platform package (pipeline/platforms/<module>/) provides, as its PLATFORM."""
 
 from __future__ import annotations
+
+from mithril_client.platforms import PLATFORMS
 
 
 class Platform:
     """What the build, the checks of mithril.yaml and the deploy commands need to know about a
-    platform. The defaults fit a platform with no cloud around it."""
+    platform. The defaults fit a platform with no cloud around it. Its firmware facts are project
+    data: `firmware.load(root, name)` (measurements/platforms/<name>.yaml)."""
 
     azure = False  # the image talks to Azure's resolver and metadata service (firewall rules)
+    boots_here = False  # `boot` and `record-platform` can start it on this machine
 
     def __init__(self, module: str):
-        self.name = module.rpartition(".")[2].replace("_", "-")
+        folder = module.rpartition(".")[2]
+        rows = [name for name, m in PLATFORMS.items() if m == folder]
+        if not rows:
+            raise ValueError(f"pipeline/platforms/{folder}/ is no row of mithril_client.platforms.PLATFORMS")
+        self.name = rows[0]
 
     def template_vars(self) -> dict:
         """What the OS image's templates (mkosi/, the firewall rules) know of the platform."""

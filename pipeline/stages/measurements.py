@@ -11,7 +11,8 @@ from pathlib import Path
 from .. import gpu, log, starter
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult
-from ..measure import gpt, platform, predict
+from ..measure import gpt, predict
+from ..platforms import firmware
 from ..records import AppDiskRecord, OsRecord, read
 
 SCHEMA = Path("measurements") / "schema" / "measurements.v1.json"
@@ -57,12 +58,12 @@ class Measurements(Stage):
         return {
             "platform": ctx.profile.platform,
             "mode": ctx.profile.mode,
-            "platform_file": ctx.checkout_digests(str(platform.path_for(Path("."), ctx.profile.platform))),
+            "platform_file": ctx.checkout_digests(str(firmware.path_for(Path("."), ctx.profile.platform))),
         }
 
     def build(self, ctx: Context, out: Path, deps: dict[str, StageResult]) -> dict:
         os_dir, app_dir = deps["os"].dir, deps["appdisk"].dir
-        plat = platform.load(ctx.root, ctx.profile.platform)
+        plat = firmware.load(ctx.root, ctx.profile.platform)
         os_record = read(os_dir, OsRecord)
         if os_record.mode != ctx.profile.mode:
             raise BadInput(str(os_dir / OsRecord.FILE), f"mode: the OS image is {os_record.mode!r}, the profile "
@@ -76,7 +77,7 @@ class Measurements(Stage):
         # No boot phases in PCR 11: the image masks systemd-pcrphase, in the initrd too (mkosi.finalize).
         with log.step("Predicting PCRs", "Predicted PCRs"):
             result = predict.predict(os_dir / "os_disk.raw", roothash, plat, ctx.profile.mode,
-                                     platform_file=platform.path_for(ctx.root, plat.name).read_bytes(),
+                                     platform_file=firmware.path_for(ctx.root, plat.name).read_bytes(),
                                      digests=digests, uki_copy=os_dir / "uki.efi")
         if ctx.profile.os.nvidia:
             result.measurements["gpu"] = driver_rim(ctx, out)
@@ -130,9 +131,9 @@ def measure_disk(os_disk: Path, roothash: str, platform_name: str, mode: str, ro
     """Outside a build: predict the PCRs of any OS disk image; returns measurements.json."""
     if not Path(os_disk).is_file():
         raise BadInput(str(os_disk), "not found", "pass the OS disk image (out/<profile>/os_disk.raw)")
-    plat = platform.load(root, platform_name)
+    plat = firmware.load(root, platform_name)
     result = predict.predict(Path(os_disk), roothash.lower(), plat, mode, phases=phases,
-                             platform_file=platform.path_for(root, plat.name).read_bytes())
+                             platform_file=firmware.path_for(root, plat.name).read_bytes())
     out.mkdir(parents=True, exist_ok=True)
     write(result, out, root)
     return result.measurements

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 
 from attestation_server import imds, tls
 from attestation_server import tpm as T
-from attestation_server.server import _body_tpm2b, _der_prefix
+from attestation_server.platforms.base import der_prefix as _der_prefix
+from attestation_server.server import _body_tpm2b
 from mithril_client.errors import BadInput
 
 SESSION_AREA = b"\x00\x00\x01\x00\x00"  # TPMS_AUTH_RESPONSE: empty nonce, continueSession, empty hmac

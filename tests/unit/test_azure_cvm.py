@@ -25,7 +25,7 @@ from mithril_client import tpm2
 from mithril_client.errors import BadInput
 from mithril_client.evidence import Evidence
 from mithril_client.platforms import azure_cvm as cvm
-from mithril_client.platforms import check_ak
+from mithril_client.platforms.choose import check_ak
 from tests.conftest import need
 
 # AMD's VCEKs have serial number 0; cryptography warns when the tests load them directly

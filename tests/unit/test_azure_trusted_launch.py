@@ -22,7 +22,7 @@ from mithril_client import tpm2
 from mithril_client.errors import BadInput
 from mithril_client.evidence import Evidence
 from mithril_client.platforms import azure_trusted_launch as tl
-from mithril_client.platforms import check_ak
+from mithril_client.platforms.choose import check_ak
 from mithril_client.tpm2 import TpmPublic
 from tests.conftest import need
 

@@ -11,7 +11,8 @@ import pytest
 from pipeline.errors import BadInput
 from pipeline.cache import StageResult
 from pipeline.files import tree_digests
-from pipeline.measure import pe, platform, predict
+from pipeline.measure import pe, predict
+from pipeline.platforms import firmware as platform
 from pipeline.project import REPO
 from pipeline.stages.measurements import Measurements, schema_path
 from tests import ukifixture as U

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from pipeline.errors import BadInput
-from pipeline.measure import platform
+from pipeline.platforms import firmware as platform
 from pipeline.project import REPO
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline import config, platforms
-from pipeline.measure import platform as firmware
+from pipeline.platforms import firmware
 from pipeline.project import REPO
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from pipeline import record_platform as rp
 from pipeline.errors import BadInput
-from pipeline.measure import platform as plat
+from pipeline.platforms import firmware as plat
 from tests.conftest import mb, new_project
 
 V = {i: f"{i:x}" * 64 for i in range(16)}

@@ -8,6 +8,8 @@ USER_NET = "10.0.2.0/24"  # QEMU's user-mode network (`run`, `boot`)
 
 
 class Qemu(Platform):
+    boots_here = True
+
     def networks(self, config, profile, at) -> list[tuple[str, str]]:
         return [("QEMU's user network", USER_NET)]
 

@@ -1,7 +1,8 @@
-"""Platform reference files, measurements/platforms/<name>.yaml: the firmware's events in PCR 4
-before the UKI, and the firmware PCRs 0-3 (policy and known-good values, each with where and
-when it was recorded). Everything is data, so `record-platform` can rewrite a file with
-`add_values` + `dump` without losing anything (no meaning lives in YAML comments).
+"""A platform's firmware facts, measurements/platforms/<name>.yaml (project data; the platform's
+code is its folder here): the firmware's events in PCR 4 before the UKI, and the firmware PCRs
+0-3 (policy and known-good values, each with where and when it was recorded). Everything is
+data, so `record-platform` can rewrite a file with `add_values` + `dump` without losing anything
+(no meaning lives in YAML comments).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import yaml
 from pydantic import Field, model_validator
 
 from ..errors import BadInput
+from ..measure.pcr import sha256
+from ..measure.pcr04 import FirmwareEvent
 from ..readers import Strict, load_model
-from .pcr import sha256
-from .pcr04 import FirmwareEvent
 
 PLATFORMS_DIR = Path("measurements") / "platforms"
 HEX64 = r"^[0-9a-f]{64}$"
@@ -74,7 +75,7 @@ class EventSpec(Strict):
         return FirmwareEvent(self.type, what, sha256(data))
 
 
-class Platform(Strict):
+class Firmware(Strict):
     name: str = Field(pattern=r"^[a-z0-9][-a-z0-9]*$")
     description: str
     source: str = Field(description="where the event sequence was established")
@@ -108,7 +109,7 @@ def known(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / PLATFORMS_DIR).glob("*.yaml"))
 
 
-def load(root: Path, name: str) -> Platform:
+def load(root: Path, name: str) -> Firmware:
     """The platform file for `name` under root/measurements/platforms; BadInput naming the file
     and field when it is missing or wrong."""
     path = path_for(root, name)
@@ -116,13 +117,13 @@ def load(root: Path, name: str) -> Platform:
     if not path.is_file():
         raise BadInput(where, f"unknown platform {name!r}",
                        "known platforms: " + (", ".join(known(root)) or "none (measurements/platforms/ is empty)"))
-    plat = load_model(path, Platform, where)
+    plat = load_model(path, Firmware, where)
     if plat.name != name:
         raise BadInput(where, f"name: {plat.name!r} does not match the file name {name!r}")
     return plat
 
 
-def add_values(plat: Platform, values: dict[int, str], source: str, date: datetime.date) -> Platform:
+def add_values(plat: Firmware, values: dict[int, str], source: str, date: datetime.date) -> Firmware:
     """A copy with newly recorded firmware PCR values appended (duplicates skipped)."""
     pcrs = dict(plat.firmware_pcrs)
     for pcr, value in sorted(values.items()):
@@ -136,7 +137,7 @@ def add_values(plat: Platform, values: dict[int, str], source: str, date: dateti
     return plat.model_validate({**plat.model_dump(), "firmware_pcrs": {k: v.model_dump() for k, v in pcrs.items()}})
 
 
-def add_id_key(plat: Platform, digest: str, source: str, date: datetime.date) -> Platform:
+def add_id_key(plat: Firmware, digest: str, source: str, date: datetime.date) -> Firmware:
     """A copy with an observed SNP ID key digest appended (a known one is not repeated)."""
     if any(v.value == digest for v in plat.snp_id_key_digests):
         return plat
@@ -144,7 +145,7 @@ def add_id_key(plat: Platform, digest: str, source: str, date: datetime.date) ->
     return plat.model_copy(update={"snp_id_key_digests": (*plat.snp_id_key_digests, new)})
 
 
-def dump(plat: Platform) -> str:
+def dump(plat: Firmware) -> str:
     """YAML text for a platform file (stable key order, dates as YYYY-MM-DD)."""
     data = plat.model_dump(mode="json", exclude_none=True)
     if not data["snp_id_key_digests"]:
