@@ -16,7 +16,8 @@ from .evidence import Evidence
 from .gpu.evidence import gpu_rows, quote_nonce, rename_binding_row
 from .measurements import Measurements, Row
 from .platforms import check_ak
-from .tpm2 import load_ak, parse_public, parse_quote, parse_signature, quote_rows
+from .quote import quote_rows
+from .tpm2 import TLS_PCR, load_ak, parse_public, parse_quote, parse_signature
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,6 @@ def verify_evidence(evidence: Evidence, nonce: bytes, measurements: Measurements
     if raise_on_failure and not report.ok:
         raise AttestationFailed(report)
     return report
-
-
-TLS_PCR = 15
 
 
 def binding_row(measurements: Measurements, rows: list[Row]) -> Row:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from mithril_client.evidence import parse_evidence
 from mithril_client.measurements import Row, load_measurements
-from mithril_client.tpm2 import QuoteReport, parse_pcr_file, parse_quote, pcr_digest, verify_quote
+from mithril_client.quote import QuoteReport, verify_quote
+from mithril_client.tpm2 import check_nonce, parse_pcr_file, parse_quote, pcr_digest
 from mithril_client.verify import Report, Trust, verify_evidence
 
 from .errors import BadInput
@@ -30,20 +31,17 @@ def read_file(path: Path, option: str) -> bytes:
         raise BadInput(str(path), f"cannot read ({option}): {e.strerror}") from None
 
 
-def parse_nonce(text: str) -> bytes:
+def parse_hex(text: str, option: str = "--nonce") -> bytes:
     try:
-        nonce = bytes.fromhex(text.strip().removeprefix("0x"))
+        return bytes.fromhex(text.strip().removeprefix("0x"))
     except ValueError:
-        raise BadInput("--nonce", f"{text!r} is not a hex string") from None
-    if not 1 <= len(nonce) <= 64:
-        raise BadInput("--nonce", f"{len(nonce)} bytes; a TPM nonce has 1 to 64 bytes")
-    return nonce
+        raise BadInput(option, f"{text!r} is not a hex string") from None
 
 
 def verify_files(quote: Path, signature: Path, pcrs: Path, ak_pub: Path, nonce: str, measurements: Path,
                  ca_pem: Path | None = None, allow_debug: bool = False) -> QuoteReport:
     m = load_measurements(measurements)
-    nonce_bytes = parse_nonce(nonce)
+    nonce_bytes = check_nonce(parse_hex(nonce), "--nonce")
     where = {"quote": str(quote), "signature": str(signature), "pcrs": str(pcrs), "ak": str(ak_pub)}
     return verify_quote(read_file(quote, "--quote"), read_file(signature, "--signature"),
                         read_file(pcrs, "--pcrs"), read_file(ak_pub, "--ak-pub"), nonce_bytes, m,
@@ -61,7 +59,7 @@ def verify_evidence_file(evidence: Path, nonce: str, measurements: Path, ek_ca: 
     trust = Trust(ek_roots=read_file(ek_ca, "--ek-ca") if ek_ca else None, allow_debug=allow_debug,
                   snp_policy=load_snp_policy(snp_policy), gpu_rims=gpu_rims_for(measurements, gpu_rims),
                   gpu_online=online)
-    return verify_evidence(doc, parse_nonce(nonce), m, trust, raise_on_failure=False)  # the CLI prints every row
+    return verify_evidence(doc, check_nonce(parse_hex(nonce), "--nonce"), m, trust, raise_on_failure=False)  # the CLI prints every row
 
 
 def load_snp_policy(path: Path | None):
@@ -373,7 +371,7 @@ def verify_gpu_files(report: Path, cert_chain: Path, nonce: str, rims: Path | No
     from mithril_client.gpu.check import RimSet, check_gpu
     from mithril_client.gpu.spdm import NONCE_LEN, read_report_file
 
-    gpu_nonce = parse_nonce(nonce)
+    gpu_nonce = parse_hex(nonce)  # an SPDM nonce, not a TPM one
     if len(gpu_nonce) != NONCE_LEN:
         raise BadInput("--nonce", f"{len(gpu_nonce)} bytes; an SPDM nonce has {NONCE_LEN}")
     raw = read_report_file(read_file(report, "--report"), str(report))
