@@ -8,7 +8,7 @@ import hmac
 from dataclasses import dataclass
 
 from .measurements import Measurements, Row, compare_pcrs
-from .tpm2 import (PcrValues, Quote, Signature, load_ak, parse_pcr_file, parse_quote, parse_signature, pcr_digest,
+from .tpm2 import (PcrValues, Quote, Signature, check_nonce, load_ak, parse_pcr_file, parse_quote, parse_signature, pcr_digest,
                    signature_valid)
 
 
@@ -41,7 +41,10 @@ def verify_quote(quote_bytes: bytes, sig_bytes: bytes, pcr_bytes: bytes, ak_byte
 def quote_rows(quote: Quote, sig: Signature, key, values: PcrValues, nonce: bytes, measurements: Measurements,
                *, ca_pem: bytes | None = None, allow_debug: bool = False) -> list[Row]:
     """Every check of a quote as a table row: mode, signature, nonce, PCR digest, then each PCR of
-    measurements.json. Only PCR values covered by the signed digest are compared."""
+    measurements.json. Only PCR values covered by the signed digest are compared. The verifier's
+    nonce (or, evidence v2, the binding that stands for it) must follow the nonce rule: a
+    matching quote over a short one proves no freshness."""
+    check_nonce(nonce, "nonce")
     rows = []
     if measurements.mode == "debug":
         rows.append(Row("mode", "production", "debug", "info" if allow_debug else "enforce",

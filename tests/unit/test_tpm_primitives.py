@@ -18,6 +18,8 @@ from attestation_server import tls
 from attestation_server import tpm as T
 from mithril_client import evidence, tpm2
 from mithril_client.errors import BadInput
+from mithril_client.measurements import parse_measurements
+from mithril_client.quote import quote_rows
 from pipeline import attest
 from pipeline.measure import pcr15
 from pipeline.measure.pcr import Simulator
@@ -49,9 +51,9 @@ def printed(text: str, name: str) -> list[str]:
 # ---------------------------------------------------------------------------- extend and PCR 15
 
 def test_pcr15_steps_agree_with_a_real_tpm(swtpm, tmp_path):
-    """The build's prediction (roothash, sentinel), the server's record of the CA step and the
-    client's replay, each against the value swtpm holds after doing the same: tpm2_pcrextend for
-    the digests measured-setup extends, tpm2_pcrevent (the TPM hashes the PEM itself) for the CA."""
+    """The build's prediction (roothash, sentinel) and the client's replay of the CA step, each
+    against the value swtpm holds after doing the same: tpm2_pcrextend for the digests
+    measured-setup extends, tpm2_pcrevent (the TPM hashes the PEM itself) for the CA."""
     swtpm.tool(["tpm2_pcrextend", f"15:sha256={ROOTHASH.hex()}"])
     swtpm.tool(["tpm2_pcrextend", f"15:sha256={'00' * 32}"])
     before = pcr_value(swtpm, 15)
@@ -110,7 +112,7 @@ def test_a_nonce_outside_the_rule_is_refused_everywhere(size):
         tpm2.parse_nonce(text)
     with pytest.raises(BadInput, match=f"--nonce: {size} bytes"):
         attest.check_nonce(attest.parse_hex(text), "--nonce")
-    with pytest.raises(BadInput, match="nonce"):
+    with pytest.raises(BadInput, match=f"evidence: nonce: {size} bytes"):
         evidence.parse_evidence(json.dumps({"version": 1, "platform": "qemu", "nonce": text}))
     assert srv.parse_nonce is evidence.parse_nonce is tpm2.parse_nonce
 
@@ -125,6 +127,38 @@ def test_a_nonce_inside_the_rule_is_accepted_everywhere(size):
 def test_a_nonce_that_is_not_plain_hex_is_refused(text):
     with pytest.raises(BadInput, match="even-length hex"):
         tpm2.parse_nonce(text)
+
+
+def test_a_genuine_quote_over_a_short_nonce_does_not_verify(swtpm):
+    """The TPM signs any qualifyingData up to its limit; the verifier is what refuses a quote
+    whose nonce (matching or not) is below the rule."""
+    with T.Tpm(f"swtpm:{swtpm.socket}") as tpm:
+        ak = tpm.create_primary(T.RH_ENDORSEMENT, T.AK_TEMPLATE)
+        for size in (tpm2.NONCE_MIN - 1, tpm2.NONCE_MIN):
+            nonce = bytes(range(1, size + 1))
+            attest_, sig = tpm.quote(ak.handle, nonce, T.ALG_SHA256, [15])
+            values = {"sha256": tpm.pcr_read(T.ALG_SHA256, [15])}
+            args = (tpm2.parse_quote(attest_), tpm2.parse_signature(sig), tpm2.load_ak(ak.public), values, nonce,
+                    parse_measurements({"version": 1, "mode": "production", "pcrs": {"15": {"expected": ["00" * 32]}}},
+                                       "m"))
+            if size < tpm2.NONCE_MIN:
+                with pytest.raises(BadInput, match=f"nonce: {size} bytes"):
+                    quote_rows(*args)
+            else:  # the same quote shape over a nonce inside the rule: signature and nonce verify
+                rows = {r.check: r.result for r in quote_rows(*args)}
+                assert rows["signature"] == rows["nonce"] == rows["pcr digest"] == "ok", rows
+
+
+def test_the_sdk_refuses_a_short_verifier_nonce_for_any_evidence_version():
+    """Evidence v2's quote carries a digest of the nonce (always 32 bytes), so the rule is applied
+    to the verifier's own nonce before anything else."""
+    from mithril_client.verify import verify_evidence
+
+    m = parse_measurements({"version": 1, "mode": "production", "pcrs": {"15": {"expected": ["00" * 32]}}}, "m")
+    for version in (1, 2):
+        ev = evidence.Evidence("qemu", bytes(16), b"", b"", {}, b"", b"", b"", version=version)
+        with pytest.raises(BadInput, match="nonce: 8 bytes"):
+            verify_evidence(ev, bytes(8), m, raise_on_failure=False)
 
 
 def test_what_our_clients_send_is_inside_the_rule():
