@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import sys
 import threading
@@ -50,7 +49,7 @@ class Config:
     tls_dir: Path
     state_dir: Path
     tls_owner: tuple[int, int] | None = None
-    pcr: int = 15
+    pcr: int = tpm2.TLS_PCR
     thim_url: str = imds.THIM_URL
     nvml: str | None = None  # GPU profiles: libnvidia-ml from the measured root; every answer then carries GPU evidence
 
@@ -82,7 +81,7 @@ def _measure_ca(cfg: Config, ca_pem: bytes) -> None:
     """Extend PCR `cfg.pcr` with sha256(CA PEM) exactly once per boot. The state folder records
     the value before and the value after; the record is written before extending, so a restart
     at any point can tell whether the extend happened."""
-    digest = hashlib.sha256(ca_pem).digest()
+    digest = tpm2.ca_digest(ca_pem)
     record_path = cfg.state_dir / "pcr.json"
     with Tpm(cfg.tpm) as tpm:
         current = tpm.pcr_read(ALG_SHA256, [cfg.pcr])[cfg.pcr]
@@ -90,7 +89,7 @@ def _measure_ca(cfg: Config, ca_pem: bytes) -> None:
             record = json.loads(record_path.read_text())
         else:
             record = {"pcr": cfg.pcr, "ca_sha256": digest.hex(), "before": current.hex(),
-                      "after": hashlib.sha256(current + digest).hexdigest()}
+                      "after": tpm2.extend(current, digest).hex()}
             tls.write_atomic(record_path, json.dumps(record).encode())
         if record["pcr"] != cfg.pcr or record["ca_sha256"] != digest.hex():
             raise StartError(f"{record_path} is for PCR {record['pcr']} and CA sha256 {record['ca_sha256']}, "
@@ -129,9 +128,10 @@ def _body_tpm2b(doc: dict, key: str) -> bytes:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise BadInput("body", f"{key}: not valid base64") from None
-    if len(raw) < 3 or int.from_bytes(raw[:2], "big") != len(raw) - 2:
-        raise BadInput("body", f"{key}: not a TPM2B (2-byte big-endian size, then that many bytes)")
-    return raw[2:]
+    data = tpm2.unwrap_tpm2b(raw, "body", key)
+    if not data:
+        raise BadInput("body", f"{key}: an empty TPM2B")
+    return data
 
 
 class Attestor:

@@ -17,21 +17,21 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Part 2: constants
+from mithril_client import tpm2
+from mithril_client.tpm2 import (ADMIN_WITH_POLICY, ALG_ECC, ALG_NULL, ALG_RSA, ALG_SHA256, DECRYPT, FIXED_PARENT,
+                                 FIXED_TPM, HASH_ALGS, NO_DA, RESTRICTED, SENSITIVE_DATA_ORIGIN, SIGN, USER_WITH_AUTH,
+                                 tpm2b)
+
+# Part 2: constants (the structures' own, and the TPMA_OBJECT bits, are mithril_client.tpm2's)
 ST_NO_SESSIONS, ST_SESSIONS = 0x8001, 0x8002
 RH_OWNER, RH_NULL, RS_PW, RH_ENDORSEMENT = 0x40000001, 0x40000007, 0x40000009, 0x4000000B
-ALG_RSA, ALG_SHA256, ALG_AES, ALG_NULL = 0x0001, 0x000B, 0x0006, 0x0010
-ALG_ECDSA, ALG_ECC, ALG_CFB = 0x0018, 0x0023, 0x0043
+ALG_AES, ALG_ECDSA, ALG_CFB = 0x0006, 0x0018, 0x0043
 ECC_NIST_P256 = 0x0003
 SE_POLICY = 0x01
 CONTINUE_SESSION = 0x01  # kept open: we flush every session ourselves, success or not
 CAP_TPM_PROPERTIES, PT_NV_BUFFER_MAX = 0x00000006, 0x0000012C
 RC_HANDLE = 0x08B  # format-one TPM_RC_HANDLE, without its handle/parameter number
 
-# TPMA_OBJECT bits
-FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN = 1 << 1, 1 << 4, 1 << 5
-USER_WITH_AUTH, ADMIN_WITH_POLICY, NO_DA = 1 << 6, 1 << 7, 1 << 10
-RESTRICTED, DECRYPT, SIGN = 1 << 16, 1 << 17, 1 << 18
 # TPMA_NV bits: who may read an index
 NV_OWNERREAD, NV_AUTHREAD = 1 << 17, 1 << 18
 
@@ -84,12 +84,6 @@ def u32(v: int) -> bytes:
     return struct.pack(">I", v)
 
 
-def tpm2b(data: bytes) -> bytes:
-    if len(data) > 0xFFFF:
-        raise ValueError(f"{len(data)} bytes do not fit a TPM2B")
-    return u16(len(data)) + data
-
-
 def pcr_selection(bank: int, pcrs: Iterable[int]) -> bytes:
     """TPML_PCR_SELECTION with one bank; a 3-byte bitmap covers PCRs 0-23."""
     bitmap = bytearray(3)
@@ -98,44 +92,12 @@ def pcr_selection(bank: int, pcrs: Iterable[int]) -> bytes:
     return u32(1) + u16(bank) + u8(3) + bytes(bitmap)
 
 
-class Reader:
-    """Big-endian cursor over a response; running short is a TpmError naming the command."""
+class Reader(tpm2.Reader):
+    """mithril_client's reader over a response: running short is the TPM's fault, a TpmError
+    naming the command."""
 
-    def __init__(self, data: bytes, command: str):
-        self.data, self.pos, self.command = data, 0, command
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise TpmError(self.command, detail=f"truncated response: {n} bytes wanted at offset "
-                                                f"{self.pos}, {len(self.data) - self.pos} left")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return struct.unpack(">H", self.take(2))[0]
-
-    def u32(self) -> int:
-        return struct.unpack(">I", self.take(4))[0]
-
-    def tpm2b(self) -> bytes:
-        return self.take(self.u16())
-
-    def rest(self) -> bytes:
-        return self.take(len(self.data) - self.pos)
-
-    def pcr_selection(self) -> dict[int, list[int]]:
-        """TPML_PCR_SELECTION -> {hash algorithm: [PCR, ...]}."""
-        out: dict[int, list[int]] = {}
-        for _ in range(self.u32()):
-            alg = self.u16()
-            bitmap = self.take(self.u8())
-            out.setdefault(alg, []).extend(8 * i + bit for i, byte in enumerate(bitmap)
-                                           for bit in range(8) if byte >> bit & 1)
-        return out
+    def fail(self, message: str, fix: str = "") -> Exception:
+        return TpmError(self.where, detail=f"response: {message}")
 
 
 @dataclass(frozen=True)
@@ -332,7 +294,8 @@ class Tpm:
         while missing := [p for p in wanted if p not in values]:
             _, r = self._call("PCR_Read", params=pcr_selection(bank, missing))
             r.u32()  # pcrUpdateCounter
-            selected = [p for p in r.pcr_selection().get(bank, []) if p in missing]
+            answered = {sel.bank: sel.pcrs for sel in r.pcr_selection("pcrSelectionOut")}
+            selected = [p for p in answered.get(HASH_ALGS.get(bank), ()) if p in missing]
             digests = [r.tpm2b() for _ in range(r.u32())]
             if not selected or len(selected) != len(digests):
                 raise TpmError("PCR_Read", detail=f"{len(digests)} values for PCRs {selected} of bank "

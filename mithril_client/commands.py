@@ -14,7 +14,8 @@ from pathlib import Path
 from .errors import BadInput
 from .evidence import parse_evidence
 from .measurements import Row, format_table, load_measurements
-from .tpm2 import QuoteReport, verify_quote
+from .quote import QuoteReport, verify_quote
+from .tpm2 import check_nonce
 from .verify import Report, Trust, verify_evidence
 
 HTTP_ERROR = 22  # `connect`: attested, but an HTTP error status (curl --fail uses 22 too)
@@ -29,14 +30,12 @@ def read_file(path: Path, option: str) -> bytes:
         raise BadInput(str(path), f"cannot read ({option}): {e.strerror}") from None
 
 
-def parse_nonce(text: str) -> bytes:
+def parse_hex(text: str, option: str = "--nonce") -> bytes:
+    """Hex from a command line (spaces and a 0x prefix allowed); the nonce rule is tpm2.check_nonce's."""
     try:
-        nonce = bytes.fromhex(text.strip().removeprefix("0x"))
+        return bytes.fromhex(text.strip().removeprefix("0x"))
     except ValueError:
-        raise BadInput("--nonce", f"{text!r} is not a hex string") from None
-    if not 1 <= len(nonce) <= 64:
-        raise BadInput("--nonce", f"{len(nonce)} bytes; a TPM nonce has 1 to 64 bytes")
-    return nonce
+        raise BadInput(option, f"{text!r} is not a hex string") from None
 
 
 # ---------------------------------------------------------------------------- verify
@@ -44,7 +43,7 @@ def parse_nonce(text: str) -> bytes:
 def verify_files(quote: Path, signature: Path, pcrs: Path, ak_pub: Path, nonce: str, measurements: Path,
                  ca_pem: Path | None = None, allow_debug: bool = False) -> QuoteReport:
     m = load_measurements(measurements)
-    nonce_bytes = parse_nonce(nonce)
+    nonce_bytes = check_nonce(parse_hex(nonce), "--nonce")
     where = {"quote": str(quote), "signature": str(signature), "pcrs": str(pcrs), "ak": str(ak_pub)}
     return verify_quote(read_file(quote, "--quote"), read_file(signature, "--signature"),
                         read_file(pcrs, "--pcrs"), read_file(ak_pub, "--ak-pub"), nonce_bytes, m,
@@ -62,7 +61,7 @@ def verify_evidence_file(evidence: Path, nonce: str, measurements: Path, ek_ca: 
     trust = Trust(ek_roots=read_file(ek_ca, "--ek-ca") if ek_ca else None, allow_debug=allow_debug,
                   snp_policy=load_snp_policy(snp_policy), gpu_rims=gpu_rims_for(measurements, gpu_rims),
                   gpu_online=online)
-    return verify_evidence(doc, parse_nonce(nonce), m, trust, raise_on_failure=False)  # the CLI prints every row
+    return verify_evidence(doc, check_nonce(parse_hex(nonce), "--nonce"), m, trust, raise_on_failure=False)  # the CLI prints every row
 
 
 @dataclass(frozen=True)

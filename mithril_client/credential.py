@@ -23,6 +23,7 @@ except ImportError:  # older cryptography (Debian bookworm's 38)
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from .errors import BadInput
+from .tpm2 import tpm2b
 
 EK_NAME_ALG = "sha256"
 EK_SYM_BITS = 128
@@ -51,11 +52,9 @@ def make_credential(ek_public_key, ak_name: bytes, credential: bytes, seed: byte
     encrypted_seed = ek_public_key.encrypt(seed, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()),
                                                               algorithm=hashes.SHA256(), label=b"IDENTITY\0"))
     sym_key = kdfa(EK_NAME_ALG, seed, b"STORAGE", ak_name, b"", EK_SYM_BITS)
-    plain = struct.pack(">H", len(credential)) + credential  # TPM2B_DIGEST
+    plain = tpm2b(credential)  # TPM2B_DIGEST
     encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
     enc_identity = encryptor.update(plain) + encryptor.finalize()
     hmac_key = kdfa(EK_NAME_ALG, seed, b"INTEGRITY", b"", b"", digest_size * 8)
     outer = hmac.new(hmac_key, enc_identity + ak_name, EK_NAME_ALG).digest()
-    id_object = struct.pack(">H", len(outer)) + outer + enc_identity
-    return (struct.pack(">H", len(id_object)) + id_object,
-            struct.pack(">H", len(encrypted_seed)) + encrypted_seed)
+    return tpm2b(tpm2b(outer) + enc_identity), tpm2b(encrypted_seed)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from .errors import BadInput
 from .platforms import NAMES as PLATFORMS
+from .tpm2 import DIGEST_SIZE, parse_nonce
 
 VERSION = 1
 VERSIONS = (1, 2)  # 2: with GPU evidence (mithril_client.gpu.evidence)
 MAX_DOCUMENT = 1 << 20  # 1 MiB: real evidence is a few KiB
-NONCE_MIN, NONCE_MAX = 16, 64  # bytes; a TPM2B_DATA holds at most 64
 _HEX = re.compile(r"[0-9a-fA-F]*")  # always with fullmatch: `$` also matches before a final newline
 _PEM = re.compile(r"-----BEGIN ([A-Z ]+)-----")
 
@@ -40,15 +40,6 @@ class Evidence:
     vcek_chain: bytes | None = None  # PEM: VCEK, ASK, ARK (Azure confidential VMs)
     version: int = 1
     gpus: tuple = ()  # version 2: gpu.evidence.GpuEvidence per GPU, in the server's order
-
-
-def parse_nonce(text: str, where: str = "nonce") -> bytes:
-    if not isinstance(text, str) or not _HEX.fullmatch(text) or len(text) % 2:
-        raise BadInput(where, "not an even-length hex string")
-    nonce = bytes.fromhex(text)
-    if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
-        raise BadInput(where, f"{len(nonce)} bytes; a nonce has {NONCE_MIN} to {NONCE_MAX} bytes")
-    return nonce
 
 
 def _str(doc: dict, key: str, where: str, required: bool = True) -> str | None:
@@ -88,10 +79,9 @@ def _pcrs(doc: dict, where: str) -> dict[str, dict[int, bytes]]:
     raw = doc.get("pcrs")
     if not isinstance(raw, dict) or not raw:
         raise BadInput(where, "pcrs: expected an object {bank: {index: hex}}")
-    sizes = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
     out: dict[str, dict[int, bytes]] = {}
     for bank, values in raw.items():
-        if bank not in sizes:
+        if bank not in DIGEST_SIZE:
             raise BadInput(where, f"pcrs.{bank}: unknown bank (sha1, sha256, sha384, sha512)")
         if not isinstance(values, dict):
             raise BadInput(where, f"pcrs.{bank}: expected an object {{index: hex}}")
@@ -99,8 +89,8 @@ def _pcrs(doc: dict, where: str) -> dict[str, dict[int, bytes]]:
         for index, value in values.items():
             if not (isinstance(index, str) and index.isascii() and index.isdigit() and str(int(index)) == index and int(index) <= 23):
                 raise BadInput(where, f"pcrs.{bank}.{index}: PCR index must be 0..23 in ASCII digits")
-            if not (isinstance(value, str) and _HEX.fullmatch(value) and len(value) == 2 * sizes[bank]):
-                raise BadInput(where, f"pcrs.{bank}.{index}: expected {2 * sizes[bank]} hex digits")
+            if not (isinstance(value, str) and _HEX.fullmatch(value) and len(value) == 2 * DIGEST_SIZE[bank]):
+                raise BadInput(where, f"pcrs.{bank}.{index}: expected {2 * DIGEST_SIZE[bank]} hex digits")
             out[bank][int(index)] = bytes.fromhex(value)
     return out
 

@@ -5,18 +5,18 @@ measurements.json: {"version": 1, "platform", "mode": "production|debug",
 "pcrs": {"4": {"expected": [hex, ...], "policy": "enforce"|"warn"}, ...},
 "application_disk": {"roothash": hex}, ...}. `expected` is an allow-list: any listed value passes.
 PCR 15 is listed as its value after the zero sentinel; with the attestation server's TLS root CA
-the verifier replays one more extend (see `pcr15_with_ca`).
+the verifier replays one more extend (`tpm2.with_ca`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import BadInput
+from .tpm2 import TLS_PCR, with_ca
 
 HEX64 = re.compile(r"[0-9a-f]{64}")  # always with fullmatch
 POLICIES = ("enforce", "warn")
@@ -137,22 +137,12 @@ def load_measurements(path: Path) -> Measurements:
     return parse_measurements(raw, where)
 
 
-def extend(old: bytes, digest: bytes) -> bytes:
-    return hashlib.sha256(old + digest).digest()
-
-
-def pcr15_with_ca(expected: tuple[str, ...], ca_pem: bytes) -> tuple[str, ...]:
-    """PCR 15 after the attestation server extended sha256(its TLS root CA PEM)."""
-    ca = hashlib.sha256(ca_pem).digest()
-    return tuple(extend(bytes.fromhex(v), ca).hex() for v in expected)
-
-
 def compare_pcrs(m: Measurements, actual: dict[int, str], ca_pem: bytes | None = None) -> list[Row]:
     """One row per PCR in the measurements; `actual` maps index -> lower-case hex (sha256 bank)."""
     rows = []
     for index, (expected, policy) in m.pcrs.items():
-        if index == 15 and ca_pem is not None:
-            expected = pcr15_with_ca(expected, ca_pem)
+        if index == TLS_PCR and ca_pem is not None:
+            expected = tuple(with_ca(bytes.fromhex(v), ca_pem).hex() for v in expected)
         got = actual.get(index)
         if got is None:
             result = "missing"

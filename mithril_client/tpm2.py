@@ -1,5 +1,8 @@
-"""TPM 2.0 quotes: parse TPMS_ATTEST / TPMT_SIGNATURE / TPM2B_PUBLIC, verify the signature and
-nonce, recompute the PCR digest from supplied values and compare with measurements.json.
+"""TPM 2.0 primitives, the one implementation the build (pipeline/measure), the attestation server
+and the client share: PCR extend and the PCR 15 steps, the nonce rule, marshalling and a reader of
+TPM structures (TPM2B, TPML_PCR_SELECTION), and the parsers of TPMS_ATTEST / TPMT_SIGNATURE /
+TPM2B_PUBLIC, the signature check and the PCR digest of a quote. Checking a quote against
+measurements.json is `quote.py`.
 
 All TPM structures are big-endian (TPM 2.0 Library, Part 2). tpm2_quote's `-o` PCR file in its
 default "serialized" format is the exception: raw little-endian C structs (see parse_pcr_file).
@@ -8,8 +11,8 @@ default "serialized" format is the exception: raw little-endian C structs (see p
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
+import re
 import struct
 from dataclasses import dataclass
 
@@ -19,53 +22,167 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .errors import BadInput
-from .measurements import Measurements, Row, compare_pcrs
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
-ALG_NULL = 0x0010
+ALG_RSA, ALG_SHA256, ALG_NULL, ALG_ECC = 0x0001, 0x000B, 0x0010, 0x0023
 HASH_ALGS = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
 HASH_IDS = {v: k for k, v in HASH_ALGS.items()}
 DIGEST_SIZE = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 SIG_ALGS = {0x0014: "rsassa", 0x0016: "rsapss", 0x0018: "ecdsa"}
-ALG_RSA, ALG_ECC = 0x0001, 0x0023
 CURVES = {0x0003: ec.SECP256R1(), 0x0004: ec.SECP384R1(), 0x0005: ec.SECP521R1()}
 _CRYPTO_HASH = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
                 "sha512": hashes.SHA512}
 
+# TPMA_OBJECT bits (TPM 2.0 Part 2, 8.3)
+FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN = 1 << 1, 1 << 4, 1 << 5
+USER_WITH_AUTH, ADMIN_WITH_POLICY, NO_DA = 1 << 6, 1 << 7, 1 << 10
+RESTRICTED, DECRYPT, SIGN = 1 << 16, 1 << 17, 1 << 18
 
-class _Reader:
-    """Big-endian cursor over a TPM structure; running short is a BadInput naming the field."""
+
+# ---------------------------------------------------------------------------- PCRs
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def extend(old: bytes, digest: bytes) -> bytes:
+    """TPM2_PCR_Extend in the sha256 bank: new = sha256(old || digest)."""
+    if len(old) != 32 or len(digest) != 32:
+        raise ValueError(f"a sha256 PCR and digest have 32 bytes, not {len(old)} and {len(digest)}")
+    return sha256(old + digest)
+
+
+# PCR 15 (the application; DESIGN.md "PCR conventions"): measured-setup extends the app disk's
+# dm-verity roothash, then SENTINEL once setup is done; measurements.json lists the value after
+# that. The attestation server then extends ca_digest(its TLS root CA PEM) once per boot, and a
+# verifier replays that step (`with_ca`) with the CA the evidence serves.
+TLS_PCR = 15
+SENTINEL = bytes(32)
+
+
+def ca_digest(ca_pem: bytes) -> bytes:
+    """What the attestation server extends into PCR 15: sha256 of the exact PEM bytes it serves."""
+    return sha256(ca_pem)
+
+
+def with_ca(value: bytes, ca_pem: bytes) -> bytes:
+    """PCR 15 after the attestation server's step, from its value before."""
+    return extend(value, ca_digest(ca_pem))
+
+
+# ---------------------------------------------------------------------------- the nonce
+
+# The client's nonce is a quote's qualifyingData (extraData in TPMS_ATTEST), a TPM2B_DATA: at most
+# sizeof(TPMT_HA) bytes, 66 on a TPM that implements SHA-512 (swtpm), 50 or 34 on one whose
+# largest hash is SHA-384 or SHA-256. 16 bytes (128 random bits) is the least that keeps a quote
+# fresh: a verifier that accepted fewer could be answered with a recorded quote for a guessed or
+# repeated nonce. 64, the largest digest, is the most (docs/evidence.md); our clients send 32,
+# which every TPM takes. One rule for the server, the SDK and `attest verify --nonce`.
+NONCE_MIN, NONCE_MAX = 16, 64
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")  # with fullmatch: `$` also matches before a final newline
+
+
+def check_nonce(nonce: bytes, where: str = "nonce") -> bytes:
+    if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
+        raise BadInput(where, f"{len(nonce)} bytes; a nonce has {NONCE_MIN} to {NONCE_MAX} bytes")
+    return nonce
+
+
+def parse_nonce(text: str, where: str = "nonce") -> bytes:
+    """A nonce as hex text (an even number of hex digits, nothing else) within the rule."""
+    if not isinstance(text, str) or not _HEX.fullmatch(text):
+        raise BadInput(where, "not an even-length hex string")
+    return check_nonce(bytes.fromhex(text), where)
+
+
+# ---------------------------------------------------------------------------- marshalling
+
+def tpm2b(data: bytes) -> bytes:
+    """A TPM2B: a 2-byte big-endian size, then the bytes."""
+    if len(data) > 0xFFFF:
+        raise ValueError(f"{len(data)} bytes do not fit a TPM2B")
+    return struct.pack(">H", len(data)) + data
+
+
+@dataclass(frozen=True)
+class PcrSelection:
+    bank: str  # hash name
+    pcrs: tuple[int, ...]  # ascending
+
+
+class Reader:
+    """Big-endian cursor over a TPM structure. Running short, an unknown algorithm or bytes left
+    over raise `self.fail(message)`: BadInput naming the field here (the input is the caller's);
+    the attestation server's subclass raises its TpmError (the TPM answered badly)."""
 
     def __init__(self, data: bytes, where: str):
         self.data, self.pos, self.where = data, 0, where
 
-    def take(self, n: int, what: str) -> bytes:
+    def fail(self, message: str, fix: str = "") -> Exception:
+        return BadInput(self.where, message, fix)
+
+    def take(self, n: int, what: str = "a field") -> bytes:
         if self.pos + n > len(self.data):
-            raise BadInput(self.where, f"truncated: {what} needs {n} bytes at offset {self.pos}, "
-                                       f"only {len(self.data) - self.pos} left")
+            raise self.fail(f"truncated: {what} needs {n} bytes at offset {self.pos}, "
+                            f"only {len(self.data) - self.pos} left")
         out = self.data[self.pos:self.pos + n]
         self.pos += n
         return out
 
-    def u8(self, what: str) -> int:
+    def u8(self, what: str = "a u8") -> int:
         return self.take(1, what)[0]
 
-    def u16(self, what: str) -> int:
+    def u16(self, what: str = "a u16") -> int:
         return struct.unpack(">H", self.take(2, what))[0]
 
-    def u32(self, what: str) -> int:
+    def u32(self, what: str = "a u32") -> int:
         return struct.unpack(">I", self.take(4, what))[0]
 
-    def u64(self, what: str) -> int:
+    def u64(self, what: str = "a u64") -> int:
         return struct.unpack(">Q", self.take(8, what))[0]
 
-    def tpm2b(self, what: str) -> bytes:
+    def tpm2b(self, what: str = "a TPM2B") -> bytes:
         return self.take(self.u16(what + " size"), what)
+
+    def rest(self) -> bytes:
+        return self.take(len(self.data) - self.pos)
 
     def end(self, what: str) -> None:
         if self.pos != len(self.data):
-            raise BadInput(self.where, f"{len(self.data) - self.pos} unexpected bytes after the {what}")
+            raise self.fail(f"{len(self.data) - self.pos} unexpected bytes after the {what}")
+
+    def hash_alg(self, field: str) -> str:
+        """A TPMI_ALG_HASH, by name."""
+        alg = self.u16(field)
+        if alg not in HASH_ALGS:
+            raise self.fail(f"{field}: unknown or unsupported hash algorithm 0x{alg:04x}",
+                            "supported: sha1, sha256, sha384, sha512")
+        return HASH_ALGS[alg]
+
+    def pcr_selection(self, field: str = "pcrSelect") -> tuple[PcrSelection, ...]:
+        """A TPML_PCR_SELECTION."""
+        count = self.u32(f"{field}.count")
+        if count > 16:
+            raise self.fail(f"{field}.count: {count} banks is implausible (at most 16)")
+        out = []
+        for i in range(count):
+            bank = self.hash_alg(f"{field}[{i}].hash")
+            size = self.u8(f"{field}[{i}].sizeofSelect")
+            if size > 4:
+                raise self.fail(f"{field}[{i}].sizeofSelect: {size} is larger than 4")
+            bitmap = self.take(size, f"{field}[{i}].pcrSelect")
+            out.append(PcrSelection(bank, tuple(8 * byte + bit for byte in range(size) for bit in range(8)
+                                                if bitmap[byte] >> bit & 1)))
+        return tuple(out)
+
+
+def unwrap_tpm2b(data: bytes, where: str, what: str) -> bytes:
+    """The contents of `data`, which must be one TPM2B and nothing after it."""
+    r = Reader(data, where)
+    inner = r.tpm2b(what)
+    r.end(what)
+    return inner
 
 
 def _hash_name(alg: int, where: str, field: str) -> str:
@@ -76,12 +193,6 @@ def _hash_name(alg: int, where: str, field: str) -> str:
 
 
 # ---------------------------------------------------------------------------- structures
-
-@dataclass(frozen=True)
-class PcrSelection:
-    bank: str  # hash name
-    pcrs: tuple[int, ...]  # ascending
-
 
 @dataclass(frozen=True)
 class Quote:
@@ -104,25 +215,9 @@ class Signature:
     sig: bytes  # RSA signature, or DER-encoded ECDSA (r, s)
 
 
-def _pcr_selection(r: _Reader, field: str) -> tuple[PcrSelection, ...]:
-    count = r.u32(f"{field}.count")
-    if count > 16:
-        raise BadInput(r.where, f"{field}.count: {count} banks is implausible (at most 16)")
-    out = []
-    for i in range(count):
-        bank = _hash_name(r.u16(f"{field}[{i}].hash"), r.where, f"{field}[{i}].hash")
-        size = r.u8(f"{field}[{i}].sizeofSelect")
-        if size > 4:
-            raise BadInput(r.where, f"{field}[{i}].sizeofSelect: {size} is larger than 4")
-        bitmap = r.take(size, f"{field}[{i}].pcrSelect")
-        pcrs = tuple(8 * byte + bit for byte in range(size) for bit in range(8) if bitmap[byte] >> bit & 1)
-        out.append(PcrSelection(bank, pcrs))
-    return tuple(out)
-
-
 def parse_quote(data: bytes, where: str = "quote") -> Quote:
     """Parse a TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE (tpm2_quote -m)."""
-    r = _Reader(data, where)
+    r = Reader(data, where)
     magic = r.u32("magic")
     if magic != TPM_GENERATED_VALUE:
         raise BadInput(where, f"magic is 0x{magic:08x}, not TPM_GENERATED_VALUE 0xff544347",
@@ -134,7 +229,7 @@ def parse_quote(data: bytes, where: str = "quote") -> Quote:
     extra = r.tpm2b("extraData")
     clock, reset, restart, safe = r.u64("clock"), r.u32("resetCount"), r.u32("restartCount"), r.u8("safe")
     firmware = r.u64("firmwareVersion")
-    selections = _pcr_selection(r, "pcrSelect")
+    selections = r.pcr_selection("pcrSelect")
     digest = r.tpm2b("pcrDigest")
     r.end("quote")
     return Quote(data, signer, extra, clock, reset, restart, bool(safe), firmware, selections, digest)
@@ -142,13 +237,13 @@ def parse_quote(data: bytes, where: str = "quote") -> Quote:
 
 def parse_signature(data: bytes, where: str = "signature") -> Signature:
     """Parse a TPMT_SIGNATURE (tpm2_quote -s in its default 'tss' format)."""
-    r = _Reader(data, where)
+    r = Reader(data, where)
     alg = r.u16("sigAlg")
     if alg not in SIG_ALGS:
         raise BadInput(where, f"sigAlg: unknown or unsupported signature algorithm 0x{alg:04x}",
                        "supported: RSASSA, RSAPSS, ECDSA; pass tpm2_quote -s output in 'tss' format")
     scheme = SIG_ALGS[alg]
-    hash_name = _hash_name(r.u16("hash"), where, "hash")
+    hash_name = r.hash_alg("hash")
     if scheme == "ecdsa":
         r_, s_ = r.tpm2b("signatureR"), r.tpm2b("signatureS")
         sig = encode_dss_signature(int.from_bytes(r_, "big"), int.from_bytes(s_, "big"))
@@ -158,11 +253,6 @@ def parse_signature(data: bytes, where: str = "signature") -> Signature:
             raise BadInput(where, "sig: empty RSA signature")
     r.end("signature")
     return Signature(scheme, hash_name, sig)
-
-
-# TPMA_OBJECT bits (TPM 2.0 Part 2, 8.3)
-FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN = 1 << 1, 1 << 4, 1 << 5
-RESTRICTED, DECRYPT, SIGN = 1 << 16, 1 << 17, 1 << 18
 
 
 @dataclass(frozen=True)
@@ -182,21 +272,17 @@ class TpmPublic:
 
 def parse_public(data: bytes, where: str = "TPM2B_PUBLIC") -> TpmPublic:
     """A TPM2B_PUBLIC (size-prefixed TPMT_PUBLIC), as tpm2_readpublic / tpm2_createak -u write it."""
-    r = _Reader(data, where)
-    size = r.u16("size")
-    body = r.take(size, "publicArea")
-    r.end("TPM2B_PUBLIC")
-    inner = _Reader(body, where)
+    inner = Reader(unwrap_tpm2b(data, where, "publicArea"), where)
     public = _parse_tpmt_public(inner)
     inner.end("TPMT_PUBLIC")
     return public
 
 
-def _parse_tpmt_public(r: _Reader) -> TpmPublic:
+def _parse_tpmt_public(r: Reader) -> TpmPublic:
     where = r.where
     start = r.pos
     kind = r.u16("type")
-    name_alg = _hash_name(r.u16("nameAlg"), where, "nameAlg")
+    name_alg = r.hash_alg("nameAlg")
     attributes = r.u32("objectAttributes")
     r.tpm2b("authPolicy")
     sym = r.u16("parameters.symmetric.algorithm")
@@ -405,60 +491,3 @@ def pcr_digest(selections: tuple[PcrSelection, ...], values: PcrValues, hash_nam
                 return None
             h.update(value)
     return h.digest()
-
-
-# ---------------------------------------------------------------------------- verification
-
-@dataclass(frozen=True)
-class QuoteReport:
-    quote: Quote
-    rows: list[Row]
-
-    @property
-    def ok(self) -> bool:
-        return not any(r.failed for r in self.rows)
-
-
-def verify_quote(quote_bytes: bytes, sig_bytes: bytes, pcr_bytes: bytes, ak_bytes: bytes, nonce: bytes,
-                 measurements: Measurements, *, ca_pem: bytes | None = None, allow_debug: bool = False,
-                 where: dict[str, str] | None = None) -> QuoteReport:
-    """A quote from files (`attest verify --quote …`). A bare AK key ties the quote to no TPM, so
-    the `ak` row always fails here: evidence documents carry what ties the AK (verify.py)."""
-    where = {"quote": "quote", "signature": "signature", "pcrs": "pcrs", "ak": "ak-pub", **(where or {})}
-    quote = parse_quote(quote_bytes, where["quote"])
-    sig = parse_signature(sig_bytes, where["signature"])
-    key = load_ak(ak_bytes, where["ak"])
-    values = parse_pcr_file(pcr_bytes, where["pcrs"], quote.selections)
-    rows = quote_rows(quote, sig, key, values, nonce, measurements, ca_pem=ca_pem, allow_debug=allow_debug)
-    rows.append(Row("ak", "AK tied to a genuine TPM", "a bare public key (nothing ties it to a TPM)", "enforce",
-                    "UNVERIFIED (use --evidence with the server's evidence document)"))
-    return QuoteReport(quote, rows)
-
-
-def quote_rows(quote: Quote, sig: Signature, key, values: PcrValues, nonce: bytes, measurements: Measurements,
-               *, ca_pem: bytes | None = None, allow_debug: bool = False) -> list[Row]:
-    """Every check of a quote as a table row: mode, signature, nonce, PCR digest, then each PCR of
-    measurements.json. Only PCR values covered by the signed digest are compared."""
-    rows = []
-    if measurements.mode == "debug":
-        rows.append(Row("mode", "production", "debug", "info" if allow_debug else "enforce",
-                        "ok" if allow_debug else "REFUSED (pass --allow-debug to accept a debug image)"))
-    else:
-        rows.append(Row("mode", "production", measurements.mode, "enforce", "ok"))
-
-    sig_ok = signature_valid(quote, sig, key)
-    rows.append(Row("signature", f"{sig.scheme}/{sig.hash} by the AK", "valid" if sig_ok else "invalid",
-                    "enforce", "ok" if sig_ok else "MISMATCH"))
-    nonce_ok = hmac.compare_digest(quote.extra_data, nonce)
-    rows.append(Row("nonce", nonce.hex(), quote.extra_data.hex(), "enforce", "ok" if nonce_ok else "MISMATCH"))
-
-    computed = pcr_digest(quote.selections, values, sig.hash)
-    digest_ok = computed is not None and hmac.compare_digest(computed, quote.pcr_digest)
-    rows.append(Row("pcr digest", quote.pcr_digest.hex(), computed.hex() if computed else "values missing",
-                    "enforce", "ok" if digest_ok else "MISMATCH"))
-
-    quoted = {i for s in quote.selections if s.bank == "sha256" for i in s.pcrs}
-    # values that the signed digest does not vouch for are never compared
-    actual = {i: v.hex() for i, v in values.get("sha256", {}).items() if i in quoted and digest_ok}
-    rows += compare_pcrs(measurements, actual, ca_pem)
-    return rows

@@ -16,7 +16,8 @@ from .evidence import Evidence
 from .gpu.evidence import gpu_rows, quote_nonce, rename_binding_row
 from .measurements import Measurements, Row
 from .platforms.choose import check_ak
-from .tpm2 import load_ak, parse_public, parse_quote, parse_signature, quote_rows
+from .quote import quote_rows
+from .tpm2 import TLS_PCR, check_nonce, load_ak, parse_public, parse_quote, parse_signature
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def verify_evidence(evidence: Evidence, nonce: bytes, measurements: Measurements
     evidence verified. `raise_on_failure=False` returns a failed report too (for a table of rows);
     then `report.ok` is the verdict. `activate(credential_blob, secret) -> credential` performs
     qemu's credential activation round trip; without it a qemu AK cannot be tied (the `ak` row fails)."""
+    check_nonce(nonce, "nonce")  # v2's quote carries a digest of it: checked here, not only in quote_rows
     quote = parse_quote(evidence.quote, "evidence: quote")
     sig = parse_signature(evidence.signature, "evidence: signature")
     ak = parse_public(evidence.ak_public, "evidence: ak_public")
@@ -86,9 +88,6 @@ def verify_evidence(evidence: Evidence, nonce: bytes, measurements: Measurements
     if raise_on_failure and not report.ok:
         raise AttestationFailed(report)
     return report
-
-
-TLS_PCR = 15
 
 
 def binding_row(measurements: Measurements, rows: list[Row]) -> Row:

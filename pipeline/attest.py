@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mithril_client.commands import (  # noqa: F401 -- the one implementation, shared with `mithril-client`
-    gpu_rims_for, load_snp_policy, online_arg, parse_nonce, read_file, read_rims, report_json, rows_json, split_url,
-    verify_evidence_file, verify_files)
+    check_nonce, gpu_rims_for, load_snp_policy, online_arg, parse_hex, read_file, read_rims, report_json, rows_json,
+    split_url, verify_evidence_file, verify_files)
 from mithril_client.measurements import Row
 from mithril_client.tpm2 import parse_pcr_file, parse_quote, pcr_digest
 
@@ -265,7 +265,7 @@ def verify_gpu_files(report: Path, cert_chain: Path, nonce: str, rims: Path | No
     from mithril_client.gpu.check import RimSet, check_gpu
     from mithril_client.gpu.spdm import NONCE_LEN, read_report_file
 
-    gpu_nonce = parse_nonce(nonce)
+    gpu_nonce = parse_hex(nonce)  # an SPDM nonce, not a TPM one
     if len(gpu_nonce) != NONCE_LEN:
         raise BadInput("--nonce", f"{len(gpu_nonce)} bytes; an SPDM nonce has {NONCE_LEN}")
     raw = read_report_file(read_file(report, "--report"), str(report))

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 
+from mithril_client.tpm2 import extend, sha256  # the one extend, shared with the server and the client
+
+__all__ = ["ZERO", "Event", "Simulator", "extend", "replay", "sha256"]
+
 ZERO = bytes(32)
-
-
-def sha256(data) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def extend(old: bytes, digest: bytes) -> bytes:
-    """TPM2_PCR_Extend: new = sha256(old || digest)."""
-    if len(digest) != 32:
-        raise ValueError(f"a sha256 digest has 32 bytes, not {len(digest)}")
-    return sha256(old + digest)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,17 @@
 """PCR 15 (application): measured-setup extends the app disk's dm-verity roothash (the 32 raw
 bytes) before opening it, and 32 zero bytes once setup is done. The attestation server then
 extends sha256(its TLS root CA PEM); measurements.json lists the value before that step and
-verifiers replay it (`with_ca`).
+verifiers replay it (`mithril_client.tpm2.with_ca`, where the PCR's steps are defined).
 """
 
 from __future__ import annotations
 
-from ..errors import BadInput
-from .pcr import Simulator, extend, sha256
+from mithril_client.tpm2 import SENTINEL, TLS_PCR
 
-PCR = 15
-SENTINEL = bytes(32)
+from ..errors import BadInput
+from .pcr import Simulator
+
+PCR = TLS_PCR
 
 
 def predict(sim: Simulator, roothash: bytes) -> bytes:
@@ -19,8 +20,3 @@ def predict(sim: Simulator, roothash: bytes) -> bytes:
     sim.extend(PCR, roothash, "measured-setup", "dm-verity roothash of the application disk")
     sim.extend(PCR, SENTINEL, "measured-setup", "32 zero bytes: application setup finished")
     return sim.value(PCR)
-
-
-def with_ca(value: bytes, ca_pem: bytes) -> bytes:
-    """PCR 15 after the attestation server extended sha256(its TLS root CA PEM)."""
-    return extend(value, sha256(ca_pem))

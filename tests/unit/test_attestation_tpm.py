@@ -21,6 +21,7 @@ from attestation_server import tpm as T
 from attestation_server.platforms.base import der_prefix as _der_prefix
 from attestation_server.server import _body_tpm2b
 from mithril_client.errors import BadInput
+from mithril_client.tpm2 import PcrSelection
 
 SESSION_AREA = b"\x00\x00\x01\x00\x00"  # TPMS_AUTH_RESPONSE: empty nonce, continueSession, empty hmac
 
@@ -102,7 +103,7 @@ def test_pcr_selection_round_trip():
     raw = T.pcr_selection(T.ALG_SHA256, [0, 7, 8, 15, 23])
     # TPML_PCR_SELECTION: count 1, sha256, sizeofSelect 3, bitmap (PCR n = bit n % 8 of byte n // 8)
     assert raw == bytes.fromhex("00000001" "000b" "03" "818180")
-    assert T.Reader(raw, "test").pcr_selection() == {T.ALG_SHA256: [0, 7, 8, 15, 23]}
+    assert T.Reader(raw, "test").pcr_selection() == (PcrSelection("sha256", (0, 7, 8, 15, 23)),)
 
 
 def test_templates_parse_as_tpmt_public():
@@ -182,10 +183,10 @@ def test_try_again_warnings_are_resubmitted(stand_in):
 
 
 @pytest.mark.parametrize("raw, match", [
-    (b"\x80\x01\x00\x00", "truncated response"),  # shorter than a header
+    (b"\x80\x01\x00\x00", "response: truncated"),  # shorter than a header
     (T.u16(T.ST_NO_SESSIONS) + T.u32(40) + T.u32(0), "size field says 40 bytes, 10 arrived"),
-    (T.u16(T.ST_NO_SESSIONS) + T.u32(10) + T.u32(0), "truncated response"),  # no parameters at all
-    (T.u16(T.ST_NO_SESSIONS) + T.u32(13) + T.u32(0) + b"\x00\x09a", "truncated response"),  # TPM2B too short
+    (T.u16(T.ST_NO_SESSIONS) + T.u32(10) + T.u32(0), "response: truncated"),  # no parameters at all
+    (T.u16(T.ST_NO_SESSIONS) + T.u32(13) + T.u32(0) + b"\x00\x09a", "response: truncated"),  # TPM2B too short
 ])
 def test_broken_responses_raise_tpm_error(stand_in, raw, match):
     tpm = stand_in(raw)
@@ -256,8 +257,9 @@ def test_der_prefix_drops_index_padding():
 
 @pytest.mark.parametrize("value, match", [
     (None, "base64 string"), (17, "base64 string"), ("not base64!", "not valid base64"),
-    ("AAA=", "not a TPM2B"),  # 2 bytes: a size and nothing
-    ("AAUAAA==", "not a TPM2B"),  # size 5, one byte follows
+    ("AAA=", "an empty TPM2B"),  # 2 bytes: a size of 0 and nothing
+    ("AAUAAA==", "truncated: secret needs 5 bytes"),  # size 5, two bytes follow
+    ("AAFhYg==", "1 unexpected bytes after the secret"),  # size 1, two bytes follow
 ])
 def test_activation_body_fields(value, match):
     with pytest.raises(BadInput, match=match):

@@ -3,7 +3,8 @@ import hashlib
 import pytest
 
 from pipeline.errors import BadInput
-from mithril_client import measurements as compare
+from mithril_client import tpm2
+from mithril_client.measurements import compare_pcrs, parse_measurements
 from pipeline.measure import pcr15
 from pipeline.measure.pcr import Simulator
 
@@ -22,8 +23,10 @@ def test_ca_replay_matches_the_verifier():
     value = pcr15.predict(Simulator(), ROOT)
     pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
     want = hashlib.sha256(value + hashlib.sha256(pem).digest()).digest()
-    assert pcr15.with_ca(value, pem) == want
-    assert compare.pcr15_with_ca((value.hex(),), pem) == (want.hex(),)
+    assert tpm2.with_ca(value, pem) == want
+    m = parse_measurements({"version": 1, "mode": "production", "pcrs": {"15": {"expected": [value.hex()]}}}, "m")
+    assert [r.result for r in compare_pcrs(m, {15: want.hex()}, pem)] == ["ok"]
+    assert [r.result for r in compare_pcrs(m, {15: want.hex()}, pem + b"\n")] == ["MISMATCH"]
 
 
 def test_another_app_disk_changes_pcr15():

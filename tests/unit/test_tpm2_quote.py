@@ -10,11 +10,12 @@ import pytest
 
 from pipeline.errors import BadInput
 from mithril_client import tpm2 as q
-from mithril_client.measurements import extend, parse_measurements
+from mithril_client.measurements import parse_measurements
+from mithril_client.tpm2 import extend
 from pipeline.swtpm import Swtpm
 from tests.conftest import mb, need
 
-NONCE = "5eed0123456789abcdef"
+NONCE = "5eed0123456789abcdef0123456789ab"  # 16 bytes: the least a nonce may have (tpm2.NONCE_MIN)
 ROOTHASH = hashlib.sha256(b"app disk").hexdigest()
 CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 PCR4 = hashlib.sha256(b"uki").hexdigest()
