@@ -49,7 +49,7 @@ def verify_disk(disk, roothash, data_label, hash_label, as_json):
     """Recompute a disk's dm-verity hash tree (no root, no loop devices) and compare the root hash.
 
     Exit 0 on match, 1 on mismatch (the first bad block is reported)."""
-    from ..verify_disk import verify_disk as check
+    from ..roothash_check import verify_disk as check
 
     result = check(disk, roothash, data_label, hash_label)
     emit(result, as_json, f"{disk}: {'OK' if result['ok'] else 'MISMATCH: ' + result['first_bad']} "
