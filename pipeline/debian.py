@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import log
+from . import invocation, log
 from .archive import deb_control
 from .errors import BadInput
 from .files import sha256_file
@@ -304,7 +304,7 @@ class Archive:
         return real or [p for p, v in self.providers.get(rel.name, []) if rel.allows(v)]
 
 
-@functools.cache
+@invocation.once
 def _archive(debian: tuple, cache: Path, components: tuple[str, ...]) -> Archive:
     cfg = dict(debian)
     cache.mkdir(parents=True, exist_ok=True)
@@ -319,7 +319,7 @@ def _archive(debian: tuple, cache: Path, components: tuple[str, ...]) -> Archive
 
 def archive(debian: Mapping, cache: Path, components: Iterable[str] = MAIN) -> Archive:
     """The verified, merged index of the lock's `debian:` suites, the given components of each
-    (once per process)."""
+    (once per command)."""
     suites = debian.get("suites")
     if not isinstance(suites, list) or not suites:
         raise BadInput(LOCK_FILE, "debian.suites: missing", "list the suites, e.g. [bookworm, bookworm-security]")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from pathlib import Path
 
 import click
 
+from .. import invocation
 from ..errors import MithrilError
-from . import attest, audit, azure, base, boot, build, disks, provenance  # noqa: F401 -- they register the commands
+from . import attest, audit, azure, boot, build, disks, provenance  # noqa: F401 -- they register the commands
 from .base import cli
 
 INTERNAL_ERROR = 70  # sysexits EX_SOFTWARE: never 0-3, so a crash never reads as a verdict
@@ -39,44 +39,12 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _crash_report(exc: BaseException) -> str:
-    """Write the redacted traceback under the cache (else a temp folder); return the file's path."""
-    import datetime
-    import tempfile
-    import traceback
-
-    from ..run import redact
-
-    text = redact("".join(traceback.format_exception(exc)))
-    text = f"mithril-build {_version()} {' '.join(sys.argv[1:])}\n{text}"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for folder in ([base.crash_dir / "crash"] if base.crash_dir else []) + [Path(tempfile.gettempdir())]:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, path = tempfile.mkstemp(dir=folder, prefix=f"mithril-build-crash-{stamp}-", suffix=".txt")
-            with os.fdopen(fd, "w") as f:
-                f.write(redact(text))
-            return path
-        except OSError:
-            continue
-    return "(nowhere: no writable folder)"
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("mithril-build")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     """The console script. `argv` (default sys.argv[1:]) lets tests run it in-process."""
     # Outputs must not depend on the caller's umask: files and folders we and our tools create
     # get the usual 0644/0755 (an auditor with umask 077 rebuilds the same bytes).
     os.umask(0o022)
-    base.crash_dir = None
+    invocation.begin()  # this command's own state, nothing of an earlier one's
     from ..run import add_env_secrets
 
     add_env_secrets()
@@ -112,9 +80,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _internal(e: Exception) -> None:
+    from ..crash import write_report
     from ..run import redact
 
-    where = _crash_report(e)
+    where = write_report(e, sys.argv[1:], invocation.current().crash_dir)
     first = (str(e).splitlines() or [""])[0][:200]
     click.echo(one_line(redact(f"mithril-build: internal error: {type(e).__name__}: {first}, details in {where}")),
                err=True)

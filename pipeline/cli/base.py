@@ -44,9 +44,9 @@ def project_options(f):
     @click.option("-v", "--verbose", is_flag=True, help="Print every external command.")
     @functools.wraps(f)
     def wrapper(*args, project, profile, model, cache_dir, locked, inputs, engine_dir, verbose, **kwargs):
+        from .. import invocation
         from .. import project as proj
 
-        global crash_dir
         if locked is None:
             locked = os.environ.get("CI", "").lower() in ("1", "true", "yes")
         warm = None
@@ -60,20 +60,14 @@ def project_options(f):
                 for line in warm:
                     click.echo(line, err=True)
                 return None
-        from .. import run
-
-        run.verbose = verbose
+        inv = invocation.current()
+        inv.verbose = verbose
         ctx = proj.context(project, profile, model, cache_dir, locked, inputs, engine_dir,
                            verify=bool(kwargs.get("verify")))
-        crash_dir = ctx.cache_dir
+        inv.crash_dir = ctx.cache_dir
         results = f(ctx, *args, **kwargs)
         if warm is not None:
-            from .. import log
-            from ..graph import cached_line, tools_in_keys
-            from ..orchestrate import headline
-
-            lines = [headline(ctx), *log.warnings, *(cached_line(n, r.record["key"]) for n, r in results.items())]
-            noop.remember(warm, results, ctx.out_dir, [inputs, ctx.engine_dir], tools_in_keys, lines)
+            noop.finish(warm, ctx, results, inv)
         return results
     return wrapper
 
@@ -112,7 +106,3 @@ def stage_command(name: str, group=None, command_name: str | None = None):
 
         build(ctx, [name], explain=explain, force=force)
     return command
-
-
-
-crash_dir: Path | None = None  # the cache of the command's project, once known

@@ -63,7 +63,7 @@ def run_(ctx, port, timeout, accel, replicas, as_json):
     stops; serving goes on while one is left. Prints https://127.0.0.1:PORT once every guest's
     attestation endpoint answers."""
     from .. import log
-    from ..attest import evidence_endpoint_answers, port_free, write_run_record
+    from ..attest import evidence_endpoint_answers, port_free, silent_apps, write_run_record
     from ..platforms.qemu.boot import running
     from ..errors import BadInput
 
@@ -82,7 +82,7 @@ def run_(ctx, port, timeout, accel, replicas, as_json):
             what = f"{replicas} replicas of {ctx.profile_name}" if replicas > 1 else ctx.profile_name
             click.echo(f"serving {what} ({vm.accel}, up after {vm.seconds:.0f} s); "
                        f"try: mithril-build connect {vm.url}/   Ctrl-C stops it", err=True)
-            for line in _probe_apps(ctx, vm.url, out):
+            for line in silent_apps(ctx, vm.url):
                 click.echo(f"warning: {line}", err=True)
             stopped: set[int] = set()
             while vm.alive():
@@ -99,24 +99,6 @@ def run_(ctx, port, timeout, accel, replicas, as_json):
             record.unlink(missing_ok=True)
         if (out / "run-serial.log").exists():
             click.echo(f"serial log of this run: {out / 'run-serial.log'}", err=True)
-
-
-def _probe_apps(ctx, url: str, out: Path) -> list[str]:
-    """What `run` says about apps that do not answer through the ingress (appdisk.json's apps)."""
-    from ..attest import app_diagnosis, probe_apps
-
-    try:
-        apps = json.loads((out / "appdisk.json").read_text()).get("apps") or {"app": ctx.config.appdisk.app_port}
-    except (OSError, ValueError):
-        apps = {"app": ctx.config.appdisk.app_port}
-    targets = {name: ("/" if name == "app" else f"/{name}/", port) for name, port in apps.items()}
-    status = probe_apps(url, targets, wait=APP_WAIT)
-    lines = [app_diagnosis(name, targets[name][0], targets[name][1], status[name], out / "run-serial.log",
-                           ctx.profile_name.removesuffix("-debug"), ctx.profile.mode) for name in targets]
-    return [x for x in lines if x]
-
-
-APP_WAIT = 90  # seconds `run` gives the apps to answer once the attestation server does
 
 
 @cli.command("record-platform")
