@@ -22,6 +22,15 @@ VERSIONS = (1, 2)  # 2: with GPU evidence (mithril_client.gpu.evidence)
 MAX_DOCUMENT = 1 << 20  # 1 MiB: real evidence is a few KiB
 _HEX = re.compile(r"[0-9a-fA-F]*")  # always with fullmatch: `$` also matches before a final newline
 _PEM = re.compile(r"-----BEGIN ([A-Z ]+)-----")
+MAX_GPUS = 8  # version 2: GPUs in one document
+
+
+@dataclass(frozen=True)
+class GpuEvidence:
+    """One GPU's part of a version 2 document (checked by mithril_client.gpu.evidence)."""
+
+    report: bytes  # SPDM GET_MEASUREMENTS request + response, as NVML returned it
+    cert_chain: bytes  # PEM, as NVML returned it
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,7 @@ class Evidence:
     hcl_report: bytes | None = None  # raw NV 0x01400001 (Azure confidential VMs)
     vcek_chain: bytes | None = None  # PEM: VCEK, ASK, ARK (Azure confidential VMs)
     version: int = 1
-    gpus: tuple = ()  # version 2: gpu.evidence.GpuEvidence per GPU, in the server's order
+    gpus: tuple = ()  # version 2: a GpuEvidence per GPU, in the server's order
 
 
 def _str(doc: dict, key: str, where: str, required: bool = True) -> str | None:
@@ -137,8 +146,6 @@ def parse_evidence(data: bytes | str, where: str = "evidence") -> Evidence:
 
 def _gpus(doc: dict, where: str) -> tuple:
     """Version 2: `gpus`, a list of {report: base64, cert_chain: PEM}; version 1 has none."""
-    from .gpu.evidence import MAX_GPUS, GpuEvidence
-
     raw = doc.get("gpus")
     if doc["version"] == 1:
         if raw is not None:

@@ -213,6 +213,23 @@ def app_diagnosis(name: str, path: str, port: int, status: int | None, serial_lo
     return f"{name} does not answer on port {port}: {seen}; {where}"
 
 
+def silent_apps(ctx, url: str) -> list[str]:
+    """What `run` says about the apps (appdisk.json's) that do not answer through the ingress at url."""
+    out = ctx.out_dir
+    try:
+        apps = json.loads((out / "appdisk.json").read_text()).get("apps") or {"app": ctx.config.appdisk.app_port}
+    except (OSError, ValueError):
+        apps = {"app": ctx.config.appdisk.app_port}
+    targets = {name: ("/" if name == "app" else f"/{name}/", port) for name, port in apps.items()}
+    status = probe_apps(url, targets, wait=APP_WAIT)
+    lines = [app_diagnosis(name, targets[name][0], targets[name][1], status[name], out / "run-serial.log",
+                           ctx.profile_name.removesuffix("-debug"), ctx.profile.mode) for name in targets]
+    return [x for x in lines if x]
+
+
+APP_WAIT = 90  # seconds `run` gives the apps to answer once the attestation server does
+
+
 def port_free(port: int) -> bool:
     import socket
 

@@ -1,4 +1,4 @@
-"""The error types library code raises; cli.py maps them to exit codes. The client SDK
+"""The error types library code raises; the cli (pipeline/cli/) maps them to exit codes. The client SDK
 (mithril_client) raises the same types, so a verification shared by both reads the same."""
 
 from mithril_client.errors import BadInput, MithrilError, VerificationFailed

@@ -12,15 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import log
+from . import invocation, log
 
 TMP_PREFIX = ".mithril-tmp-"  # every temporary name we make beside a result: a killed run's are recognisable
 SKIP_DIRS = {"__pycache__", ".pytest_cache"}
-
-
-# Every file this process hashed, with its identity when read (None: it changed while read). The
-# warm no-op (noop.py) rests only on files whose identity still is the one their bytes were read at.
-hashed: dict[str, list[int] | None] = {}
 
 
 def identity(path: Path | str) -> list[int] | None:
@@ -44,7 +39,8 @@ def sha256_file(path: Path, progress: bool = False) -> str:
                 bar.update(len(chunk))
         if bar:
             bar.close()
-    hashed[os.path.abspath(path)] = before if identity(path) == before else None
+    # the warm no-op (noop.py) rests only on files whose identity still is the one their bytes were read at
+    invocation.current().hashed[os.path.abspath(path)] = before if identity(path) == before else None
     return h.hexdigest()
 
 

@@ -9,7 +9,6 @@ every output digest before it is reused.
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import log
+from . import invocation, log
 from .cache import Cache, StageResult, output_digests, publish, write_sha256sums
 from .config import Config, Profile
 from .errors import BadInput
@@ -27,20 +26,17 @@ from .inputs import InputStore
 from .lock import DebPin, FilePin, Lock
 
 
-tools_in_keys: set[str] = set()  # programs whose version went into a key: the warm no-op rests on them
-
-
 def cached_line(stage: str, key: str) -> str:
     return f"✓ {stage}: cached ({key[:12]})"
 
 
-@functools.cache
+@invocation.once
 def tool_version(*argv: str) -> str:
     """First line a tool prints for its version (part of cache keys); 'missing' if absent."""
     from .errors import ToolFailed
     from .run import SYSTEM_PATH, run
 
-    tools_in_keys.add(argv[0])
+    invocation.current().tools.add(argv[0])  # the warm no-op rests on them
     try:
         res = run(list(argv), extra_env={"PATH": SYSTEM_PATH}, ok=range(256))
     except ToolFailed:
@@ -49,7 +45,7 @@ def tool_version(*argv: str) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
-@functools.cache
+@invocation.once
 def code_digest(stage_cls: type) -> str:
     """sha256 over the code a stage runs: its module and every module of ours it imports,
     transitively (modules.closure), named by their module name so that it holds wherever the
@@ -74,6 +70,13 @@ class Context:
     out_dir: Path
     locked: bool
     engine_dir: Path | None = None  # --engine-dir: import this engine instead of models.<name>.engine_dir
+
+    @property
+    def headline(self) -> str:
+        """The first line of a build: which profile, on what, how."""
+        p = self.profile
+        return (f"profile {self.profile_name}: platform {p.platform}, mode {p.mode}, app {p.app}"
+                + (f", model {p.model}" if p.model else "") + (", --locked" if self.locked else ""))
 
     def checkout_digests(self, *relpaths: str) -> dict[str, str]:
         return tree_digests(self.root, *relpaths)

@@ -10,7 +10,6 @@ root:root, mtimes SOURCE_DATE_EPOCH, members sorted.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import json
@@ -22,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gpu, log
+from . import gpu, invocation, log
 from .archive import Entry, deb_data, tar_entries
 from .errors import BadInput, ToolFailed
 from .files import SKIP_DIRS, atomic_write, tree_digests
@@ -138,7 +137,7 @@ def pins(ctx: Context, recipe: Recipe) -> dict[str, dict]:
     return _resolved(json.dumps(ctx.lock.debian, sort_keys=True), ctx.cache_dir / "debian", recipe, what)
 
 
-@functools.cache  # the stage asks twice (cache key, then build): resolve and warn once
+@invocation.once  # the stage asks twice (cache key, then build): resolve and warn once
 def _resolved(debian_json: str, cache: Path, recipe: Recipe, what: str) -> dict[str, dict]:
     log.warn(f"{what}; resolving from the Debian archive (run `mithril-build lock` to pin it)")
     return resolve(json.loads(debian_json), cache, recipe)

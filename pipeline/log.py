@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+from . import invocation
+
 _depth = 0
 quiet = False
 
@@ -16,11 +18,8 @@ def info(msg: str) -> None:
         print("  " * _depth + msg, file=sys.stderr, flush=True)
 
 
-warnings: list[str] = []  # this process's, in order (a warm no-op repeats a build's warnings)
-
-
 def warn(msg: str) -> None:
-    warnings.append("warning: " + msg)
+    invocation.current().warnings.append("warning: " + msg)
     print("  " * _depth + "warning: " + msg, file=sys.stderr, flush=True)
 
 

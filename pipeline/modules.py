@@ -10,8 +10,9 @@ not count: each stage's fingerprint is its own closure.)
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
+
+from . import invocation
 
 OURS = ("pipeline", "mithril_client", "attestation_server")  # the packages of this repository
 ROOT = Path(__file__).resolve().parent.parent  # the folder that holds them (checkout or site-packages)
@@ -55,7 +56,7 @@ def _imported(name: str, path: Path, root: Path) -> set[str]:
     return {m for m in out if path_of(m, root)}
 
 
-@functools.cache
+@invocation.once
 def closure(name: str, root: Path) -> dict[str, Path]:
     """{module: file} of `name` and every module of ours it imports, transitively, sorted."""
     seen: dict[str, Path] = {}

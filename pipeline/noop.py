@@ -7,6 +7,9 @@ unchanged, the next `all` with the same options and environment prints the answe
 Any change (an edit, a touch, a file replaced, removed, or added to a folder) falls back to the
 full run, which re-hashes every output. A write always moves a file's ctime, so a tampered output
 is never trusted; `all --verify` re-hashes everything regardless.
+
+The command calls `start` before it loads anything else, and `finish` after a successful full
+run; what the run hashed and probed comes from its Invocation (invocation.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import Cache
-from .files import SKIP_DIRS, atomic_write, hashed, identity
+from .files import SKIP_DIRS, atomic_write, identity
+from .invocation import Invocation
 from .modules import OURS, ROOT
 
 VERSION = 1
@@ -71,8 +75,8 @@ class Pending:
 
 def start(project: Path | None, cache_dir: Path | None, options: dict, full: bool) -> list[str] | Pending:
     """The remembered answer's lines if nothing it rests on changed (and no `full` run was asked
-    for), else what the full run remembers when it succeeds (`remember`)."""
-    from . import log, project as proj
+    for), else what the full run remembers when it succeeds (`finish`)."""
+    from . import project as proj
 
     root = proj.find_root(project)
     cache = proj.cache_path(root, cache_dir)
@@ -80,7 +84,6 @@ def start(project: Path | None, cache_dir: Path | None, options: dict, full: boo
     lines = None if full else replay(cache, name)
     if lines is not None:
         return lines
-    log.warnings.clear()  # the memo repeats this run's own warnings (tests run many in one process)
     return Pending(cache, name, checkout(root, cache))
 
 
@@ -99,8 +102,18 @@ def replay(cache_dir: Path, name: str) -> list[str] | None:
     return [str(line) for line in lines]
 
 
-def remember(run: Pending, results: dict, out_dir: Path, folders: list[Path | None], tools: set[str],
-             lines: list[str]) -> None:
+def finish(run: Pending, ctx, results: dict, inv: Invocation) -> None:
+    """After a successful full `all` (ctx: its graph.Context; results: its stage results): remember
+    the answer a run with nothing to do gives, the lines this one printed: the headline, the
+    warnings, every stage cached."""
+    from .graph import cached_line  # the full run has loaded it anyway
+
+    lines = [ctx.headline, *inv.warnings, *(cached_line(n, r.record["key"]) for n, r in results.items())]
+    remember(run, results, ctx.out_dir, [ctx.store.offline, ctx.engine_dir], lines, inv)
+
+
+def remember(run: Pending, results: dict, out_dir: Path, folders: list[Path | None], lines: list[str],
+             inv: Invocation) -> None:
     """Write the memo of a successful `all`, unless something it rests on changed during the run
     (the next run then simply takes the full path)."""
     from .run import SYSTEM_PATH  # the full run has loaded it anyway
@@ -114,11 +127,11 @@ def remember(run: Pending, results: dict, out_dir: Path, folders: list[Path | No
     for folder in folders:  # given on the command line: --inputs, --engine-dir
         if folder is not None:
             files.update(tree(folder))
-    for tool in sorted(tools):
+    for tool in sorted(inv.tools):
         found = shutil.which(tool, path=SYSTEM_PATH)
         for path in {found, os.path.realpath(found)} if found else {tool}:
             files[os.path.abspath(path)] = identity(path)
-    if any(p in files and files[p] != ident for p, ident in hashed.items()):
+    if any(p in files and files[p] != ident for p, ident in inv.hashed.items()):
         return  # hashed, then changed: this run's answer does not hold for the file as it is now
     atomic_write(run.cache_dir / FOLDER / f"{run.name}.json",
                  json.dumps({"version": VERSION, "files": files, "lines": lines}, sort_keys=True).encode())

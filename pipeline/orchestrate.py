@@ -47,14 +47,8 @@ def build(ctx: Context, targets: list[str] | None, explain: bool = False, force:
     targets = targets or list(orch.stages)
     if ctx.store.offline is not None:
         verify_folder(ctx.store.offline, profile_pins(ctx))
-    log.info(headline(ctx))
+    log.info(ctx.headline)
     return orch.run(targets, explain=explain, force=force)
-
-
-def headline(ctx: Context) -> str:
-    p = ctx.profile
-    return (f"profile {ctx.profile_name}: platform {p.platform}, mode {p.mode}, app {p.app}"
-            + (f", model {p.model}" if p.model else "") + (", --locked" if ctx.locked else ""))
 
 
 def plan(ctx: Context, targets: list[str] | None) -> list[dict]:

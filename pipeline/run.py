@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from . import log
+from . import invocation, log
 from .errors import ToolFailed
 
-verbose = False
 _secrets: set[str] = set()
 _PATTERNS = [
     # Azure SAS query parameters (the signature and what it is bound to), also URL-encoded ("%26sig%3D")
@@ -102,7 +101,7 @@ def _program(args: list[str], mark: str, path: str | None = None) -> str:
     exe = which(args[0], path)
     if exe is None:
         raise ToolFailed(f"{args[0]}: program not found (run scripts/setup.sh to install the tools)")
-    if verbose:
+    if invocation.current().verbose:
         log.info("$ " + cmdline(args) + mark)
     return exe
 

@@ -46,7 +46,7 @@ def cli(*args, cwd: Path | None = None, env: dict | None = None) -> CliResult:
     """Run the mithril-build CLI in this process (`pipeline.cli.main`, streams captured): for the
     many quick cases of the robustness suite, where a subprocess each would dominate."""
     from pipeline import cli as entry
-    from pipeline import log, run
+    from pipeline import log
 
     streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace") for _ in range(2)]
     saved = sys.stdout, sys.stderr, sys.argv, dict(os.environ)
@@ -63,7 +63,7 @@ def cli(*args, cwd: Path | None = None, env: dict | None = None) -> CliResult:
             sys.stdout, sys.stderr, sys.argv = saved[:3]
             os.environ.clear()
             os.environ.update(saved[3])
-            run.verbose, log._depth = False, 0
+            log._depth = 0
     out, err = (s.flush() or s.buffer.getvalue().decode("utf-8", errors="backslashreplace") for s in streams)
     return CliResult(code, out, err)
 

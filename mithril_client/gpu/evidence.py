@@ -1,5 +1,6 @@
 """Evidence version 2 (docs/evidence.md): the GPU part of an evidence document and its binding
-to the TPM quote (the derivations: `binding.py`).
+to the TPM quote (the derivations: `binding.py`). The document's GPU part itself (`GpuEvidence`) is
+parsed with the rest of the document in `mithril_client/evidence.py`.
 
 Which profiles are GPU profiles is said by measurements.json (`gpu`: the driver version the image
 installs and the driver RIM that describes it); a GPU profile's evidence without GPUs fails, and
@@ -8,19 +9,9 @@ evidence with GPUs for a profile without them fails too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..measurements import Row
 from .binding import binding, derive_gpu_nonce
 from .check import RimSet, check_gpu
-
-MAX_GPUS = 8
-
-
-@dataclass(frozen=True)
-class GpuEvidence:
-    report: bytes  # SPDM GET_MEASUREMENTS request + response, as NVML returned it
-    cert_chain: bytes  # PEM, as NVML returned it
 
 
 def quote_nonce(evidence, nonce: bytes) -> bytes:

@@ -1,5 +1,5 @@
 """The application disk: a staged tree (manifests, images, setup.d/run.d, model repository)
-turned into a squashfs + dm-verity GPT disk (`verity_disk.py`), byte-for-byte reproducibly.
+turned into a squashfs + dm-verity GPT disk (`verity_build.py`), byte-for-byte reproducibly.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import images, log, sandbox, templates, verity_disk
+from .. import images, log, sandbox, templates, verity_build
 from ..archive import Entry, deb_member
 from ..errors import BadInput
 from ..files import sha256_file
@@ -86,8 +86,8 @@ class AppDisk(Stage):
                 files = file_manifest(tree)
             with log.step("Making the squashfs and dm-verity images", "Made squashfs and verity"):
                 env = {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)}
-                data = verity_disk.squashfs(tree, work / "data.img", ("-all-root", "-no-xattrs"), env)
-                vimages = verity_disk.hash_tree(data, work / "hash.img", ctx.seed)
+                data = verity_build.squashfs(tree, work / "data.img", ("-all-root", "-no-xattrs"), env)
+                vimages = verity_build.hash_tree(data, work / "hash.img", ctx.seed)
             with log.step("Assembling the GPT disk with systemd-repart", "Assembled the disk"):
                 layout = assemble(ctx, work, vimages, out / DISK)
         params = vimages.params
@@ -384,16 +384,16 @@ def file_manifest(tree: Path) -> list[dict]:
     return out
 
 
-def assemble(ctx: Context, work: Path, vimages: verity_disk.VerityImages, disk: Path) -> dict:
+def assemble(ctx: Context, work: Path, vimages: verity_build.VerityImages, disk: Path) -> dict:
     """The GPT disk from appdisk/repart.d, checked; its layout for the record."""
     data_uuid, hash_uuid = vimages.uuids
     values = {"data_uuid": data_uuid, "hash_uuid": hash_uuid, "data_image": vimages.data, "hash_image": vimages.hash,
               "data_size": vimages.data.stat().st_size,
-              "hash_size": -(-vimages.hash.stat().st_size // verity_disk.BLOCK) * verity_disk.BLOCK}
-    verity_disk.assemble(disk, ctx.root / SOURCE, values, work / "repart.d", ctx.seed,
+              "hash_size": -(-vimages.hash.stat().st_size // verity_build.BLOCK) * verity_build.BLOCK}
+    verity_build.assemble(disk, ctx.root / SOURCE, values, work / "repart.d", ctx.seed,
                          {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch), "SYSTEMD_LOG_LEVEL": "warning"},
                          ["--json=off"])
-    table = verity_disk.check(disk, vimages, LABELS, SOURCE)
+    table = verity_build.check(disk, vimages, LABELS, SOURCE)
     parts = [{"label": p.label, "uuid": str(p.uuid), "type": str(p.type_uuid), "offset": p.offset, "size": p.size}
              for p in table.partitions]
     return {"uuid": str(table.disk_uuid), "size": disk.stat().st_size, "partitions": parts}

@@ -1,8 +1,8 @@
 """The OS image: Mithril OS built with mkosi from the templates in `mkosi/`, byte-for-byte reproducibly.
 
 mkosi 24.3 builds a directory tree, kernel and initrd (all reproducible). This stage makes the
-rest: the squashfs root and its dm-verity tree (`verity_disk.py`), the UKI (ukify with the image's
-own systemd-stub, `roothash=` on the command line) and the GPT disk (`verity_disk.py`, plus an ESP
+rest: the squashfs root and its dm-verity tree (`verity_build.py`), the UKI (ukify with the image's
+own systemd-stub, `roothash=` on the command line) and the GPT disk (`verity_build.py`, plus an ESP
 holding only the UKI).
 """
 
@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import log, platforms, templates, verity_disk
+from .. import log, platforms, templates, verity_build
 from ..errors import BadInput, ToolFailed, VerificationFailed
 from ..files import sha256_file
 from ..graph import Context, Stage, StageResult, tool_version
@@ -354,9 +354,9 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
     with log.step("Making the squashfs root", "Made the squashfs root"):
-        squash = verity_disk.squashfs(tree, work / "root.squashfs", (), env)
+        squash = verity_build.squashfs(tree, work / "root.squashfs", (), env)
     with log.step("Computing dm-verity for the root", "Computed dm-verity"):
-        vimages = verity_disk.hash_tree(squash, work / "root.verity", ctx.seed)  # repart.d names both files
+        vimages = verity_build.hash_tree(squash, work / "root.verity", ctx.seed)  # repart.d names both files
     roothash = vimages.roothash.hex()
 
     cmdline = kernel_cmdline(ctx.profile.mode, roothash)
@@ -382,10 +382,10 @@ def build_image(ctx: Context, work: Path, out: Path) -> dict:
         root_uuid, verity_uuid = vimages.uuids
         variables = {"esp_size": esp_size, "root_uuid": str(root_uuid), "verity_uuid": str(verity_uuid)}
         disk = out / DISK
-        verity_disk.assemble(disk, ctx.root / SOURCE, variables, work / "repart.d", ctx.seed,
+        verity_build.assemble(disk, ctx.root / SOURCE, variables, work / "repart.d", ctx.seed,
                              # mkfs.vfat stamps the volume label entry with the wall clock unless --invariant
                              {**env, "SYSTEMD_REPART_MKFS_OPTIONS_VFAT": "--invariant"}, [f"--root={work}"])
-    table = verity_disk.check(disk, vimages, LABELS, SOURCE)
+    table = verity_build.check(disk, vimages, LABELS, SOURCE)
     parts = partition_records(disk, table)
 
     params = vimages.params

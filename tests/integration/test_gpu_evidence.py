@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mithril_client.evidence import parse_evidence
+from mithril_client.evidence import GpuEvidence, parse_evidence
 from mithril_client.gpu.binding import binding, derive_gpu_nonce
-from mithril_client.gpu.evidence import GpuEvidence
 from mithril_client.gpu.rim import parse_rim
 from mithril_client.measurements import parse_measurements
 from mithril_client.verify import Trust, verify_evidence

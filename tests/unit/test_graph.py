@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import config as cfg
-from pipeline import inputs
+from pipeline import inputs, invocation
 from pipeline import lock as lk
 from pipeline.errors import BadInput
 from pipeline.graph import Context, Orchestrator, Stage, _Stages, digest, explain_diff
@@ -314,7 +314,7 @@ def test_editing_a_module_a_stage_imports_changes_its_key_and_others_do_not(tmp_
         assert _fingerprint(stage, root) != before, name
         path.write_bytes(original)
     assert _fingerprint(stage, root) == before
-    for name in ("pipeline.noop", "pipeline.cli", "pipeline.stages.model_engine", "pipeline.stages.os_image"):
+    for name in ("pipeline.noop", "pipeline.cli.build", "pipeline.stages.model_engine", "pipeline.stages.os_image"):
         assert name not in used
         path = root.joinpath(*name.split(".")).with_suffix(".py")
         path.write_bytes(path.read_bytes() + b"\n# edited\n")
@@ -322,7 +322,7 @@ def test_editing_a_module_a_stage_imports_changes_its_key_and_others_do_not(tmp_
     # a new module under a package whose __init__ imports by name (the platform chooser) counts
     (root / "pipeline/platforms/newplatform").mkdir()
     (root / "pipeline/platforms/newplatform/__init__.py").write_text("X = 1\n")
-    closure.cache_clear()
+    invocation.begin()  # closure is computed once per command
     assert _fingerprint(stage, root) != before
 
 
@@ -334,8 +334,7 @@ def test_editing_an_imported_module_changes_the_stage_code_digest(monkeypatch, t
     monkeypatch.setattr(modules, "ROOT", root)
 
     def key(cls):
-        graph.code_digest.cache_clear()
-        modules.closure.cache_clear()
+        invocation.begin()  # a new command: code digests computed afresh
         return graph.code_digest(cls)
 
     from pipeline.stages.provenance import Provenance
@@ -344,8 +343,7 @@ def test_editing_an_imported_module_changes_the_stage_code_digest(monkeypatch, t
     f = root / "pipeline/run.py"
     f.write_text(f.read_text() + "\n# edited\n")
     assert key(Provenance) != before
-    graph.code_digest.cache_clear()
-    modules.closure.cache_clear()
+    invocation.begin()  # none of this copy's digests for later tests
 
 
 # ---------------------------------------------------------------- build order and dependencies

@@ -15,17 +15,17 @@ PACKAGES = ("mithril_client", "attestation_server", "pipeline")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("client", ("mithril_client.*",)),
     ("server", ("attestation_server.*",)),
-    ("1", ("pipeline", "pipeline.errors", "pipeline.log", "pipeline.modules")),
+    ("1", ("pipeline", "pipeline.errors", "pipeline.invocation", "pipeline.log", "pipeline.modules")),
     ("2", ("pipeline.files", "pipeline.readers")),
     ("3", ("pipeline.config", "pipeline.lock", "pipeline.run", "pipeline.measure.*", "pipeline.archive",
            "pipeline.oci", "pipeline.oci_read", "pipeline.container", "pipeline.hf", "pipeline.swtpm",
            "pipeline.templates", "pipeline.gpu", "pipeline.records", "pipeline.provenance", "pipeline.diff",
-           "pipeline.verify_disk", "pipeline.sandbox", "pipeline.platforms.*")),
+           "pipeline.roothash_check", "pipeline.sandbox", "pipeline.crash", "pipeline.platforms.*")),
     ("4", ("pipeline.inputs", "pipeline.cache", "pipeline.graph")),
-    ("5", ("pipeline.stages.*", "pipeline.verity_disk", "pipeline.images", "pipeline.debian",
+    ("5", ("pipeline.stages.*", "pipeline.verity_build", "pipeline.images", "pipeline.debian",
            "pipeline.project", "pipeline.noop")),
     ("6", ("pipeline.orchestrate", "pipeline.render", "pipeline.attest", "pipeline.audit",
-           "pipeline.record_platform", "pipeline.cli", "pipeline.__main__")),
+           "pipeline.record_platform", "pipeline.cli.*", "pipeline.__main__")),
 ]
 
 # Imports against the layers that exist today, each with why; the test fails when one is gone
@@ -140,7 +140,18 @@ def test_the_readme_lists_the_same_layers():
     assert set(readme) == {label for label, _ in LAYERS if label.isdigit()}
 
 
-def test_no_import_cycle_in_pipeline():
-    edges = {m: {d for d in deps if d.startswith("pipeline")} for m, deps in graph().items() if m.startswith("pipeline")}
+def test_no_import_cycle():
+    """In every package, the client's included, and counting imports inside functions: a cycle
+    broken only by importing late is still a cycle (move the shared piece down instead)."""
+    edges = graph()
+    assert "mithril_client.gpu.online" in edges["mithril_client.gpu.check"]  # imported inside a function
     cycle = find_cycle(edges)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_sees_a_cycle_through_a_late_import():
+    """The cycle issue 23 removed (evidence -> gpu.evidence -> gpu.check -> certs -> evidence),
+    put back as a function-level import, is found."""
+    edges = graph()
+    edges["mithril_client.evidence"].add("mithril_client.gpu.evidence")
+    assert find_cycle(edges) is not None

@@ -107,9 +107,9 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 def test_engine_build_outputs_and_record(hub, tmp_path, monkeypatch, capsys):
-    from pipeline import run
+    from pipeline import invocation
 
-    monkeypatch.setattr(run, "verbose", True)  # log every command line too
+    monkeypatch.setattr(invocation.begin(), "verbose", True)  # log every command line too
     host = FakeHost(monkeypatch, "docker")
     res = build(make_ctx(tmp_path, hub))
     logged = capsys.readouterr()

@@ -4,10 +4,12 @@ reports it) moved since the memo was written."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from pipeline import noop
 from pipeline.cache import StageResult
+from pipeline.invocation import Invocation
 
 
 @pytest.fixture
@@ -21,7 +23,7 @@ def remembered(tmp_path):
     (result / "out.txt").write_text("out\n")
     run = noop.start(root, cache, {"profile": None}, full=False)
     assert isinstance(run, noop.Pending)  # no memo yet: the full run
-    noop.remember(run, {"s": StageResult(result, {"key": "k"})}, root / "out", [], set(), ["line"])
+    noop.remember(run, {"s": StageResult(result, {"key": "k"})}, root / "out", [], ["line"], Invocation())
     assert noop.start(root, cache, {"profile": None}, full=False) == ["line"]
     return root, cache, result
 
@@ -60,13 +62,13 @@ def test_an_unreadable_memo_is_no_answer(remembered, memo):
     assert isinstance(noop.start(root, cache, {"profile": None}, full=False), noop.Pending)
 
 
-def test_a_file_changed_while_the_run_read_it_leaves_no_memo(tmp_path, monkeypatch):
+def test_a_file_changed_while_the_run_read_it_leaves_no_memo(tmp_path):
     root, cache = tmp_path / "project", tmp_path / "cache"
     root.mkdir()
     (root / "mithril.yaml").write_text("project: x\n")
     run = noop.start(root, cache, {}, full=False)
-    monkeypatch.setitem(noop.hashed, str(root / "mithril.yaml"), None)  # files.sha256_file saw it change
-    noop.remember(run, {}, root / "out", [], set(), ["line"])
+    inv = Invocation(hashed={str(root / "mithril.yaml"): None})  # files.sha256_file saw it change
+    noop.remember(run, {}, root / "out", [], ["line"], inv)
     assert not (cache / noop.FOLDER).exists()
 
 
@@ -87,8 +89,28 @@ def test_the_memo_rests_on_the_code_of_every_package_stage_keys_cover(tmp_path, 
     for rel in ("pipeline/templates.py", "mithril_client/tpm2.py", "attestation_server/__init__.py"):
         run = noop.start(root, cache, {"profile": None}, full=False)
         assert isinstance(run, noop.Pending)
-        noop.remember(run, {}, root / "out", [], set(), ["line"])
+        noop.remember(run, {}, root / "out", [], ["line"], Invocation())
         assert noop.start(root, cache, {"profile": None}, full=False) == ["line"]
         with open(code / rel, "a") as f:
             f.write("# edited\n")
         assert isinstance(noop.start(root, cache, {"profile": None}, full=False), noop.Pending), rel
+
+
+def test_what_the_memo_rests_on_is_the_commands_own():
+    """files hashed, tools probed and warnings given belong to one command (invocation.py): a tool
+    an earlier command in this process probed is recorded again by the next, and nothing of the
+    earlier one's reaches it (with a process-wide cache the second command recorded no tool)."""
+    from pipeline import graph, invocation, log
+    from pipeline.files import sha256_file
+    from tests.conftest import cli
+
+    first = invocation.begin()
+    assert graph.tool_version("sh", "-c", "echo v1") == "v1"
+    log.warn("from the first command")
+    sha256_file(Path(__file__))
+    assert "sh" in first.tools and first.warnings and str(Path(__file__)) in first.hashed
+    assert cli("--version").returncode == 0  # cli.main starts the next command's invocation
+    second = invocation.current()
+    assert second is not first and not (second.tools or second.warnings or second.hashed)
+    graph.tool_version("sh", "-c", "echo v1")
+    assert second.tools == {"sh"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import verity_disk
+from pipeline import verity_build
 from pipeline.errors import BadInput, VerificationFailed
 from pipeline.measure import gpt, verity
 from tests.conftest import REPO, need
@@ -27,20 +27,20 @@ def make_disk(tmp_path: Path, repart: Path = REPO / "appdisk" / "repart.d"):
     (tree / "hello").write_text("hello\n" * 5000)
     source = tmp_path / "appdisk"
     shutil.copytree(repart, source / "repart.d")
-    data = verity_disk.squashfs(tree, tmp_path / "data.img", ("-all-root", "-no-xattrs"), ENV)
-    images = verity_disk.hash_tree(data, tmp_path / "hash.img", SEED)
+    data = verity_build.squashfs(tree, tmp_path / "data.img", ("-all-root", "-no-xattrs"), ENV)
+    images = verity_build.hash_tree(data, tmp_path / "hash.img", SEED)
     data_uuid, hash_uuid = images.uuids
     values = {"data_uuid": data_uuid, "hash_uuid": hash_uuid, "data_image": images.data, "hash_image": images.hash,
               "data_size": images.data.stat().st_size, "hash_size": images.hash.stat().st_size}
     disk = tmp_path / "disk.raw"
-    verity_disk.assemble(disk, source, values, tmp_path / "defs", SEED, ENV, ["--json=off"])
+    verity_build.assemble(disk, source, values, tmp_path / "defs", SEED, ENV, ["--json=off"])
     return disk, images
 
 
 def test_disk_holds_the_images_under_the_roothash_halves(tmp_path):
     disk, images = make_disk(tmp_path)
-    assert images.data.stat().st_size % verity_disk.BLOCK == 0
-    table = verity_disk.check(disk, images, LABELS, "appdisk")
+    assert images.data.stat().st_size % verity_build.BLOCK == 0
+    table = verity_build.check(disk, images, LABELS, "appdisk")
     data, hashes = table.by_label("app", "d"), table.by_label("app-verity", "d")
     assert data.uuid.hex + hashes.uuid.hex == images.roothash.hex()
     with open(disk, "rb") as f:
@@ -58,7 +58,7 @@ def test_check_finds_a_changed_byte(tmp_path, label):
         f.seek(p.offset + 100)
         f.write(bytes([b[0] ^ 1]))
     with pytest.raises(VerificationFailed, match=f"partition '{label}' does not hold the expected blocks"):
-        verity_disk.check(disk, images, LABELS, "appdisk")
+        verity_build.check(disk, images, LABELS, "appdisk")
 
 
 def test_check_refuses_uuids_that_are_not_the_roothash_halves(tmp_path):
@@ -68,4 +68,4 @@ def test_check_refuses_uuids_that_are_not_the_roothash_halves(tmp_path):
     conf.write_text(conf.read_text().replace("UUID={{ hash_uuid }}", f"UUID={uuid.UUID(int=1)}"))
     disk, images = make_disk(tmp_path, repart)
     with pytest.raises(BadInput, match="appdisk/repart.d: the assembled disk's partitions"):
-        verity_disk.check(disk, images, LABELS, "appdisk")
+        verity_build.check(disk, images, LABELS, "appdisk")

@@ -1,4 +1,5 @@
-"""`verify-disk`: check a disk's dm-verity partitions against a root hash, in pure Python."""
+"""`verify-disk`: check a disk's dm-verity partitions against a root hash, in pure Python (building
+such a disk: verity_build.py)."""
 
 from __future__ import annotations
 
