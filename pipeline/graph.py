@@ -52,7 +52,8 @@ def code_digest(stage_cls: type) -> str:
     packages are installed."""
     from . import modules
 
-    return digest({name: sha256_file(path) for name, path in modules.closure(stage_cls.__module__, modules.ROOT).items()})
+    code = modules.closure(stage_cls.__module__, modules.ROOTS)
+    return digest({name: sha256_file(path) for name, path in code.items()})
 
 
 @dataclass(frozen=True)

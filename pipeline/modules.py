@@ -10,24 +10,43 @@ not count: each stage's fingerprint is its own closure.)
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import invocation
 
-OURS = ("pipeline", "mithril_client", "attestation_server")  # the packages of this repository
-ROOT = Path(__file__).resolve().parent.parent  # the folder that holds them (checkout or site-packages)
+OURS = ("pipeline", "mithril_client", "attestation_server")  # the packages of this repository's three distributions
 
 
-def path_of(name: str, root: Path) -> Path | None:
-    """The file of module `name` under root, or None if it is not one of ours."""
-    base = root.joinpath(*name.split("."))
+def _folders() -> dict[str, Path]:
+    """The folder holding each package: one checkout, or wherever each wheel was installed
+    (found without importing the package)."""
+    out = {}
+    for package in OURS:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(f"{package} is not installed (pip install mithril-client mithril-attestation-server)")
+        out[package] = Path(next(iter(spec.submodule_search_locations))).resolve().parent
+    return out
+
+
+ROOTS: Mapping[str, Path] = _folders()
+
+
+def path_of(name: str, roots: Mapping[str, Path]) -> Path | None:
+    """The file of module `name`, or None if it is not one of ours."""
+    top = name.split(".")[0]
+    if top not in roots:
+        return None
+    base = roots[top].joinpath(*name.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
     return None
 
 
-def _imported(name: str, path: Path, root: Path) -> set[str]:
+def _imported(name: str, path: Path, roots: Mapping[str, Path]) -> set[str]:
     """The modules of ours `name` (at path) imports directly, with their parent packages."""
     import ast  # here: the warm no-op imports this module for OURS only
 
@@ -46,27 +65,32 @@ def _imported(name: str, path: Path, root: Path) -> set[str]:
             found |= {f"{base}.{a.name}" for a in node.names}  # kept below only if it is a module
         elif path.name == "__init__.py" and (isinstance(node, ast.Attribute) and node.attr == "import_module"
                                              or isinstance(node, ast.Name) and node.id == "import_module"):
-            found |= {m.relative_to(root).with_suffix("").as_posix().replace("/", ".")
+            found |= {m.relative_to(roots[name.split(".")[0]]).with_suffix("").as_posix().replace("/", ".")
                       for m in path.parent.rglob("*.py") if "__pycache__" not in m.parts}
     out = set()
     for module in found:
         parts = module.removesuffix(".__init__").split(".")
-        if parts[0] in OURS and path_of(module, root):
+        if parts[0] in OURS and path_of(module, roots):
             out |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
-    return {m for m in out if path_of(m, root)}
+    return {m for m in out if path_of(m, roots)}
+
+
+def closure(name: str, roots: Mapping[str, Path]) -> dict[str, Path]:
+    """{module: file} of `name` and every module of ours it imports, transitively, sorted."""
+    return _closure(name, tuple(sorted(roots.items())))
 
 
 @invocation.once
-def closure(name: str, root: Path) -> dict[str, Path]:
-    """{module: file} of `name` and every module of ours it imports, transitively, sorted."""
+def _closure(name: str, folders: tuple[tuple[str, Path], ...]) -> dict[str, Path]:
+    roots = dict(folders)
     seen: dict[str, Path] = {}
     parts = name.split(".")
     todo = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]  # with the packages above it
     while todo:
         module = todo.pop()
-        path = path_of(module, root)
+        path = path_of(module, roots)
         if module in seen or path is None:
             continue
         seen[module] = path
-        todo.extend(_imported(module, path, root) - seen.keys())
+        todo.extend(_imported(module, path, roots) - seen.keys())
     return dict(sorted(seen.items()))

@@ -24,7 +24,7 @@ from pathlib import Path
 from .cache import Cache
 from .files import SKIP_DIRS, atomic_write, identity
 from .invocation import Invocation
-from .modules import OURS, ROOT
+from .modules import ROOTS
 
 VERSION = 1
 FOLDER = "noop"  # <cache>/noop/<key>.json
@@ -50,9 +50,9 @@ def checkout(root: Path, cache_dir: Path) -> Identities:
     folders such as .git and .mithril), and the pipeline's own code."""
     skip = {os.path.join(root, n) for n in os.listdir(root) if n.startswith(".") or n == "out"}
     files = tree(root, frozenset(skip | {os.path.abspath(cache_dir)}))
-    for package in OURS:  # what stage fingerprints cover (modules.closure)
-        if not (ROOT / package).is_relative_to(root):
-            files.update(tree(ROOT / package))
+    for package, folder in ROOTS.items():  # what stage fingerprints cover (modules.closure)
+        if not (folder / package).is_relative_to(root):
+            files.update(tree(folder / package))
     return files
 
 

@@ -265,11 +265,18 @@ def test_clean_removes_only_this_profiles_results(tmp_path):
 # ---------------------------------------------------------------- derived code fingerprints
 
 def _copy_packages(dest: Path) -> Path:
-    from pipeline.modules import OURS, ROOT
+    from pipeline.modules import OURS, ROOTS
 
     for package in OURS:
-        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOTS[package] / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
+
+
+def _roots(root: Path) -> dict[str, Path]:
+    """modules.closure's {package: folder} for copies of all three packages under root."""
+    from pipeline.modules import OURS
+
+    return {package: root for package in OURS}
 
 
 def _fingerprint(module: str, root: Path) -> str:
@@ -278,7 +285,7 @@ def _fingerprint(module: str, root: Path) -> str:
     from pipeline.files import sha256_file
     from pipeline.modules import closure
 
-    return digest({n: sha256_file(p) for n, p in closure(module, root).items()})
+    return digest({n: sha256_file(p) for n, p in closure(module, _roots(root)).items()})
 
 
 def test_a_stage_fingerprint_covers_every_module_python_loads_for_it():
@@ -287,7 +294,7 @@ def test_a_stage_fingerprint_covers_every_module_python_loads_for_it():
     import subprocess
     import sys
 
-    from pipeline.modules import OURS, ROOT, closure
+    from pipeline.modules import OURS, ROOTS, closure
 
     for stage in ("appdisk", "os_image", "measurements", "model_engine", "provenance"):
         name = f"pipeline.stages.{stage}"
@@ -295,7 +302,7 @@ def test_a_stage_fingerprint_covers_every_module_python_loads_for_it():
             [sys.executable, "-c", f"import sys, {name}; print(*sorted(sys.modules))"],
             capture_output=True, text=True, check=True).stdout.split()
         ours = {m for m in loaded if m.split(".")[0] in OURS}
-        assert ours <= set(closure(name, ROOT)), (stage, sorted(ours - set(closure(name, ROOT))))
+        assert ours <= set(closure(name, ROOTS)), (stage, sorted(ours - set(closure(name, ROOTS))))
 
 
 def test_editing_a_module_a_stage_imports_changes_its_key_and_others_do_not(tmp_path):
@@ -303,7 +310,7 @@ def test_editing_a_module_a_stage_imports_changes_its_key_and_others_do_not(tmp_
 
     root = _copy_packages(tmp_path)
     stage = "pipeline.stages.appdisk"
-    used = closure(stage, root)
+    used = closure(stage, _roots(root))
     # imported only inside functions, or only transitively: the cases a hand list forgot
     assert {"pipeline.templates", "pipeline.run", "pipeline.debian", "pipeline.gpu",
             "pipeline.platforms.qemu"} <= set(used)
@@ -331,7 +338,7 @@ def test_editing_an_imported_module_changes_the_stage_code_digest(monkeypatch, t
     from pipeline import graph, modules
 
     root = _copy_packages(tmp_path / "pkgs")
-    monkeypatch.setattr(modules, "ROOT", root)
+    monkeypatch.setattr(modules, "ROOTS", _roots(root))
 
     def key(cls):
         invocation.begin()  # a new command: code digests computed afresh
@@ -344,6 +351,28 @@ def test_editing_an_imported_module_changes_the_stage_code_digest(monkeypatch, t
     f.write_text(f.read_text() + "\n# edited\n")
     assert key(Provenance) != before
     invocation.begin()  # none of this copy's digests for later tests
+
+
+def test_a_client_installed_apart_from_the_build_tool_is_still_covered(monkeypatch, tmp_path):
+    """Three wheels may land in three folders: the fingerprint follows each package to its own
+    folder, so an edit to the client installed elsewhere still changes the stage's key."""
+    from pipeline import graph, modules
+    from pipeline.stages.appdisk import AppDisk
+
+    folders = {package: tmp_path / package for package in modules.OURS}
+    for package, folder in folders.items():
+        shutil.copytree(modules.ROOTS[package] / package, folder / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(modules, "ROOTS", folders)
+    invocation.begin()
+    before = graph.code_digest(AppDisk)
+    assert any(str(p).startswith(str(folders["mithril_client"])) for p in
+               modules.closure("pipeline.stages.appdisk", folders).values())
+    f = folders["mithril_client"] / "mithril_client/tpm2.py"
+    f.write_text(f.read_text() + "\n# edited\n")
+    invocation.begin()
+    assert graph.code_digest(AppDisk) != before
+    invocation.begin()
 
 
 # ---------------------------------------------------------------- build order and dependencies

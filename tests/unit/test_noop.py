@@ -81,8 +81,8 @@ def test_the_memo_rests_on_the_code_of_every_package_stage_keys_cover(tmp_path, 
 
     code = tmp_path / "site"
     for package in modules.OURS:
-        shutil.copytree(modules.ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(noop, "ROOT", code)
+        shutil.copytree(modules.ROOTS[package] / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(noop, "ROOTS", {package: code for package in modules.OURS})
     root, cache = tmp_path / "project", tmp_path / "cache"
     root.mkdir()
     (root / "mithril.yaml").write_text("project: x\n")
