@@ -140,7 +140,7 @@ class Stage:
             if pin is not None and pin.stand_in:
                 where = entry + (".archive" if section == "images" else "")
                 if ctx.locked:
-                    raise BadInput(LOCK_FILE, f"{where}: a stand-in, not the real input ({pin.stand_in}) (--locked)",
+                    raise BadInput(LOCK_FILE, f"{where}: a stand-in, not the real input ({pin.stand_in}), refused with --locked",
                                    "pin the real file with `mithril-build lock` where its source is reachable")
                 log.warn(f"{where}: a STAND-IN, not the real input: {pin.stand_in}")
         try:

@@ -16,7 +16,7 @@ import yaml
 from pipeline import debian, gpu
 from pipeline import lock as lk
 from pipeline.errors import BadInput
-from tests.conftest import REPO, mb, need
+from tests.conftest import REPO, mb, need, new_project
 
 
 @pytest.fixture(scope="module")
@@ -166,10 +166,7 @@ def test_only_gpu_images_hold_the_kernel_and_use_their_own_debs(tmp_path):
 def test_a_stand_in_is_logged_and_refused_when_locked(tmp_path):
     """A lock entry pinned to a labelled stand-in (how the tests build gpu-local without k3s):
     every run says so; --locked refuses it (exit 2, one line), so no release is built from one."""
-    project = tmp_path / "p"
-    project.mkdir()
-    for name in ("mithril.yaml", "mithril.lock"):
-        shutil.copy2(REPO / name, project / name)
+    project = new_project(tmp_path / "p")
     (project / "k3s").write_bytes(b"#!/bin/sh\nexit 1\n")
     lock = lk.load(project / "mithril.lock")
     lock.files["k3s"] = lk.FilePin(path="k3s", sha256="9" * 64, stand_in="k3s is unreachable here")
@@ -177,7 +174,7 @@ def test_a_stand_in_is_logged_and_refused_when_locked(tmp_path):
     res = mb("plan", "--profile", "gpu-local", "--locked", "--cache-dir", tmp_path / "c", cwd=project)
     assert res.returncode == 2, res.stderr
     assert [line for line in res.stderr.splitlines() if "error" in line] == [
-        "mithril-build: error: mithril.lock: files.k3s: a stand-in, not the real input (k3s is unreachable here) "
-        "(--locked): pin the real file with `mithril-build lock` where its source is reachable"]
+        "mithril-build: error: mithril.lock: files.k3s: a stand-in, not the real input (k3s is unreachable here), "
+        "refused with --locked (pin the real file with `mithril-build lock` where its source is reachable)"]
     res = mb("plan", "--profile", "gpu-local", "--unlocked", "--cache-dir", tmp_path / "c", cwd=project)
     assert "files.k3s: a STAND-IN, not the real input: k3s is unreachable here" in res.stderr, res.stderr
