@@ -48,6 +48,16 @@ DRIVER_SOURCES = ("nvidia-graphics-drivers", "nvidia-open-gpu-kernel-modules")
 # at DRIVER_VERSION: apt would otherwise take bookworm-security's newer user space.
 DRIVER_PACKAGES = PACKAGES + ("libnvidia-pkcs11-openssl3", "nvidia-alternative", "nvidia-legacy-check",
                               "nvidia-open-kernel-support")
+# The GPU image holds its kernel at bookworm's point release 6.1.176-1 (linux-image-6.1.0-50-cloud-amd64),
+# the newest bookworm kernel the pinned open module compiles against: bookworm-security's 6.1.192
+# backported a fourth argument of pci_resize_resource() (`exclude_bars`), which 535.261.03's
+# nv-pci.c does not pass, so its DKMS build fails there (docs/gpu.md, "One driver version"). The
+# image, its headers and the kbuild tools are installed at this version (the headers would take
+# bookworm-security's kbuild otherwise); the non-GPU images keep the current kernel. Their
+# .debs are pinned apart, under debs.os-nvidia (pipeline/stages/os_image.py, debs_key).
+KERNEL_VERSION = "6.1.176-1"
+KERNEL_PACKAGES = ("linux-headers-cloud-amd64", "linux-kbuild-6.1", "linux-compiler-gcc-12-x86")  # + os.kernel_package
+KERNEL_SOURCES = ("linux", "linux-signed-amd64")  # Debian source packages of the kernel's binaries
 
 
 def upstream_version(version: str) -> str:
@@ -76,3 +86,16 @@ def check_driver(pins: dict, where: str) -> str | None:
                        f"the kernel module, GSP firmware and libraries must be one driver version "
                        f"({upstream_version(DRIVER_VERSION)}, pipeline/gpu.py): re-run `mithril-build lock --update-debs`")
     return next(iter(versions), None)
+
+
+def check_kernel(pins: dict, where: str) -> None:
+    """Refuse a GPU image's package set whose kernel packages (binaries of KERNEL_SOURCES) are not
+    all at KERNEL_VERSION, naming them: the open module is known to build against that one only."""
+    from .errors import BadInput
+
+    other = [f"{n} {p.version}" for n, p in sorted(pins.items())
+             if source_of(p.url) in KERNEL_SOURCES and p.version != KERNEL_VERSION]
+    if other:
+        raise BadInput(where, f"kernel packages not at {KERNEL_VERSION}: {', '.join(other)}",
+                       f"the GPU image holds its kernel at {KERNEL_VERSION} (pipeline/gpu.py KERNEL_VERSION): "
+                       "re-run `mithril-build lock --update-debs` for a GPU profile")

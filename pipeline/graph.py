@@ -23,7 +23,7 @@ from .config import Config, Profile
 from .errors import BadInput
 from .files import canonical, digest, sha256_file, tree_digests
 from .inputs import InputStore
-from .lock import DebPin, FilePin, Lock
+from .lock import LOCK_FILE, DebPin, FilePin, Lock
 
 
 def cached_line(stage: str, key: str) -> str:
@@ -137,6 +137,16 @@ class Stage:
     def check(self, ctx: Context) -> None:
         """Check inputs the cache key names only by their pin (files in the checkout), on every
         run, cache hit or not: a file edited after it was pinned must not pass for the pinned one."""
+        for entry in self.lock_entries(ctx):  # a labelled stand-in (FilePin.stand_in): say so, or refuse
+            section, name = entry.split(".", 1)
+            pin = ctx.lock.files.get(name) if section == "files" else \
+                getattr(ctx.lock.images.get(name), "archive", None) if section == "images" else None
+            if pin is not None and pin.stand_in:
+                where = entry + (".archive" if section == "images" else "")
+                if ctx.locked:
+                    raise BadInput(LOCK_FILE, f"{where}: a stand-in, not the real input ({pin.stand_in}), refused with --locked",
+                                   "pin the real file with `mithril-build lock` where its source is reachable")
+                log.warn(f"{where}: a STAND-IN, not the real input: {pin.stand_in}")
         try:
             pins = self.pins(ctx)
         except BadInput:  # an entry not pinned yet is the build's error: `plan` still shows the plan

@@ -28,6 +28,9 @@ class FilePin(Strict):
     # a signed file (an NVIDIA RIM) whose signature and certificates were checked when it was
     # pinned: that time (ISO 8601, UTC), at which verifiers keep judging its certificates
     checked_at: str | None = Field(None, pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    # a labelled stand-in for an input unreachable from here (tests: k3s, NVIDIA's images): why.
+    # The build says so in its log; --locked refuses it, so no release is built from one.
+    stand_in: str | None = None
 
 
 class ImagePin(Strict):

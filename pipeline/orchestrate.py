@@ -264,23 +264,26 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
             return f"pinned now {m.repo}@{data['models'][name]['commit'][:12]}"
         attempt(f"models.{name}", resolve_model)
 
-    have_os = ctx.lock.debs.get("os")
+    from .stages.os_image import debs_key
+
+    key = debs_key(ctx.profile.os)  # debs.os, or debs.os-nvidia for a GPU image
+    have_os = ctx.lock.debs.get(key)
     missing = os_debs_missing(ctx, have_os or {})
     if check or (have_os and not missing and not update_debs):
         state = (f"pinned ({len(have_os)} packages)" if have_os and not missing else
                  f"unresolved: lacks {', '.join(missing)}" if have_os else "unresolved: run `mithril-build lock`")
-        note("debs.os", state)
+        note(f"debs.{key}", state)
     else:
         def resolve_os():
             os_debs = os_build_debs(ctx)
-            # debs.os serves every profile: keep the pins other profiles use, take this build's
-            # versions for what it installed (an older driver package would mix versions).
+            # debs.<key> serves every profile of that kind: keep the pins other profiles use, take
+            # this build's versions for what it installed (an older driver package would mix versions).
             keep = {} if update_debs else {n: p.model_dump(mode="json") for n, p in (have_os or {}).items()
                                            if n not in os_debs and gpu.source_of(p.url) not in gpu.DRIVER_SOURCES}
-            data.setdefault("debs", {})["os"] = dict(sorted({**keep, **os_debs}.items()))
+            data.setdefault("debs", {})[key] = dict(sorted({**keep, **os_debs}.items()))
             data.setdefault("debian", {})["snapshot"] = snapshot_stamp()
             return f"pinned now ({len(os_debs)} packages, from an online build of the OS image)"
-        attempt("debs.os", resolve_os)
+        attempt(f"debs.{key}", resolve_os)
     mkosi = tool_version("mkosi", "--version").removeprefix("mkosi ").strip()
     if not check and mkosi != "missing":
         data.setdefault("tools", {})["mkosi"] = mkosi
@@ -294,12 +297,15 @@ def refresh_lock(ctx: Context, check: bool = False, force_models: bool = False, 
 
 
 def os_build_debs(ctx: Context) -> dict:
-    """Build the OS image online (the lock's debs.os set aside) and return the pins of every
-    .deb it used, as the stage recorded them (each checked against the signed Debian index)."""
+    """Build the OS image online (the lock's debs.os / debs.os-nvidia set aside) and return the pins
+    of every .deb it used, as the stage recorded them (each checked against the signed Debian index)."""
     import dataclasses
     import json
 
-    lock = ctx.lock.model_copy(update={"debs": {k: v for k, v in ctx.lock.debs.items() if k != "os"}})
+    from .stages.os_image import debs_key
+
+    key = debs_key(ctx.profile.os)
+    lock = ctx.lock.model_copy(update={"debs": {k: v for k, v in ctx.lock.debs.items() if k != key}})
     # The package set does not depend on k3s (a binary from files.k3s, no .deb; tested), whose
     # pins may be unreachable: the online build leaves it out.
     osc = ctx.profile.os.model_copy(update={"k3s": False})
@@ -309,10 +315,13 @@ def os_build_debs(ctx: Context) -> dict:
 
 
 def os_debs_missing(ctx: Context, have: dict) -> list[str]:
-    """The driver packages a GPU profile needs that debs.os does not pin (at the driver version)."""
+    """The driver and kernel packages a GPU profile needs that debs.os-nvidia does not pin (at the
+    driver version, the held kernel version)."""
     if not ctx.profile.os.nvidia:
         return []
-    return [n for n in gpu.DRIVER_PACKAGES if n not in have or have[n].version != gpu.DRIVER_VERSION]
+    want = {**{n: gpu.DRIVER_VERSION for n in gpu.DRIVER_PACKAGES},
+            **{n: gpu.KERNEL_VERSION for n in (ctx.profile.os.kernel_package, *gpu.KERNEL_PACKAGES)}}
+    return [n for n, v in want.items() if n not in have or have[n].version != v]
 
 
 def snapshot_stamp() -> str:

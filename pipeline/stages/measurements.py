@@ -52,7 +52,7 @@ class Measurements(Stage):
     data = (str(SCHEMA),)
 
     def lock_entries(self, ctx: Context) -> list[str]:
-        return [f"files.{gpu.DRIVER_RIM_PIN}"] if ctx.profile.os.nvidia else []
+        return [f"files.{gpu.DRIVER_RIM_PIN}"] if gpu_attested(ctx) else []
 
     def key_inputs(self, ctx: Context) -> dict:
         return {
@@ -79,12 +79,18 @@ class Measurements(Stage):
             result = predict.predict(os_dir / "os_disk.raw", roothash, plat, ctx.profile.mode,
                                      platform_file=firmware.path_for(ctx.root, plat.name).read_bytes(),
                                      digests=digests, uki_copy=os_dir / "uki.efi")
-        if ctx.profile.os.nvidia:
+        if gpu_attested(ctx):
             result.measurements["gpu"] = driver_rim(ctx, out)
         write(result, out, ctx.root)
         pcrs = result.measurements["pcrs"]
         return {"platform": plat.name, "mode": ctx.profile.mode,
                 "pcrs": {k: v["expected"][0] for k, v in pcrs.items() if len(v["expected"]) == 1}}
+
+
+def gpu_attested(ctx: Context) -> bool:
+    """A GPU profile's releases carry the driver RIM and clients demand GPU evidence; except on the
+    local QEMU platform, which passes no GPU through (gpu-local: the GPU image booted here)."""
+    return ctx.profile.os.nvidia and ctx.profile.platform != "qemu"
 
 
 def driver_rim(ctx: Context, out: Path) -> dict:
@@ -105,10 +111,13 @@ def driver_rim(ctx: Context, out: Path) -> dict:
     checked_at = dt.datetime.fromisoformat(pin.checked_at.replace("Z", "+00:00"))
     if problem := rim.problem(checked_at):
         raise BadInput(where, f"{problem} (judged at checked_at {pin.checked_at})")
+    from .os_image import debs_key
+
+    key = debs_key(ctx.profile.os)
     for name in gpu.DRIVER_DEBS:  # the driver the image installs must be the RIM's
-        deb = ctx.lock.debs.get("os", {}).get(name)
+        deb = ctx.lock.debs.get(key, {}).get(name)
         if deb is not None and not deb.version.startswith(rim.version + "-"):
-            raise BadInput(where, f"the RIM is for driver {rim.version}, debs.os.{name} is {deb.version}",
+            raise BadInput(where, f"the RIM is for driver {rim.version}, debs.{key}.{name} is {deb.version}",
                            "pin the RIM of the driver the image installs")
     rim_id = gpu.driver_rim_id(rim.version)
     (out / gpu.RIMS_DIR).mkdir(exist_ok=True)

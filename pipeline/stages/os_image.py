@@ -32,6 +32,7 @@ LABELS = ("root", "root-verity")  # data and hash partitions (mkosi/repart.d)
 UKIFY = "/usr/lib/systemd/ukify"
 STUB = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 OS_DEBS = "os"  # mithril.lock `debs.os`: every .deb mkosi may install (image and initrd)
+GPU_DEBS = "os-nvidia"  # the same for GPU images, whose kernel is held apart (pipeline/gpu.py KERNEL_VERSION)
 SOURCES = "mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources.j2"  # the online archive; pinned builds use a local one
 K3S_PINS = ("k3s", "k3s-airgap-images")
 MIB = 1 << 20
@@ -61,6 +62,8 @@ def template_vars(ctx: Context) -> dict:
         "components": list(components(osc)),
         # every driver package at the one driver version (apt would take newer user space)
         "nvidia_packages": [f"{p}={gpu.DRIVER_VERSION}" for p in gpu.DRIVER_PACKAGES],
+        # a GPU image's kernel, held at the version the open module builds against
+        "kernel_packages": [f"{p}={gpu.KERNEL_VERSION}" for p in (osc.kernel_package, *gpu.KERNEL_PACKAGES)],
         "nvidia_lib_dir": gpu.LIB_DIR,
         "nvidia_libs": list(gpu.LIBS),
         "mirror": ctx.lock.debian.get("mirror", "http://deb.debian.org/debian"),
@@ -76,15 +79,23 @@ def components(osc) -> tuple[str, ...]:
     return gpu.COMPONENTS if osc.nvidia else ("main",)
 
 
+def debs_key(osc) -> str:
+    """The name under `debs` in mithril.lock of the .debs this OS image is built from: GPU images
+    have their own set (another kernel, the driver), so pinning one never changes the other."""
+    return GPU_DEBS if osc.nvidia else OS_DEBS
+
+
 def check_driver(ctx: Context, pins: dict[str, DebPin], require: bool = True) -> None:
-    """A GPU image's NVIDIA packages must be one driver version (exit 2 naming them otherwise);
-    with `require`, the driver must be there at all."""
+    """A GPU image's NVIDIA packages must be one driver version and its kernel the held one (exit
+    2 naming them otherwise); with `require`, the driver must be there at all."""
     from .. import gpu
 
     if ctx.profile.os.nvidia:
-        version = gpu.check_driver(pins, f"{LOCK_FILE}: debs.{OS_DEBS}")
+        where = f"{LOCK_FILE}: debs.{GPU_DEBS}"
+        version = gpu.check_driver(pins, where)
+        gpu.check_kernel(pins, where)
         if version is None and require:
-            raise BadInput(LOCK_FILE, f"debs.{OS_DEBS}: no NVIDIA driver packages, but profile {ctx.profile_name} "
+            raise BadInput(LOCK_FILE, f"debs.{GPU_DEBS}: no NVIDIA driver packages, but profile {ctx.profile_name} "
                                       "has os.nvidia", "run `mithril-build lock --profile " + ctx.profile_name + "`")
 
 
@@ -202,13 +213,14 @@ def package_versions(manifest: Path) -> dict[str, str]:
 
 
 def os_pins(ctx: Context) -> dict[str, DebPin] | None:
-    """debs.os of the lock: the only packages a pinned build can install. None when not pinned
-    (an online build, --unlocked only)."""
-    pins = ctx.lock.debs.get(OS_DEBS)
+    """debs.os (debs.os-nvidia for a GPU image) of the lock: the only packages a pinned build can
+    install. None when not pinned (an online build, --unlocked only)."""
+    key = debs_key(ctx.profile.os)
+    pins = ctx.lock.debs.get(key)
     if pins:
         return pins
     if ctx.locked:
-        raise BadInput(LOCK_FILE, f"debs.{OS_DEBS}: not pinned (--locked)",
+        raise BadInput(LOCK_FILE, f"debs.{key}: not pinned (--locked)",
                        "build once with --unlocked, then run `mithril-build lock`")
     return None
 
@@ -230,7 +242,8 @@ def local_repo(ctx: Context, pins: dict[str, DebPin], dest: Path) -> Path:
 
     with log.step(f"Fetching {len(pins)} pinned packages", "Fetched the pinned packages"):
         with ThreadPoolExecutor(4) as pool:  # a cold fetch is dominated by per-request latency
-            futures = {n: pool.submit(ctx.store.pinned, p.file(), f"debs.{OS_DEBS}.{n}") for n, p in pins.items()}
+            key = debs_key(ctx.profile.os)
+            futures = {n: pool.submit(ctx.store.pinned, p.file(), f"debs.{key}.{n}") for n, p in pins.items()}
         debs = {n: f.result() for n, f in sorted(futures.items())}
     return local_repository(debs, dest, ctx.profile.os.release, ctx.source_date_epoch, components(ctx.profile.os))
 
@@ -264,7 +277,7 @@ class OsImage(Stage):
     # no `data`: the key holds mkosi/ as rendered for this profile (render_config) and repart.d/
 
     def lock_entries(self, ctx: Context) -> list[str]:
-        return [f"debs.{OS_DEBS}"] + ([f"files.{n}" for n in K3S_PINS] if ctx.profile.os.k3s else [])
+        return [f"debs.{debs_key(ctx.profile.os)}"] + ([f"files.{n}" for n in K3S_PINS] if ctx.profile.os.k3s else [])
 
     def deb_pins(self, ctx: Context, name: str) -> dict[str, DebPin]:
         return os_pins(ctx) or {}
@@ -435,4 +448,4 @@ def _install_k3s(ctx: Context, cfg: Path) -> None:
     os.chmod(images, 0o644)
 
 
-__all__ = ["OsImage", "kernel_cmdline", "os_pins", "render_config"]
+__all__ = ["OsImage", "debs_key", "kernel_cmdline", "os_pins", "render_config"]

@@ -16,7 +16,7 @@ import yaml
 from pipeline import debian, gpu
 from pipeline import lock as lk
 from pipeline.errors import BadInput
-from tests.conftest import REPO, mb, need
+from tests.conftest import REPO, mb, need, new_project
 
 
 @pytest.fixture(scope="module")
@@ -80,21 +80,21 @@ def test_only_driver_sources_count():
 
 
 def test_the_build_refuses_a_mixed_lock_with_exit_2(tmp_path):
-    """A mithril.lock whose debs.os mixes driver versions stops the GPU profile's OS stage before
+    """A mithril.lock whose debs.os-nvidia mixes driver versions stops the GPU profile's OS stage before
     anything is built: exit 2, one line naming the packages."""
     project = tmp_path / "p"
     shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".git", ".mithril", "out", ".tools", "__pycache__"))
     lock = yaml.safe_load((project / "mithril.lock").read_text())
     deb = lambda v, src, n: {"version": v, "sha256": "0" * 64, "size": 1,
                              "url": f"http://deb.debian.org/debian/pool/non-free/n/{src}/{n}_{v}_amd64.deb"}
-    lock["debs"]["os"]["nvidia-open-kernel-dkms"] = deb("535.261.03-1", "nvidia-open-gpu-kernel-modules",
-                                                        "nvidia-open-kernel-dkms")
-    lock["debs"]["os"]["libcuda1"] = deb("535.309.01-0+deb12u1", "nvidia-graphics-drivers", "libcuda1")
+    gpu_debs = lock["debs"].setdefault("os-nvidia", {})
+    gpu_debs["nvidia-open-kernel-dkms"] = deb("535.261.03-1", "nvidia-open-gpu-kernel-modules", "nvidia-open-kernel-dkms")
+    gpu_debs["libcuda1"] = deb("535.309.01-0+deb12u1", "nvidia-graphics-drivers", "libcuda1")
     (project / "mithril.lock").write_text(yaml.safe_dump(lock))
     res = mb("os", "--profile", "llama", "--unlocked", "--cache-dir", tmp_path / "cache", cwd=project)
     assert res.returncode == 2, res.stderr
     assert "NVIDIA driver packages of different versions" in res.stderr and "libcuda1 535.309.01" in res.stderr
-    assert [line.startswith("mithril-build: error: mithril.lock: debs.os: NVIDIA driver packages")
+    assert [line.startswith("mithril-build: error: mithril.lock: debs.os-nvidia: NVIDIA driver packages")
             for line in res.stderr.splitlines() if "error" in line] == [True]
     assert not (project / "out").exists()
 
@@ -127,3 +127,54 @@ def test_gpu_image_builds_its_module_deliberately(tmp_path):
     assert (gpu_conf / "mkosi.postinst.chroot").stat().st_mode & 0o111
     assert not (tmp_path / "demo" / "mkosi" / "mkosi.skeleton").exists()
     assert not (tmp_path / "demo" / "mkosi" / "mkosi.postinst.chroot").exists()
+
+
+# ---------------------------------------------------------------- the held kernel
+
+def test_the_gpu_kernel_is_held_at_a_bookworm_point_release(all_components):
+    """gpu.KERNEL_VERSION is bookworm's (main, not the security suite) and older than what apt takes
+    by default: the pin is deliberate, and the check refuses the default set, naming the packages."""
+    roots = ("linux-image-cloud-amd64", *gpu.KERNEL_PACKAGES)
+    held = {n: pick(all_components, n, gpu.KERNEL_VERSION) for n in roots}
+    assert {p.suite for p in held.values()} == {"bookworm"}
+    assert all(gpu.source_of(p.url) in gpu.KERNEL_SOURCES for p in held.values())
+    image = pick(all_components, "linux-image-6.1.0-50-cloud-amd64", gpu.KERNEL_VERSION)  # what the metapackage names
+    assert f"linux-image-6.1.0-50-cloud-amd64 (= {gpu.KERNEL_VERSION})" in held["linux-image-cloud-amd64"].depends
+    gpu.check_kernel({**held, image.name: image}, "t")
+    newest = {n: pick(all_components, n) for n in roots}
+    assert all(debian.compare_versions(p.version, gpu.KERNEL_VERSION) > 0 for p in newest.values())
+    with pytest.raises(BadInput, match=r"t: kernel packages not at 6\.1\.176-1: linux-compiler-gcc-12-x86 6\.1\."):
+        gpu.check_kernel(newest, "t")
+
+
+def test_only_gpu_images_hold_the_kernel_and_use_their_own_debs(tmp_path):
+    """The default image's mkosi.conf names the kernel unversioned (its pins: debs.os); a GPU image's
+    names every kernel package at gpu.KERNEL_VERSION (its pins: debs.os-nvidia)."""
+    from pipeline.config import OsConfig
+    from pipeline.stages.os_image import debs_key
+
+    assert (debs_key(OsConfig()), debs_key(OsConfig(k3s=True, nvidia=True))) == ("os", "os-nvidia")
+    for profile in ("demo", "gpu-local"):
+        assert mb("render", "--profile", profile, tmp_path / profile, cwd=REPO).returncode == 0
+    demo = (tmp_path / "demo" / "mkosi" / "mkosi.conf").read_text()
+    assert "        linux-image-cloud-amd64\n" in demo and "=6.1" not in demo and "linux-headers" not in demo
+    conf = (tmp_path / "gpu-local" / "mkosi" / "mkosi.conf").read_text()
+    for name in ("linux-image-cloud-amd64", *gpu.KERNEL_PACKAGES):
+        assert f"        {name}={gpu.KERNEL_VERSION}\n" in conf
+
+
+def test_a_stand_in_is_logged_and_refused_when_locked(tmp_path):
+    """A lock entry pinned to a labelled stand-in (how the tests build gpu-local without k3s):
+    every run says so; --locked refuses it (exit 2, one line), so no release is built from one."""
+    project = new_project(tmp_path / "p")
+    (project / "k3s").write_bytes(b"#!/bin/sh\nexit 1\n")
+    lock = lk.load(project / "mithril.lock")
+    lock.files["k3s"] = lk.FilePin(path="k3s", sha256="9" * 64, stand_in="k3s is unreachable here")
+    lk.dump(lock, project / "mithril.lock")
+    res = mb("plan", "--profile", "gpu-local", "--locked", "--cache-dir", tmp_path / "c", cwd=project)
+    assert res.returncode == 2, res.stderr
+    assert [line for line in res.stderr.splitlines() if "error" in line] == [
+        "mithril-build: error: mithril.lock: files.k3s: a stand-in, not the real input (k3s is unreachable here), "
+        "refused with --locked (pin the real file with `mithril-build lock` where its source is reachable)"]
+    res = mb("plan", "--profile", "gpu-local", "--unlocked", "--cache-dir", tmp_path / "c", cwd=project)
+    assert "files.k3s: a STAND-IN, not the real input: k3s is unreachable here" in res.stderr, res.stderr

@@ -17,6 +17,7 @@ import pytest
 from mithril_client.errors import BadInput
 from mithril_client.measurements import parse_measurements
 from pipeline import gpu
+from pipeline.config import OsConfig
 from pipeline.inputs import InputStore
 from pipeline.lock import DebPin, FilePin, Lock
 from pipeline.stages.measurements import SCHEMA, driver_rim
@@ -36,7 +37,8 @@ def ctx(tmp_path: Path, **pin) -> SimpleNamespace:
               "checked_at": "2024-06-01T00:00:00Z", **pin}
     debs = fields.pop("debs", {})
     lock = Lock(files={gpu.DRIVER_RIM_PIN: FilePin(**{k: v for k, v in fields.items() if v is not None})}, debs=debs)
-    return SimpleNamespace(lock=lock, store=InputStore(tmp_path / "inputs", lock, project))
+    profile = SimpleNamespace(os=OsConfig(k3s=True, nvidia=True), platform="azure-cvm")
+    return SimpleNamespace(lock=lock, store=InputStore(tmp_path / "inputs", lock, project), profile=profile)
 
 
 def test_section_names_the_pinned_rim_and_ships_it(tmp_path):
@@ -71,8 +73,9 @@ def test_the_same_inputs_give_the_same_bytes(tmp_path):
     ({"checked_at": None}, "checked_at: missing"),
     ({"sha256": "0" * 64}, "sha256"),
     ({"sha256": None}, "not pinned"),
-    ({"debs": {"os": {"libnvidia-ml1": DebPin(version="535.309.01-0+deb12u1", sha256="0" * 64, size=1, url="x")}}},
-     "debs.os.libnvidia-ml1 is 535.309.01"),
+    ({"debs": {"os-nvidia": {"libnvidia-ml1": DebPin(version="535.309.01-0+deb12u1", sha256="0" * 64, size=1,
+                                                     url="x")}}},
+     "debs.os-nvidia.libnvidia-ml1 is 535.309.01"),
 ])
 def test_a_rim_that_does_not_hold_is_refused(tmp_path, pin, why):
     out = tmp_path / "out"
@@ -88,3 +91,14 @@ def test_a_tampered_rim_file_is_refused_even_with_a_matching_pin(tmp_path):
     (tmp_path / "project" / "measurements" / "nvidia" / "NV_GPU_DRIVER_GH100_545.00.swidtag").write_text(text)
     with pytest.raises(BadInput, match="RIM signature"):
         driver_rim(c, tmp_path)
+
+
+def test_only_gpu_profiles_off_the_local_platform_carry_gpu_attestation():
+    """gpu-local boots the GPU image under local QEMU, which passes no GPU through: no RIM, no `gpu`
+    section; every other GPU profile needs them."""
+    from pipeline.stages.measurements import gpu_attested
+
+    def c(platform, nvidia):
+        return SimpleNamespace(profile=SimpleNamespace(os=OsConfig(k3s=nvidia, nvidia=nvidia), platform=platform))
+    assert gpu_attested(c("azure-cvm", True)) and gpu_attested(c("azure-trusted-launch", True))
+    assert not gpu_attested(c("qemu", True)) and not gpu_attested(c("azure-cvm", False))
