@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from .lock import LOCK_FILE, FilePin, Lock
 
 INDEX = "index.json"
 VERSION = 1
+RETRY_PAUSES = (2, 10)  # seconds before each retry of a failed download, before snapshot.debian.org
 
 
 def download(url: str, dest: Path, what: str) -> None:
@@ -154,6 +156,13 @@ class InputStore:
             shutil.copyfile(src, tmp)
             os.replace(tmp, target)
             return
+        for pause in RETRY_PAUSES:  # a mirror's brief hiccup (seen: one .deb "gone" for minutes) is not an error
+            try:
+                download(pin.url, target, what)
+                return
+            except ToolFailed as e:
+                log.warn(f"{what}: {e}; trying again in {pause} s")
+                time.sleep(pause)
         try:
             download(pin.url, target, what)
         except ToolFailed:

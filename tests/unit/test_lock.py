@@ -11,7 +11,7 @@ import yaml
 
 from pipeline import lock as lk
 from pipeline import project
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, ToolFailed
 from pipeline.inputs import InputStore, snapshot_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,3 +132,43 @@ def test_offline_store_takes_files_from_the_inputs_folder_only(tmp_path):
         store.path("x")
     (inputs / "sha256" / sha).write_bytes(data)
     assert store.path("x").read_bytes() == data
+
+
+def test_a_download_the_mirror_refuses_once_is_retried_and_verified(tmp_path, monkeypatch):
+    """A mirror's brief failure (HTTP 503 from a local server, then the file) costs a retry, not
+    the build; what arrives is still checked against its pin."""
+    import hashlib
+    import http.server
+    import threading
+
+    from pipeline import inputs
+
+    data = b"a pinned input"
+    answers = [503, 200]
+
+    class Mirror(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = answers.pop(0) if answers else 200
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data) if status == 200 else 0))
+            self.end_headers()
+            if status == 200:
+                self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(inputs, "RETRY_PAUSES", (0, 0))
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/x"
+        lock = lk.Lock.model_validate({"files": {"x": {"url": url, "sha256": hashlib.sha256(data).hexdigest()}}})
+        assert InputStore(tmp_path / "store", lock, tmp_path).path("x").read_bytes() == data
+        assert answers == []  # the 503 was seen, then the retry fetched the file
+        answers.extend([503, 503, 503])  # failing every time: an error, never a file
+        bad = lk.Lock.model_validate({"files": {"y": {"url": url + "y", "sha256": "0" * 64}}})
+        with pytest.raises(ToolFailed):
+            InputStore(tmp_path / "store2", bad, tmp_path).path("y")
+    finally:
+        server.shutdown()
