@@ -12,6 +12,7 @@ class Platform:
 
     azure = False  # the image talks to Azure's resolver and metadata service (firewall rules)
     boots_here = False  # `boot` and `record-platform` can start it on this machine
+    gpu_passthrough = True  # a GPU profile's VMs get the GPU: releases pin the driver RIM, clients demand its evidence
 
     def __init__(self, module: str):
         folder = module.rpartition(".")[2]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import gpu, log, starter
+from .. import gpu, log, platforms, starter
 from ..errors import BadInput
 from ..graph import Context, Stage, StageResult
 from ..measure import gpt, predict
@@ -88,9 +88,9 @@ class Measurements(Stage):
 
 
 def gpu_attested(ctx: Context) -> bool:
-    """A GPU profile's releases carry the driver RIM and clients demand GPU evidence; except on the
-    local QEMU platform, which passes no GPU through (gpu-local: the GPU image booted here)."""
-    return ctx.profile.os.nvidia and ctx.profile.platform != "qemu"
+    """A GPU profile's releases carry the driver RIM and clients demand GPU evidence, on every
+    platform that passes the GPU through (not the local QEMU one: gpu-local)."""
+    return ctx.profile.os.nvidia and platforms.get(ctx.profile.platform).gpu_passthrough
 
 
 def driver_rim(ctx: Context, out: Path) -> dict:
