@@ -11,7 +11,6 @@ root:root, mtimes SOURCE_DATE_EPOCH, members sorted.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import posixpath
@@ -27,6 +26,7 @@ from .errors import BadInput, ToolFailed
 from .files import SKIP_DIRS, atomic_write, tree_digests
 from .graph import Context
 from .lock import LOCK_FILE, DebPin
+from .modules import package_dir
 from .oci import image_archive
 
 SOURCE_DIR = "opt/mithril"
@@ -74,13 +74,6 @@ GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 
 def accounts() -> list[Entry]:
     return [Entry("etc", 0o755), Entry("etc/passwd", 0o644, PASSWD), Entry("etc/group", 0o644, GROUP)]
-
-
-def package_dir(name: str) -> Path | None:
-    """The folder Python imports our package `name` from: the checkout (editable installs), or the
-    site-packages its distribution's wheel went to, wherever that is; None if it is not installed."""
-    spec = importlib.util.find_spec(name)
-    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
 
 
 def source_trees(recipe: Recipe) -> dict[str, Path]:

@@ -19,15 +19,20 @@ from . import invocation
 OURS = ("pipeline", "mithril_client", "attestation_server")  # the packages of this repository's three distributions
 
 
+def package_dir(name: str) -> Path | None:
+    """The folder Python imports our package `name` from (found without importing it): the
+    checkout (editable installs), or the site-packages its wheel went to; None if not installed."""
+    spec = importlib.util.find_spec(name)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
 def _folders() -> dict[str, Path]:
-    """The folder holding each package: one checkout, or wherever each wheel was installed
-    (found without importing the package)."""
+    """The folder holding each package: one checkout, or wherever each wheel was installed."""
     out = {}
     for package in OURS:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
+        if (folder := package_dir(package)) is None:
             raise ImportError(f"{package} is not installed (pip install mithril-client mithril-attestation-server)")
-        out[package] = Path(next(iter(spec.submodule_search_locations))).resolve().parent
+        out[package] = folder.resolve().parent
     return out
 
 
